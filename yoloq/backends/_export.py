@@ -1,0 +1,82 @@
+"""Shared export steps: the FP32 ONNX every ONNX-based backend starts from, and Ultralytics exports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from yoloq.errors import ExportError
+from yoloq.models import SourceModel
+
+
+def _quiet_ultralytics() -> None:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.setLevel(logging.WARNING)
+
+
+def ultralytics_export(source: SourceModel, dest: Path, **kwargs: Any) -> Path:
+    """Export a ``.pt`` with Ultralytics' own exporter and move the result to ``dest``.
+
+    The checkpoint is copied to a scratch folder first so the exporter never writes beside the
+    source model (the shared models folder stays untouched).
+
+    Raises:
+        ExportError: When the exporter fails.
+    """
+    from ultralytics import YOLO
+
+    _quiet_ultralytics()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as tmp:
+        pt = Path(tmp) / source.path.name
+        shutil.copy2(source.path, pt)
+        try:
+            out = Path(YOLO(str(pt)).export(device="cpu", **kwargs))
+        except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
+            raise ExportError(f"Ultralytics export {kwargs.get('format')} failed: {type(e).__name__}: {e}") from e
+        staging = dest.with_name(dest.name + ".partial")
+        if staging.exists():
+            shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+        shutil.move(str(out), staging)
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        os.replace(staging, dest)
+    return dest
+
+
+def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False) -> Path:
+    """The FP32 ONNX model of ``source`` at ``imgsz``, exported once per run folder.
+
+    Static batch 1 by default; ``dynamic=True`` gives a dynamic batch/size graph (TensorRT profiles).
+    An ``.onnx`` source is used as it is.
+    """
+    if source.kind == "onnx":
+        return source.path
+    tag = "dyn" if dynamic else "b1"
+    dest = root / "_base" / f"{source.name}-{source.sha256[:8]}-{imgsz}-{tag}.onnx"
+    if not dest.is_file():
+        ultralytics_export(source, dest, format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=True,
+                           batch=32 if dynamic else 1)
+    return dest
+
+
+def head_decode_nodes(onnx_path: Path) -> list[str]:
+    """Names of the detection head's decode nodes (DFL, sigmoid, box maths, concat) in an ONNX graph.
+
+    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``); its ``cv2``/``cv3``
+    convolution branches are not part of the decode and stay quantizable.
+    """
+    import onnx
+
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
+    if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
+        return []
+    scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
+    return [n.name for n in nodes
+            if n.name.startswith(scope) and not any(f"{scope}{b}" in n.name for b in ("cv2.", "cv3.", "one2one_cv"))]

@@ -1,0 +1,129 @@
+"""LiteRT (TFLite): FP32 via Ultralytics' litert_torch export; FP16 weights and static INT8 via ai-edge-quantizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yoloq.backends._export import ultralytics_export
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
+from yoloq.backends.registry import register
+from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.progress import step
+
+
+class LiteRtRuntime:
+    """A LiteRT interpreter (XNNPACK on the CPU) with explicit threads.
+
+    Ultralytics' LiteRT export divides box coordinates by the input size (so INT8 keeps score
+    resolution); ``predict`` multiplies them back so the output matches every other backend.
+    """
+
+    def __init__(self, path: Path, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        shape = [int(x) for x in self._in["shape"]]
+        self._nchw = shape[1] == 3
+        self._imgsz = shape[2] if self._nchw else shape[1]
+        self.info: dict[str, Any] = {"threads": threads, "input_shape": [int(x) for x in self._in["shape"]]}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Run the interpreter on one NCHW batch (transposed to NHWC when the model wants it)."""
+        x = batch if self._nchw else batch.transpose(0, 2, 3, 1)
+        self.interpreter.set_tensor(self._in["index"], np.ascontiguousarray(x, dtype=self._in["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._out["index"]).astype(np.float32)
+        if y.ndim == 3 and y.shape[1] < y.shape[2]:  # [B, 4+nc, N]: denormalise xywh
+            y[:, :4] *= self._imgsz
+        return y
+
+
+def _signature_input(path: Path) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    sigs = Interpreter(model_path=str(path)).get_signature_list()
+    key = next(iter(sigs))
+    return key, sigs[key]["inputs"][0]
+
+
+@register
+class LiteRtBackend(Backend):
+    """LiteRT with the XNNPACK CPU delegate."""
+
+    name = "litert"
+    precisions = ("fp32", "fp16", "int8")
+    sources = ("pt",)
+    install_hint = "pip install litert-torch ai-edge-litert ai-edge-quantizer"
+    options = {
+        "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
+        "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations"),
+    }
+
+    def version(self) -> str:
+        try:
+            import ai_edge_litert
+            from importlib.metadata import version
+        except ImportError:
+            raise BackendUnavailable(f"LiteRT is not installed ({self.install_hint})") from None
+        return version("ai-edge-litert")
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        fp32 = ctx.workdir.parent / "_base" / f"{ctx.source.name}-{ctx.source.sha256[:8]}-{ctx.imgsz}.tflite"
+        if not fp32.is_file():
+            with step("export litert fp32 (litert_torch)"):
+                ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1)
+        p = ctx.variant.precision
+        if p == "fp32":
+            return Artifact(fp32, self.name, p, {"boxes_normalized": True})
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        out = ctx.workdir / f"model_{p}.tflite"
+        try:
+            from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+            from ai_edge_quantizer.algorithm_manager import AlgorithmName
+        except ImportError:
+            raise BackendUnavailable("ai-edge-quantizer is not installed (pip install ai-edge-quantizer)") from None
+        qt = quantizer.Quantizer(str(fp32))
+        with step(f"quantize {ctx.variant.label}"):
+            try:
+                if p == "fp16":
+                    rm = recipe_manager.RecipeManager()
+                    for op in (qtyping.TFLOperationName.CONV_2D, qtyping.TFLOperationName.DEPTHWISE_CONV_2D,
+                               qtyping.TFLOperationName.FULLY_CONNECTED):
+                        rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16,
+                                                  algorithm_key=AlgorithmName.FLOAT_CASTING)
+                    qt.load_quantization_recipe(rm.get_quantization_recipe())
+                    qt.quantize().export_model(str(out), overwrite=True)
+                    info = {"quantizer": "ai-edge-quantizer float_casting (fp16 weights)"}
+                else:
+                    info = self._int8(ctx, qt, fp32, out, recipe, qtyping)
+            except (BackendUnavailable, ExportError):
+                raise
+            except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
+                raise ExportError(f"ai-edge-quantizer {p} failed: {type(e).__name__}: {e}") from e
+        return Artifact(out, self.name, p, {"boxes_normalized": True, **info})
+
+    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any) -> dict[str, Any]:
+        sig, name = _signature_input(fp32)
+        bits = ctx.option("activation_bits")
+        qt.load_quantization_recipe(recipe.static_wi8_ai8() if bits == 8 else recipe.static_wi8_ai16())
+        for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float in/out
+            qt.update_quantization_recipe(regex=".*", operation_name=op,
+                                          algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+        samples = [{name: x} for x in ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
+                                                               progress="  loading calibration")]
+        result = qt.calibrate({sig: samples})
+        qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
+        return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
+                "settings": {k: ctx.option(k) for k in self.options}}
+
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> LiteRtRuntime:
+        rt = LiteRtRuntime(Path(artifact.path), threads)
+        rt.info["precision_ran"] = {"fp32": "fp32", "fp16": "fp32 compute (fp16 weights)",
+                                    "int8": "int8"}[artifact.precision]
+        return rt

@@ -1,0 +1,277 @@
+"""The run config: YAML parsed once into frozen, validated dataclasses.
+
+Unknown keys, wrong types and impossible values raise :class:`ConfigError` naming the key,
+the value and what is allowed (with the closest valid key when one is near).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from yoloq.errors import ConfigError
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A dataset split: ``dataset`` is a name in ``datasets/`` or a path to a dataset YAML."""
+
+    dataset: str
+    split: str = "val2017"
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.max_images is None or self.max_images >= 1, "max_images", self.max_images, ">= 1 or null")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Where calibration images come from, how many, and the seed that picks them."""
+
+    sources: tuple[DataRef, ...] = (
+        DataRef("coco-mini", "train2017"),
+        DataRef("coco128", "train2017"),
+    )
+    images: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(len(self.sources) >= 1, "calibration.sources", self.sources, "at least one source")
+        _check(self.images >= 1, "calibration.images", self.images, ">= 1")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One exported model to evaluate: a format, a precision, a device and backend options."""
+
+    format: str
+    precision: str = "fp32"
+    device: str = "cpu"
+    name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "variant.device", self.device,
+               "'cpu' or 'cuda[:N]'")
+
+    @property
+    def label(self) -> str:
+        """The variant's name: ``name`` when given, else ``format-precision[-device]``."""
+        if self.name:
+            return self.name
+        suffix = "" if self.device == "cpu" else f"-{self.device.replace(':', '')}"
+        return f"{self.format}-{self.precision}{suffix}"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Detection thresholds; the defaults are Ultralytics' validation defaults."""
+
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int = 300
+    multi_label: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.conf < 1.0, "eval.conf", self.conf, "0 <= conf < 1")
+        _check(0.0 < self.iou <= 1.0, "eval.iou", self.iou, "0 < iou <= 1")
+        _check(self.max_det >= 1, "eval.max_det", self.max_det, ">= 1")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """The latency harness: warm-up, then at least ``min_runs`` runs and ``min_seconds`` seconds."""
+
+    warmup: int = 10
+    min_runs: int = 100
+    min_seconds: float = 10.0
+    threads: int = 2
+    batch: int = 1
+    images: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.warmup >= 0, "latency.warmup", self.warmup, ">= 0")
+        _check(self.min_runs >= 1, "latency.min_runs", self.min_runs, ">= 1")
+        _check(self.min_seconds >= 0, "latency.min_seconds", self.min_seconds, ">= 0")
+        _check(self.threads >= 1, "latency.threads", self.threads, ">= 1")
+        _check(self.batch >= 1, "latency.batch", self.batch, ">= 1")
+        _check(self.images >= 1, "latency.images", self.images, ">= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``yoloq run`` needs."""
+
+    model: str
+    data: DataRef
+    variants: tuple[VariantConfig, ...]
+    imgsz: int = 640
+    calibration: CalibrationConfig = CalibrationConfig()
+    eval: EvalConfig = EvalConfig()
+    latency: LatencyConfig = LatencyConfig()
+    output: str = "results/run"
+    reference: str | None = None
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        _check(32 <= self.imgsz <= 4096 and self.imgsz % 32 == 0, "imgsz", self.imgsz,
+               "a multiple of 32 between 32 and 4096")
+        _check(len(self.variants) >= 1, "variants", self.variants, "at least one variant")
+        labels = [v.label for v in self.variants]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        _check(not dupes, "variants", dupes, "unique variant names (set 'name:' to tell them apart)")
+        if self.reference is not None:
+            _check(self.reference in labels, "reference", self.reference, f"one of {labels}")
+
+    @property
+    def reference_label(self) -> str:
+        """The variant every other is compared to: ``reference``, else torch FP32, else the first."""
+        if self.reference:
+            return self.reference
+        for v in self.variants:
+            if v.format == "torch" and v.precision == "fp32":
+                return v.label
+        return self.variants[0].label
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (the resolved config written beside the records)."""
+        d = _plain(self)
+        d.pop("base_dir", None)
+        return d
+
+    def hash(self) -> str:
+        """A short hash of everything that changes results (the output folder excluded)."""
+        d = self.to_dict()
+        d.pop("output", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and tp is DataRef and isinstance(value, str):
+            value = {"dataset": value}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
+        return _build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a list")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': got {value!r}, expected a string")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and converting types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{where}.{k}" if where else str(k)
+        if k not in names:
+            near = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        kwargs[k] = _convert(hints[k], v, key)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name in names and f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config is missing required key '{(where + '.') if where else ''}{missing[0]}'")
+    return cls(**kwargs)
+
+
+def parse_config(data: Mapping[str, Any], base_dir: str | Path = ".") -> RunConfig:
+    """Validate a config mapping into a :class:`RunConfig`.
+
+    Args:
+        data: The parsed YAML mapping.
+        base_dir: The folder relative paths in the config are resolved against.
+
+    Returns:
+        The frozen run config; formats, precisions and options are checked against the backend registry.
+
+    Raises:
+        ConfigError: Naming the key, the value and what is allowed.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config must be a mapping of keys, got {type(data).__name__}")
+    cfg = _build(RunConfig, data)
+    cfg = dataclasses.replace(cfg, base_dir=str(base_dir))
+    from yoloq.backends.registry import validate_variant
+
+    for i, v in enumerate(cfg.variants):
+        validate_variant(v, f"variants[{i}]")
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: When the file is missing, is not YAML, or any value is invalid.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (give the path to a YAML file such as configs/default.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read: {e}") from None
+    return parse_config(data or {}, base_dir=p.resolve().parent)

@@ -1,0 +1,41 @@
+"""Where yoloq finds shared models and datasets: ``$YOLOQ_SHARED``, else ``../shared``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_SHARED = "YOLOQ_SHARED"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """Return the shared data folder.
+
+    ``$YOLOQ_SHARED`` when set; otherwise the first existing ``../shared`` beside the current
+    directory or beside the yoloq checkout (falls back to the former when neither exists).
+    """
+    env = os.environ.get(ENV_SHARED)
+    if env:
+        return Path(env).expanduser().resolve()
+    candidates = [Path.cwd() / ".." / "shared", REPO_ROOT / ".." / "shared"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return candidates[0].resolve()
+
+
+def display_path(path: Path) -> str:
+    """Render a path for records and reports without leaking this machine's absolute layout.
+
+    Paths under the shared folder become ``$YOLOQ_SHARED/...``; paths under the checkout or the
+    current directory become relative; anything else is shown as given.
+    """
+    path = Path(path).resolve()
+    for base, label in ((shared_root(), "$YOLOQ_SHARED"), (REPO_ROOT, "."), (Path.cwd().resolve(), ".")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return f"{label}/{rel.as_posix()}" if label != "." else rel.as_posix()
+    return str(path)

@@ -1,0 +1,220 @@
+"""The loop over variants: export, load, accuracy pass, latency pass, one record each."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from yoloq.backends.base import Artifact, ExportContext, Runtime
+from yoloq.backends.registry import get_backend
+from yoloq.config import RunConfig, VariantConfig
+from yoloq.data import DatasetSplit, load_split
+from yoloq.data.calibration import CalibrationSet, build_calibration
+from yoloq.errors import BackendUnavailable, DataError, YoloqError
+from yoloq.evaluate import CocoEvaluator, CocoMetrics
+from yoloq.latency import measure
+from yoloq.models import SourceModel, load_source
+from yoloq.paths import display_path
+from yoloq.postprocess import postprocess
+from yoloq.preprocess import prepare, read_image
+from yoloq.progress import bar
+from yoloq.provenance import machine, versions
+from yoloq.records import Record, load_records, save_record, write_atomic
+from yoloq.report import write_summary
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What every variant of a run shares: config, source model, evaluation split, calibration set."""
+
+    cfg: RunConfig
+    source: SourceModel
+    evalset: DatasetSplit
+    class_map: tuple[int, ...]
+    calibration: CalibrationSet
+    out_dir: Path
+
+
+def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
+    """Resolve the model and data and check the output folder before any variant runs.
+
+    Raises:
+        YoloqError: Model, data, calibration overlap or output folder problems (the run cannot start).
+    """
+    base = Path(cfg.base_dir)
+    source = load_source(cfg.model, base)
+    evalset = load_split(cfg.data, base)
+    if not evalset.samples:
+        raise DataError(f"dataset '{evalset.name}' split '{evalset.split}' has no readable images")
+    class_map = evalset.category_map(source.names)
+    calibration = build_calibration(cfg.calibration, evalset, base)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise YoloqError(f"output folder {out_dir} cannot be written ({e.strerror}); choose another with --out") \
+            from None
+    return RunInputs(cfg, source, evalset, class_map, calibration, out_dir)
+
+
+def variant_key(inputs: RunInputs, v: VariantConfig) -> str:
+    """A hash of everything that determines one variant's result (reuse only when it matches)."""
+    cfg = inputs.cfg.to_dict()
+    for k in ("variants", "output", "reference"):
+        cfg.pop(k, None)
+    blob = {"cfg": cfg, "variant": {"format": v.format, "precision": v.precision, "device": v.device,
+                                    "options": dict(v.options)},
+            "model": inputs.source.sha256, "calibration": inputs.calibration.sha256, "versions": versions()}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def accuracy_pass(runtime: Runtime, inputs: RunInputs, label: str) -> tuple[CocoMetrics, list[str]]:
+    """Predict every evaluation image (batch 1) and score the detections with pycocotools.
+
+    Returns:
+        The metrics and the names of images that could not be read (skipped, not scored).
+    """
+    cfg = inputs.cfg
+    evaluator = CocoEvaluator(inputs.evalset.gt, inputs.class_map)
+    skipped = list(inputs.evalset.unreadable)
+    for s in bar(inputs.evalset.samples, desc=f"  evaluate {label}"):
+        try:
+            img = read_image(s.path)
+        except DataError:
+            print(f"  warning: skipping unreadable image {s.path.name}", file=sys.stderr)
+            skipped.append(s.path.name)
+            continue
+        x, lbs = prepare([img], cfg.imgsz)
+        det = postprocess(runtime.predict(x), lbs, cfg.eval, inputs.source.end2end)[0]
+        evaluator.process(s.image_id, det)
+    return evaluator.evaluate(), skipped
+
+
+def _latency_images(inputs: RunInputs) -> list[Any]:
+    out = []
+    for s in inputs.evalset.samples:
+        if len(out) >= inputs.cfg.latency.images:
+            break
+        try:
+            out.append(read_image(s.path))
+        except DataError:
+            continue
+    return out
+
+
+def _base_record(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
+    cfg, ev = inputs.cfg, inputs.evalset
+    return Record(
+        name=v.label, format=v.format, precision=v.precision, device=v.device, status="ok",
+        model={"name": inputs.source.name, "file": display_path(inputs.source.path), "kind": inputs.source.kind,
+               "sha256": inputs.source.sha256},
+        options=dict(v.options), imgsz=cfg.imgsz,
+        calibration=inputs.calibration.describe(),
+        dataset={"name": ev.name, "split": ev.split, "images": len(ev.samples),
+                 "root": display_path(ev.root)},
+        eval_settings={"conf": cfg.eval.conf, "iou": cfg.eval.iou, "max_det": cfg.eval.max_det,
+                       "multi_label": cfg.eval.multi_label, "batch": 1},
+        config_hash=cfg.hash(), key=key, versions=versions(), machine=machine(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
+    """Export, load, evaluate and time one variant; every failure becomes the record's status and reason."""
+    cfg = inputs.cfg
+    rec = _base_record(inputs, v, key)
+    timings: dict[str, float] = {}
+    runtime = None
+    try:
+        backend = get_backend(v.format)
+        backend.check(v, inputs.source)
+        t0 = time.perf_counter()
+        ctx = ExportContext(inputs.source, v, cfg.imgsz, inputs.calibration,
+                            inputs.out_dir / "artifacts" / v.label)
+        artifact: Artifact = backend.export(ctx)
+        timings["export"] = time.perf_counter() - t0
+        rec.artifact = display_path(artifact.path)
+        rec.size_mb = artifact.size_bytes / 1e6
+        rec.artifact_info = dict(artifact.info)
+        runtime = backend.load(artifact, cfg.latency.threads, v.device)
+        rec.runtime = dict(runtime.info)
+        t0 = time.perf_counter()
+        metrics, skipped = accuracy_pass(runtime, inputs, v.label)
+        timings["evaluate"] = time.perf_counter() - t0
+        rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
+        t0 = time.perf_counter()
+        post: Callable[..., Any] = lambda raw, lbs: postprocess(raw, lbs, cfg.eval, inputs.source.end2end)  # noqa: E731
+        lat = measure(runtime, _latency_images(inputs), cfg.imgsz, post, cfg.latency, progress=f"  latency {v.label}")
+        timings["latency"] = time.perf_counter() - t0
+        rec.latency = lat.to_dict()
+    except BackendUnavailable as e:
+        rec.status, rec.reason = "skipped", str(e)
+    except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
+        rec.status, rec.reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        log = inputs.out_dir / "logs" / f"{v.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+    finally:
+        del runtime
+        gc.collect()
+    rec.timings_s = {k: round(t, 2) for k, t in timings.items()}
+    return rec
+
+
+def _describe(rec: Record) -> str:
+    if rec.status != "ok":
+        return f"{rec.status.upper()}: {rec.reason}"
+    return (f"mAP50-95 {rec.metrics['map50_95']:.4f}  p50 {rec.latency['p50_ms']:.1f} ms  "
+            f"p90 {rec.latency['p90_ms']:.1f} ms  {rec.size_mb:.1f} MB")
+
+
+def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
+    """Run every variant of ``cfg`` into ``out_dir`` (default: the config's ``output``).
+
+    Variants already recorded with the same key are kept, so an interrupted run resumes.
+
+    Returns:
+        0 when every variant is ok or skipped, 1 when any failed.
+
+    Raises:
+        YoloqError: When the run cannot start (model, data, calibration or output folder).
+    """
+    import torch
+
+    torch.set_num_threads(cfg.latency.threads)  # the shared NMS runs in torch: same threads for every variant
+    out_dir = Path(out_dir or cfg.output)
+    inputs = prepare_inputs(cfg, out_dir)
+    write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    records_path = out_dir / "records.jsonl"
+    done = {r.get("name"): r for r in load_records(records_path)}
+    print(f"yoloq: {len(cfg.variants)} variants of {inputs.source.name} at {cfg.imgsz} on "
+          f"{inputs.evalset.name}/{inputs.evalset.split} ({len(inputs.evalset.samples)} images); calibration: "
+          f"{len(inputs.calibration.images)} images from {', '.join(inputs.calibration.sources)}", file=sys.stderr)
+    for i, v in enumerate(cfg.variants, 1):
+        key = variant_key(inputs, v)
+        prev = done.get(v.label)
+        if prev and prev.get("key") == key and prev.get("status") == "ok":
+            print(f"[{i}/{len(cfg.variants)}] {v.label}: already recorded, kept", file=sys.stderr)
+            continue
+        print(f"[{i}/{len(cfg.variants)}] {v.label}", file=sys.stderr)
+        rec = run_variant(inputs, v, key)
+        save_record(records_path, rec)
+        print(f"  {v.label}: {_describe(rec)}", file=sys.stderr)
+    failed = any(r.get("status") == "failed" for r in load_records(records_path)
+                 if r.get("name") in {v.label for v in cfg.variants})
+    table = write_summary(out_dir, cfg.reference_label)
+    print(table)
+    print(f"\nrecords: {out_dir / 'records.jsonl'}  report: {out_dir / 'report.md'}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,31 @@
+"""Progress bars for long steps (tqdm on stderr, quiet when not a terminal or when disabled)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def bar(items: Iterable[T], desc: str | None = None, total: int | None = None, disable: bool = False) -> Iterable[T]:
+    """Wrap ``items`` in a progress bar labelled ``desc``."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, disable=disable, leave=False, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+@contextlib.contextmanager
+def step(desc: str) -> Iterator[None]:
+    """Show a one-step bar for a long call with no inner progress (an export), with its time."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    with tqdm(total=1, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True,
+              bar_format="{desc}: {elapsed}") as pb:
+        yield
+        pb.update(1)
+    print(f"  {desc}: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
