@@ -58,8 +58,11 @@ def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
         cfg: Harness settings.
         progress: Label for the progress bar (None hides it).
     """
-    from tqdm import tqdm
     import sys
+
+    from tqdm import tqdm
+
+    from yoloq.progress import enabled
 
     n = len(images)
 
@@ -73,8 +76,9 @@ def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
     rows: list[tuple[float, float, float, float]] = []
     clock = time.perf_counter
     start = clock()
-    with tqdm(total=cfg.min_runs, desc=progress, disable=progress is None, leave=False, file=sys.stderr,
-              dynamic_ncols=True, mininterval=0.5) as pb:
+    hide = progress is None or not enabled()
+    with tqdm(total=cfg.min_runs, desc=progress, disable=hide, leave=False, file=sys.stderr, dynamic_ncols=True,
+              mininterval=0.5) as pb:
         while len(rows) < cfg.min_runs or clock() - start < cfg.min_seconds:
             b = batch_at(len(rows))
             t0 = clock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -80,6 +81,28 @@ def variant_key(inputs: RunInputs, v: VariantConfig) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def cached_artifact(workdir: Path, key: str) -> Artifact | None:
+    """The artifact exported earlier for this variant key, if its manifest and files are intact."""
+    manifest = workdir / "artifact.json"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    path = Path(m.get("path", ""))
+    path = path if path.is_absolute() else workdir / path
+    if m.get("key") != key or not path.exists():
+        return None
+    return Artifact(path, m["format"], m["precision"], m.get("info", {}))
+
+
+def remember_artifact(workdir: Path, key: str, artifact: Artifact) -> None:
+    """Write the variant's artifact manifest (atomically, after the export has finished)."""
+    ref = os.path.relpath(Path(artifact.path).resolve(), workdir.resolve())
+    write_atomic(workdir / "artifact.json", json.dumps({"key": key, "path": ref, "format": artifact.format,
+                                                        "precision": artifact.precision,
+                                                        "info": dict(artifact.info)}, default=str))
+
+
 def accuracy_pass(runtime: Runtime, inputs: RunInputs, label: str) -> tuple[CocoMetrics, list[str]]:
     """Predict every evaluation image (batch 1) and score the detections with pycocotools.
 
@@ -141,11 +164,16 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         backend = get_backend(v.format)
         backend.check(v, inputs.source)
         t0 = time.perf_counter()
-        ctx = ExportContext(inputs.source, v, cfg.imgsz, inputs.calibration,
-                            inputs.out_dir / "artifacts" / v.label)
-        artifact: Artifact = backend.export(ctx)
+        artifact = cached_artifact(inputs.out_dir / "artifacts" / v.label, key)
+        if artifact is None:
+            ctx = ExportContext(inputs.source, v, cfg.imgsz, inputs.calibration,
+                                inputs.out_dir / "artifacts" / v.label)
+            artifact = backend.export(ctx)
+            remember_artifact(inputs.out_dir / "artifacts" / v.label, key, artifact)
+        else:
+            print(f"  {v.label}: reusing cached export {artifact.path.name}", file=sys.stderr)
         timings["export"] = time.perf_counter() - t0
-        rec.artifact = display_path(artifact.path)
+        rec.artifact = _artifact_ref(Path(artifact.path), inputs.out_dir)
         rec.size_mb = artifact.size_bytes / 1e6
         rec.artifact_info = dict(artifact.info)
         runtime = backend.load(artifact, cfg.latency.threads, v.device)
@@ -171,6 +199,14 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         gc.collect()
     rec.timings_s = {k: round(t, 2) for k, t in timings.items()}
     return rec
+
+
+def _artifact_ref(path: Path, out_dir: Path) -> str:
+    """The artifact's path relative to the run folder when inside it (records stay valid when moved)."""
+    try:
+        return path.resolve().relative_to(out_dir.resolve()).as_posix()
+    except ValueError:
+        return display_path(path)
 
 
 def _describe(rec: Record) -> str:

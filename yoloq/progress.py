@@ -10,11 +10,16 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def enabled() -> bool:
+    """Bars are drawn only on a terminal (logs and CI stay readable)."""
+    return sys.stderr.isatty()
+
+
 def bar(items: Iterable[T], desc: str | None = None, total: int | None = None, disable: bool = False) -> Iterable[T]:
     """Wrap ``items`` in a progress bar labelled ``desc``."""
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, total=total, disable=disable, leave=False, file=sys.stderr,
+    return tqdm(items, desc=desc, total=total, disable=disable or not enabled(), leave=False, file=sys.stderr,
                 dynamic_ncols=True, mininterval=0.5)
 
 
@@ -24,7 +29,7 @@ def step(desc: str) -> Iterator[None]:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    with tqdm(total=1, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True,
+    with tqdm(total=1, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=not enabled(),
               bar_format="{desc}: {elapsed}") as pb:
         yield
         pb.update(1)

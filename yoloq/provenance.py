@@ -8,7 +8,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-PACKAGES = ("yoloq", "ultralytics", "torch", "onnx", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
+PACKAGES = ("yoloq", "ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
             "litert-torch", "ai-edge-quantizer", "tensorrt", "pycocotools", "numpy", "opencv-python")
 
 

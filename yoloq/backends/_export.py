@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -49,6 +50,16 @@ def ultralytics_export(source: SourceModel, dest: Path, **kwargs: Any) -> Path:
     return dest
 
 
+def base_path(source: SourceModel, imgsz: int, root: Path, suffix: str) -> Path:
+    """Where a shared FP32 export lives: keyed by the model's hash, imgsz and the exporter's versions."""
+    from yoloq.provenance import versions
+
+    v = versions()
+    tag = hashlib.sha256("|".join(v.get(p, "") for p in ("ultralytics", "torch", "onnx", "onnxslim",
+                                                        "litert-torch")).encode()).hexdigest()[:8]
+    return root / "_base" / f"{source.name}-{source.sha256[:8]}-{imgsz}-{tag}-{suffix}"
+
+
 def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False) -> Path:
     """The FP32 ONNX model of ``source`` at ``imgsz``, exported once per run folder.
 
@@ -57,8 +68,7 @@ def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False
     """
     if source.kind == "onnx":
         return source.path
-    tag = "dyn" if dynamic else "b1"
-    dest = root / "_base" / f"{source.name}-{source.sha256[:8]}-{imgsz}-{tag}.onnx"
+    dest = base_path(source, imgsz, root, f"{'dyn' if dynamic else 'b1'}.onnx")
     if not dest.is_file():
         ultralytics_export(source, dest, format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=True,
                            batch=32 if dynamic else 1)

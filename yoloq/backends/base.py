@@ -29,10 +29,10 @@ class OptionSpec:
 class ExportContext:
     """What an export needs: the source model, the variant, the input size, calibration and a work folder."""
 
-    source: "SourceModel"
-    variant: "VariantConfig"
+    source: SourceModel
+    variant: VariantConfig
     imgsz: int
-    calibration: "CalibrationSet"
+    calibration: CalibrationSet
     workdir: Path
 
     def option(self, key: str) -> Any:
@@ -86,7 +86,7 @@ class Backend(ABC):
     def version(self) -> str:
         """The runtime library's version; raises BackendUnavailable when it is not installed."""
 
-    def check(self, variant: "VariantConfig", source: "SourceModel") -> None:
+    def check(self, variant: VariantConfig, source: SourceModel) -> None:
         """Raise BackendUnavailable when this variant cannot run here (missing package, no GPU, wrong source)."""
         self.version()
         if source.kind not in self.sources:

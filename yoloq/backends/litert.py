@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends._export import ultralytics_export
+from yoloq.backends._export import base_path, ultralytics_export
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
 from yoloq.errors import BackendUnavailable, ExportError
@@ -66,15 +66,18 @@ class LiteRtBackend(Backend):
     }
 
     def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+        from importlib.util import find_spec
+
+        if find_spec("ai_edge_litert") is None:
+            raise BackendUnavailable(f"LiteRT is not installed ({self.install_hint})")
         try:
-            import ai_edge_litert
-            from importlib.metadata import version
-        except ImportError:
-            raise BackendUnavailable(f"LiteRT is not installed ({self.install_hint})") from None
-        return version("ai-edge-litert")
+            return version("ai-edge-litert")
+        except PackageNotFoundError:
+            return "unknown"
 
     def export(self, ctx: ExportContext) -> Artifact:
-        fp32 = ctx.workdir.parent / "_base" / f"{ctx.source.name}-{ctx.source.sha256[:8]}-{ctx.imgsz}.tflite"
+        fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, "fp32.tflite")
         if not fp32.is_file():
             with step("export litert fp32 (litert_torch)"):
                 ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1)

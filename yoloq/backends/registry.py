@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from yoloq.backends.base import Backend
     from yoloq.config import VariantConfig
 
-_BACKENDS: dict[str, type["Backend"]] = {}
+_BACKENDS: dict[str, type[Backend]] = {}
 _MODULES = ("torch_backend", "onnxruntime", "openvino", "litert", "tensorrt")
 _loaded = False
 
 
-def register(cls: type["Backend"]) -> type["Backend"]:
+def register(cls: type[Backend]) -> type[Backend]:
     """Class decorator adding a backend under ``cls.name``; a second class with one name is an error."""
     if cls.name in _BACKENDS and _BACKENDS[cls.name] is not cls:
         raise RuntimeError(f"backend '{cls.name}' is registered twice ({_BACKENDS[cls.name]} and {cls})")
@@ -40,7 +40,7 @@ def available_formats() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def get_backend(name: str) -> "Backend":
+def get_backend(name: str) -> Backend:
     """Return a backend instance by format name.
 
     Raises:
@@ -52,7 +52,7 @@ def get_backend(name: str) -> "Backend":
     return _BACKENDS[name]()
 
 
-def validate_variant(v: "VariantConfig", key: str) -> None:
+def validate_variant(v: VariantConfig, key: str) -> None:
     """Check a variant's format, precision, device and options against its backend.
 
     Raises:
@@ -91,7 +91,7 @@ def validate_variant(v: "VariantConfig", key: str) -> None:
     object.__setattr__(v, "options", types.MappingProxyType(options))
 
 
-def registered() -> dict[str, type["Backend"]]:
+def registered() -> dict[str, type[Backend]]:
     """A copy of the registry (format name to backend class)."""
     _load_all()
     return dict(_BACKENDS)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the shared data folder and one real end-to-end run of the smoke config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yoloq.paths import REPO_ROOT, shared_root
+
+SHARED = shared_root()
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
+    if not (SHARED / "models" / "yolo11n.pt").is_file():
+        skip = pytest.mark.skip(reason=f"shared models/datasets not found at {SHARED} (set YOLOQ_SHARED)")
+        for item in items:
+            if "shared" in item.keywords:
+                item.add_marker(skip)
+
+
+def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run ``python -m yoloq ARGS`` and capture its output."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "yoloq", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run ``configs/smoke.yaml`` once (every CPU backend, imgsz 320, 12 images) and return its outputs."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = run_cli("run", "configs/smoke.yaml", "--out", str(out))
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()] \
+        if (out / "records.jsonl").is_file() else []
+    return {"dir": out, "proc": proc, "records": {r["name"]: r for r in records}}

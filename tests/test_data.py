@@ -1,0 +1,74 @@
+"""Dataset readers: COCO json and YOLO layout give the same samples and a COCO ground truth."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from yoloq.config import CalibrationConfig, DataRef
+from yoloq.data import load_split
+from yoloq.data.calibration import build_calibration
+from yoloq.data.yolo import coco80, read_yolo
+from yoloq.errors import DataError
+
+
+def test_yolo_labels_become_coco_pixel_boxes(tmp_path: Path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "000000000042.jpg"), np.zeros((200, 400, 3), np.uint8))
+    (tmp_path / "labels" / "000000000042.txt").write_text("2 0.5 0.5 0.25 0.5\n0 0.1 0.2 0.1 0.2\n")
+    names = coco80()[0]
+    split = read_yolo("tiny", "val", tmp_path / "images", tmp_path / "labels", names)
+    assert [s.image_id for s in split.samples] == [42]
+    anns = sorted(split.gt["annotations"], key=lambda a: a["category_id"])
+    assert anns[0]["category_id"] == 1 and anns[1]["category_id"] == 3  # person, car: COCO ids
+    assert anns[1]["bbox"] == pytest.approx([150, 50, 100, 100])
+    assert anns[0]["bbox"] == pytest.approx([20, 20, 40, 40])
+    other = read_yolo("tiny", "val", tmp_path / "images", tmp_path / "labels", ("a", "b", "c"))
+    assert other.category_ids == (0, 1, 2)
+
+
+@pytest.mark.shared
+def test_coco_mini_and_coco128_read_in_place():
+    mini = load_split(DataRef("coco-mini", "val2017"))
+    assert len(mini.samples) == 79 and len(mini.gt["annotations"]) == 624
+    c128 = load_split(DataRef("coco128", "val2017"))
+    assert len(c128.samples) == 128
+    assert set(c128.category_ids) <= set(coco80()[1]) and len(c128.names) == 80
+    # the same image id means the same file in both layouts (both are val2017 images)
+    common = {s.image_id for s in mini.samples} & {s.image_id for s in c128.samples}
+    assert common
+    assert mini.category_map(c128.names) == c128.category_ids
+
+
+@pytest.mark.shared
+def test_calibration_is_disjoint_seeded_and_hashed():
+    ev = load_split(DataRef("coco-mini", "val2017"))
+    cfg = CalibrationConfig(images=50, seed=3)
+    a, b = build_calibration(cfg, ev), build_calibration(cfg, ev)
+    assert len(a.images) == 50 and a.images == b.images and a.sha256 == b.sha256
+    assert a.sha256 != build_calibration(CalibrationConfig(images=50, seed=4), ev).sha256
+    assert a.describe()["sources"] == ["coco-mini/train2017", "coco128/train2017"]
+    everything = build_calibration(CalibrationConfig(images=10_000), ev)
+    assert len(everything.images) == 208  # 80 + 128 train images, none shared
+
+
+@pytest.mark.shared
+def test_calibration_overlapping_evaluation_is_refused():
+    ev = load_split(DataRef("coco-mini", "val2017"))
+    with pytest.raises(DataError, match="overlaps the evaluation images"):
+        build_calibration(CalibrationConfig(sources=(DataRef("coco128", "val2017"),)), ev)
+
+
+@pytest.mark.shared
+def test_missing_dataset_and_split(tmp_path: Path):
+    with pytest.raises(DataError, match="dataset 'nope' not found"):
+        load_split(DataRef("nope"))
+    with pytest.raises(DataError, match="has no split 'test2017'"):
+        load_split(DataRef("coco-mini", "test2017"))
+    f = tmp_path / "gone.yaml"
+    f.write_text(yaml.safe_dump({"format": "coco", "path": str(tmp_path / "gone"), "splits": {}}))
+    with pytest.raises(DataError, match="folder not found"):
+        load_split(DataRef(str(f)))

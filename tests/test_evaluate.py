@@ -1,0 +1,62 @@
+"""The evaluator on hand-made ground truth: perfect predictions score AP 1.0, shifted boxes less."""
+
+import numpy as np
+import pytest
+
+from yoloq.evaluate import STAT_NAMES, CocoEvaluator
+from yoloq.postprocess import Detections
+
+GT = {
+    "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480},
+               {"id": 2, "file_name": "b.jpg", "width": 640, "height": 480}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 100, 200], "area": 20000, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [300, 50, 120, 80], "area": 9600, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 3, "bbox": [50, 60, 200, 150], "area": 30000, "iscrowd": 0},
+    ],
+    "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
+}
+CATS = (1, 3)  # model class 0 -> person (1), class 1 -> car (3)
+
+
+def dets(boxes_xywh, classes, shift=0.0):
+    b = np.array(boxes_xywh, dtype=np.float32)
+    xyxy = np.concatenate([b[:, :2] + shift, b[:, :2] + b[:, 2:] + shift], 1)
+    return Detections(xyxy, np.full(len(b), 0.9, np.float32), np.array(classes))
+
+
+def evaluate(shift=0.0, drop_second=False):
+    ev = CocoEvaluator(GT, CATS)
+    ev.process(1, dets([[10, 20, 100, 200], [300, 50, 120, 80]], [0, 1], shift))
+    ev.process(2, dets([[50, 60, 200, 150]], [1], shift) if not drop_second else dets(np.zeros((0, 4)), []))
+    return ev.evaluate()
+
+
+def test_perfect_predictions_score_one():
+    m = evaluate()
+    assert m.map50_95 == pytest.approx(1.0)
+    assert m.map50 == pytest.approx(1.0) and m.map75 == pytest.approx(1.0)
+    assert m.per_class == {"person": pytest.approx(1.0), "car": pytest.approx(1.0)}
+    assert m.images == 2 and m.detections == 3
+    assert set(STAT_NAMES) <= set(m.to_dict())
+
+
+def test_shifted_boxes_score_less():
+    m = evaluate(shift=12.0)
+    assert 0.0 < m.map50_95 < 0.9
+    assert m.map50 == pytest.approx(1.0)  # still IoU > 0.5
+
+
+def test_missed_object_lowers_recall_and_ap():
+    m = evaluate(drop_second=True)
+    assert m.per_class["car"] < 1.0 and m.per_class["person"] == pytest.approx(1.0)
+    assert m.ar100 < 1.0
+
+
+def test_class_map_and_no_predictions():
+    ev = CocoEvaluator(GT, CATS)
+    ev.process(1, dets([[10, 20, 100, 200]], [1]))  # right box, wrong class
+    assert ev.evaluate().per_class["person"] == 0.0
+    ev.reset()
+    ev.process(1, dets(np.zeros((0, 4)), []))
+    assert ev.evaluate().map50_95 == 0.0
