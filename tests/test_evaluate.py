@@ -19,10 +19,11 @@ GT = {
 CATS = (1, 3)  # model class 0 -> person (1), class 1 -> car (3)
 
 
-def dets(boxes_xywh, classes, shift=0.0):
+def dets(boxes_xywh, classes, shift=0.0, scores=None):
     b = np.array(boxes_xywh, dtype=np.float32)
     xyxy = np.concatenate([b[:, :2] + shift, b[:, :2] + b[:, 2:] + shift], 1)
-    return Detections(xyxy, np.full(len(b), 0.9, np.float32), np.array(classes))
+    s = np.full(len(b), 0.9, np.float32) if scores is None else np.array(scores, np.float32)
+    return Detections(xyxy, s, np.array(classes))
 
 
 def evaluate(shift=0.0, drop_second=False):
@@ -60,3 +61,27 @@ def test_class_map_and_no_predictions():
     ev.reset()
     ev.process(1, dets(np.zeros((0, 4)), []))
     assert ev.evaluate().map50_95 == 0.0
+
+
+def test_weighted_map_reproduces_cocoeval_and_counts_duplicates():
+    from yoloq.bootstrap import paired_bootstrap, weighted_map
+
+    # distinct scores: a resample repeats an image's detections next to each other, exact unless scores tie
+    one = ([[10, 20, 100, 200], [300, 50, 120, 80]], [0, 1], 6.0, [0.9, 0.5])
+    two = ([[50, 60, 200, 150], [400, 300, 50, 50]], [1, 1], 3.0, [0.7, 0.8])
+    ev = CocoEvaluator(GT, CATS)
+    ev.process(1, dets(*one))
+    ev.process(2, dets(*two))
+    m = ev.evaluate()
+    pe = ev.per_image()
+    assert weighted_map(pe, np.ones(2))[0] == pytest.approx(m.map50_95, abs=1e-12)
+    # image 2 counted twice == a ground truth where image 2 appears twice
+    gt2 = {**GT, "images": GT["images"] + [{"id": 3, "file_name": "c.jpg", "width": 640, "height": 480}],
+           "annotations": GT["annotations"] + [{**GT["annotations"][2], "id": 4, "image_id": 3}]}
+    ev2 = CocoEvaluator(gt2, CATS)
+    ev2.process(1, dets(*one))
+    for i in (2, 3):
+        ev2.process(i, dets(*two))
+    assert weighted_map(pe, np.array([1, 2]))[0] == pytest.approx(ev2.evaluate().map50_95, abs=1e-9)
+    same = paired_bootstrap(pe, pe, n=200)
+    assert same["lo"] == same["hi"] == same["drop"] == 0.0 and not same["significant"]

@@ -17,7 +17,7 @@ from yoloq.backends.registry import registered
 from yoloq.config import load_config
 from yoloq.errors import BackendUnavailable
 from yoloq.models import load_source
-from yoloq.paths import REPO_ROOT
+from yoloq.paths import REPO_ROOT, from_display
 from yoloq.preprocess import prepare, read_image
 
 pytestmark = pytest.mark.shared
@@ -82,7 +82,7 @@ def test_backend_contract(smoke_run, fmt, precision):
     ref = smoke_run["records"]["torch-fp32"]
     keep = rec["metrics"]["map50_95"] / ref["metrics"]["map50_95"]
     assert keep >= BAND[precision], f"{variant.label} keeps {keep:.3f} of torch FP32"
-    artifact = Artifact(_artifact_path(smoke_run["dir"], rec), fmt, precision, rec["artifact_info"])
+    artifact = Artifact(from_display(rec["artifact"], smoke_run["dir"]), fmt, precision, rec["artifact_info"])
     runtime = backend.load(artifact, threads=2)
     imgs = [read_image(p) for p in sorted((SHARED / "datasets/coco-mini/val2017").glob("*.jpg"))[:2]]
     x, _ = prepare(imgs[:1], 320)
@@ -90,16 +90,6 @@ def test_backend_contract(smoke_run, fmt, precision):
     assert y.shape == (1, 84, 2100)  # [B, 4 + 80 classes, anchors at 320]
     assert np.isfinite(y).all() and 0 <= y[:, 4:].min() and y[:, 4:].max() <= 1.0
     assert 0 < y[:, :4].max() < 2 * 320  # boxes in input pixels, not normalised
-
-
-def _artifact_path(run_dir: Path, rec: dict) -> Path:
-    p = Path(rec["artifact"])
-    if p.is_absolute():
-        return p
-    for base in (run_dir, REPO_ROOT, Path.cwd()):
-        if (base / p).exists():
-            return base / p
-    return p
 
 
 def test_rerun_keeps_finished_variants(smoke_run, tmp_path: Path):

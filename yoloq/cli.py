@@ -19,13 +19,66 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(cfg, Path(args.out) if args.out else None)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from yoloq.report import write_summary
-
-    run_dir = Path(args.run_dir)
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path)
     if not (run_dir / "records.jsonl").is_file():
         raise YoloqError(f"no records.jsonl in {run_dir} (give the folder a 'yoloq run' wrote)")
-    print(write_summary(run_dir))
+    return run_dir
+
+
+def _run_settings(run_dir: Path) -> dict:
+    import yaml
+
+    f = run_dir / "config.yaml"
+    return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from yoloq.config import BudgetConfig, ReportConfig, from_mapping
+    from yoloq.finalize import finalize
+    from yoloq.report import write_reports
+
+    run_dir = _run_dir(args.run_dir)
+    settings = _run_settings(run_dir)
+    budget = from_mapping(BudgetConfig, settings.get("budget") or {}, "budget")
+    report = from_mapping(ReportConfig, settings.get("report") or {}, "report")
+    info = finalize(run_dir, settings.get("reference"), budget, report)
+    print(write_reports(run_dir, settings.get("reference")))
+    print(f"report: {run_dir / 'report.html'} ({info['intervals']} bootstrap intervals in "
+          f"{info['bootstrap_s']:.1f}s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from yoloq.budget import verdict
+    from yoloq.config import BudgetConfig, from_mapping
+    from yoloq.pipeline import print_budget
+    from yoloq.records import load_records
+    from yoloq.report import reference_of
+
+    run_dir = _run_dir(args.run_dir)
+    settings = _run_settings(run_dir)
+    budget = from_mapping(BudgetConfig, settings.get("budget") or {}, "budget")
+    if args.min_retention is not None or args.max_map_drop is not None:
+        budget = BudgetConfig(args.min_retention, args.max_map_drop)
+    if not budget.active:
+        raise YoloqError(f"no accuracy budget for {run_dir}: set 'budget:' in the config or pass --min-retention")
+    records = load_records(run_dir / "records.jsonl")
+    ref = reference_of(records, settings.get("reference"))
+    if ref is None:
+        raise YoloqError(f"{run_dir} has no ok reference variant to judge against")
+    for r in records:
+        r["budget"] = verdict(r, ref, budget)
+    return EXIT_OK if print_budget(records) else EXIT_FAILED
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from yoloq.compare import compare
+
+    a, b = _run_dir(args.run_a), _run_dir(args.run_b)
+    out = Path(args.out) if args.out else b / f"compare-{a.name}.md"
+    print(compare(a, b, out))
+    print(f"written: {out}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -38,9 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML config, e.g. configs/default.yaml")
     r.add_argument("--out", help="output folder (default: the config's 'output')")
     r.set_defaults(func=_cmd_run)
-    rep = sub.add_parser("report", help="rebuild summary.csv and report.md from a run's records")
+    rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
+    chk = sub.add_parser("check", help="exit 1 when any variant breaks the accuracy budget (for CI)")
+    chk.add_argument("run_dir")
+    chk.add_argument("--min-retention", type=float, help="override: keep at least this share of the reference")
+    chk.add_argument("--max-map-drop", type=float, help="override: lose at most this much mAP50-95")
+    chk.set_defaults(func=_cmd_check)
+    cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
+    cmp_.add_argument("run_a")
+    cmp_.add_argument("run_b")
+    cmp_.add_argument("--out", help="report file (default: RUN_B/compare-<RUN_A>.md)")
+    cmp_.set_defaults(func=_cmd_compare)
     return p
 
 

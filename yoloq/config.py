@@ -114,6 +114,36 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """The accuracy a non-reference variant must keep: a share of the reference mAP50-95 and/or a drop."""
+
+    min_retention: float | None = None
+    max_map_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.min_retention is None or 0 < self.min_retention <= 1, "budget.min_retention",
+               self.min_retention, "0 < x <= 1 or null")
+        _check(self.max_map_drop is None or 0 <= self.max_map_drop < 1, "budget.max_map_drop", self.max_map_drop,
+               "0 <= x < 1 or null")
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is set."""
+        return self.min_retention is not None or self.max_map_drop is not None
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Report settings: paired bootstrap resamples for the mAP-drop intervals and their seed."""
+
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.bootstrap == 0 or self.bootstrap >= 100, "report.bootstrap", self.bootstrap, "0 (off) or >= 100")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one ``yoloq run`` needs."""
 
@@ -126,6 +156,8 @@ class RunConfig:
     latency: LatencyConfig = LatencyConfig()
     output: str = "results/run"
     reference: str | None = None
+    budget: BudgetConfig = BudgetConfig()
+    report: ReportConfig = ReportConfig()
     base_dir: str = "."
 
     def __post_init__(self) -> None:
@@ -185,7 +217,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             value = {"dataset": value}
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
-        return _build(tp, value, key)
+        return from_mapping(tp, value, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': got {value!r}, expected a list")
@@ -213,7 +245,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+def from_mapping(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, refusing unknown keys and converting types."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
@@ -248,7 +280,7 @@ def parse_config(data: Mapping[str, Any], base_dir: str | Path = ".") -> RunConf
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"config must be a mapping of keys, got {type(data).__name__}")
-    cfg = _build(RunConfig, data)
+    cfg = from_mapping(RunConfig, data)
     cfg = dataclasses.replace(cfg, base_dir=str(base_dir))
     from yoloq.backends.registry import validate_variant
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from yoloq.bootstrap import PerImageEval, collect
 from yoloq.postprocess import Detections
 
 STAT_NAMES = ("map50_95", "map50", "map75", "map_small", "map_medium", "map_large",
@@ -63,6 +64,7 @@ class CocoEvaluator:
         """Forget every processed image."""
         self._results: list[dict[str, Any]] = []
         self._image_ids: list[int] = []
+        self._cocoeval: Any = None
 
     def process(self, image_id: int, det: Detections) -> None:
         """Add one image's detections (boxes in original pixels)."""
@@ -83,6 +85,7 @@ class CocoEvaluator:
         from pycocotools.cocoeval import COCOeval
 
         n = len(set(self._image_ids))
+        self._cocoeval = None
         if not self._results:
             return CocoMetrics(*([0.0] * 12), per_class={}, images=n, detections=0)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -92,6 +95,7 @@ class CocoEvaluator:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
+        self._cocoeval = ev
         stats = [float(x) for x in ev.stats]
         precision = ev.eval["precision"]  # [T, R, K, A, M]
         per_class = {}
@@ -101,3 +105,7 @@ class CocoEvaluator:
             if p.size:  # only classes with ground truth in the evaluated images
                 per_class[self._coco.cats[cid]["name"]] = float(p.mean())
         return CocoMetrics(*stats, per_class=per_class, images=n, detections=len(self._results))
+
+    def per_image(self) -> PerImageEval | None:
+        """The last evaluation's per-image matches (for bootstrap intervals); None before or without detections."""
+        return collect(self._cocoeval) if self._cocoeval is not None else None

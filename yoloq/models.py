@@ -83,7 +83,8 @@ def _describe_pt(path: Path) -> tuple[tuple[str, ...], bool]:
     try:
         yolo = YOLO(str(path), task=None)
     except Exception as e:  # noqa: BLE001 - torch/ultralytics raise many kinds for a bad file
-        raise ModelError(f"cannot read model file {path.name}: {type(e).__name__}: {str(e)[:200]} "
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"cannot read model file {path.name}: {type(e).__name__}: {first} "
                          f"(is it an Ultralytics .pt checkpoint?)") from None
     if yolo.task != "detect":
         raise ModelError(f"model {path.name} is a '{yolo.task}' model, not a detector; yoloq needs a detect model")
@@ -97,7 +98,8 @@ def _describe_onnx(path: Path) -> tuple[tuple[str, ...], bool]:
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and others
-        raise ModelError(f"cannot read ONNX file {path.name}: {type(e).__name__}: {str(e)[:200]}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"cannot read ONNX file {path.name}: {type(e).__name__}: {first}") from None
     meta = {p.key: p.value for p in m.metadata_props}
     if meta.get("task", "detect") != "detect":
         raise ModelError(f"model {path.name} is a '{meta['task']}' model, not a detector")

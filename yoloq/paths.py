@@ -39,3 +39,17 @@ def display_path(path: Path) -> str:
             continue
         return f"{label}/{rel.as_posix()}" if label != "." else rel.as_posix()
     return str(path)
+
+
+def from_display(text: str, base: Path) -> Path:
+    """Turn a recorded path (see :func:`display_path`) back into a path on this machine.
+
+    ``$YOLOQ_SHARED/...`` resolves against the shared folder; a relative path against ``base``
+    (the run folder for artifacts), then the checkout.
+    """
+    if text.startswith("$YOLOQ_SHARED/"):
+        return shared_root() / text[len("$YOLOQ_SHARED/"):]
+    p = Path(text)
+    if p.is_absolute():
+        return p
+    return base / p if (base / p).exists() else REPO_ROOT / p

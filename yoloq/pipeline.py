@@ -23,6 +23,7 @@ from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, build_calibration
 from yoloq.errors import BackendUnavailable, DataError, YoloqError
 from yoloq.evaluate import CocoEvaluator, CocoMetrics
+from yoloq.finalize import evaldata_path, finalize
 from yoloq.latency import measure
 from yoloq.models import SourceModel, load_source
 from yoloq.paths import display_path
@@ -31,7 +32,7 @@ from yoloq.preprocess import prepare, read_image
 from yoloq.progress import bar
 from yoloq.provenance import machine, versions
 from yoloq.records import Record, load_records, save_record, write_atomic
-from yoloq.report import write_summary
+from yoloq.report import write_reports
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
 def variant_key(inputs: RunInputs, v: VariantConfig) -> str:
     """A hash of everything that determines one variant's result (reuse only when it matches)."""
     cfg = inputs.cfg.to_dict()
-    for k in ("variants", "output", "reference"):
+    for k in ("variants", "output", "reference", "budget", "report"):
         cfg.pop(k, None)
     blob = {"cfg": cfg, "variant": {"format": v.format, "precision": v.precision, "device": v.device,
                                     "options": dict(v.options)},
@@ -106,6 +107,8 @@ def remember_artifact(workdir: Path, key: str, artifact: Artifact) -> None:
 def accuracy_pass(runtime: Runtime, inputs: RunInputs, label: str) -> tuple[CocoMetrics, list[str]]:
     """Predict every evaluation image (batch 1) and score the detections with pycocotools.
 
+    The per-image matches are kept in ``evaldata/`` for the report's bootstrap intervals.
+
     Returns:
         The metrics and the names of images that could not be read (skipped, not scored).
     """
@@ -122,7 +125,11 @@ def accuracy_pass(runtime: Runtime, inputs: RunInputs, label: str) -> tuple[Coco
         x, lbs = prepare([img], cfg.imgsz)
         det = postprocess(runtime.predict(x), lbs, cfg.eval, inputs.source.end2end)[0]
         evaluator.process(s.image_id, det)
-    return evaluator.evaluate(), skipped
+    metrics = evaluator.evaluate()
+    per_image = evaluator.per_image()
+    if per_image is not None:
+        per_image.save(evaldata_path(inputs.out_dir, label))
+    return metrics, skipped
 
 
 def _latency_images(inputs: RunInputs) -> list[Any]:
@@ -250,7 +257,26 @@ def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
         print(f"  {v.label}: {_describe(rec)}", file=sys.stderr)
     failed = any(r.get("status") == "failed" for r in load_records(records_path)
                  if r.get("name") in {v.label for v in cfg.variants})
-    table = write_summary(out_dir, cfg.reference_label)
+    done_info = finalize(out_dir, cfg.reference_label, cfg.budget, cfg.report)
+    table = write_reports(out_dir, cfg.reference_label)
     print(table)
-    print(f"\nrecords: {out_dir / 'records.jsonl'}  report: {out_dir / 'report.md'}", file=sys.stderr)
+    if done_info["intervals"]:
+        print(f"bootstrap: {done_info['intervals']} paired intervals x {done_info['resamples']} resamples in "
+              f"{done_info['bootstrap_s']:.1f}s", file=sys.stderr)
+    if cfg.budget.active:
+        print_budget(load_records(records_path))
+    print(f"\nrecords: {out_dir / 'records.jsonl'}  report: {out_dir / 'report.html'}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_budget(records: list[dict[str, Any]]) -> bool:
+    """Print PASS/FAIL per judged variant; return whether every judged variant passed."""
+    ok = True
+    for r in records:
+        v = r.get("budget") or {}
+        if v.get("pass") is None:
+            continue
+        ok &= bool(v["pass"])
+        detail = v.get("why") or f"keeps {v['retention']:.1%}, drop {v['drop']:+.4f}"
+        print(f"budget {'PASS' if v['pass'] else 'FAIL'}  {r['name']}: {detail} (rule: {v['rule']})")
+    return ok

@@ -25,12 +25,18 @@ def bar(items: Iterable[T], desc: str | None = None, total: int | None = None, d
 
 @contextlib.contextmanager
 def step(desc: str) -> Iterator[None]:
-    """Show a one-step bar for a long call with no inner progress (an export), with its time."""
+    """Show a one-step bar for a long call (an export), with its time.
+
+    Libraries' own chatter (exporters and quantizers print to stdout) goes to stderr, so stdout
+    carries only yoloq's tables.
+    """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    with tqdm(total=1, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=not enabled(),
-              bar_format="{desc}: {elapsed}") as pb:
+    hide = not enabled()
+    with contextlib.redirect_stdout(sys.stderr), \
+            tqdm(total=1, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True, disable=hide,
+                 bar_format="{desc}: {elapsed}") as pb:
         yield
         pb.update(1)
     print(f"  {desc}: done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

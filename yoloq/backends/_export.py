@@ -12,6 +12,7 @@ from typing import Any
 
 from yoloq.errors import ExportError
 from yoloq.models import SourceModel
+from yoloq.progress import step
 
 
 def _quiet_ultralytics() -> None:
@@ -37,7 +38,8 @@ def ultralytics_export(source: SourceModel, dest: Path, **kwargs: Any) -> Path:
         pt = Path(tmp) / source.path.name
         shutil.copy2(source.path, pt)
         try:
-            out = Path(YOLO(str(pt)).export(device="cpu", **kwargs))
+            with step(f"export {kwargs.get('format')} fp32 (Ultralytics exporter)"):
+                out = Path(YOLO(str(pt)).export(device="cpu", **kwargs))
         except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
             raise ExportError(f"Ultralytics export {kwargs.get('format')} failed: {type(e).__name__}: {e}") from e
         staging = dest.with_name(dest.name + ".partial")

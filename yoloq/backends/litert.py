@@ -79,8 +79,7 @@ class LiteRtBackend(Backend):
     def export(self, ctx: ExportContext) -> Artifact:
         fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, "fp32.tflite")
         if not fp32.is_file():
-            with step("export litert fp32 (litert_torch)"):
-                ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1)
+            ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1)
         p = ctx.variant.precision
         if p == "fp32":
             return Artifact(fp32, self.name, p, {"boxes_normalized": True})

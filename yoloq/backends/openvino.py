@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,10 @@ class OpenVinoBackend(Backend):
     def _quantize(self, ctx: ExportContext, model: Any, onnx_path: Path) -> tuple[Any, dict[str, Any]]:
         try:
             import nncf
+            from nncf.common.logging import nncf_logger
         except ImportError:
             raise BackendUnavailable("nncf is not installed (pip install nncf)") from None
+        nncf_logger.setLevel(logging.WARNING)
         ops = {op.get_friendly_name() for op in model.get_ops()}
         keep = [n for n in head_decode_nodes(onnx_path) if n in ops] if ctx.option("keep_head_float") else []
         images = list(ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),

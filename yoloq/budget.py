@@ -1,0 +1,39 @@
+"""The accuracy budget: does each non-reference variant keep enough of the reference's mAP50-95?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yoloq.config import BudgetConfig
+
+
+def verdict(record: dict[str, Any], ref: dict[str, Any] | None, budget: BudgetConfig) -> dict[str, Any]:
+    """Judge one record against the budget.
+
+    Returns:
+        ``pass`` (True/False, or None when not judged: no budget, the reference itself, skipped),
+        ``retention``, ``drop`` and the ``rule`` applied, in words.
+    """
+    rules = []
+    if budget.min_retention is not None:
+        rules.append(f"keep >= {budget.min_retention:.1%} of {ref['name'] if ref else 'reference'}")
+    if budget.max_map_drop is not None:
+        rules.append(f"drop <= {budget.max_map_drop:.4f} mAP50-95")
+    out: dict[str, Any] = {"pass": None, "rule": "; ".join(rules), "retention": None, "drop": None}
+    if not budget.active or ref is None or record["name"] == ref["name"] or record["status"] == "skipped":
+        return out
+    if record["status"] != "ok":
+        return out | {"pass": False, "why": "variant failed"}
+    ref_map, var_map = ref["metrics"]["map50_95"], record["metrics"]["map50_95"]
+    retention = var_map / ref_map if ref_map else 0.0
+    drop = ref_map - var_map
+    ok = (budget.min_retention is None or retention >= budget.min_retention) and \
+         (budget.max_map_drop is None or drop <= budget.max_map_drop)
+    return out | {"pass": ok, "retention": retention, "drop": drop}
+
+
+def label(v: dict[str, Any] | None) -> str:
+    """PASS / FAIL / '' for a verdict."""
+    if not v or v.get("pass") is None:
+        return ""
+    return "PASS" if v["pass"] else "FAIL"

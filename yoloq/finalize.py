@@ -1,0 +1,50 @@
+"""After the variants: paired bootstrap intervals and budget verdicts go into the records."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from yoloq.bootstrap import PerImageEval, paired_bootstrap
+from yoloq.budget import verdict
+from yoloq.config import BudgetConfig, ReportConfig
+from yoloq.records import load_records, write_atomic
+from yoloq.report import reference_of
+
+
+def evaldata_path(run_dir: Path, name: str) -> Path:
+    """Where a variant's per-image evaluation (for the bootstrap) is kept."""
+    return run_dir / "evaldata" / f"{name}.npz"
+
+
+def finalize(run_dir: Path, reference: str | None, budget: BudgetConfig, report: ReportConfig) -> dict[str, Any]:
+    """Attach ``metrics.map_drop_ci`` and ``budget`` to every record of ``run_dir`` (one atomic rewrite).
+
+    Returns:
+        What was done: the reference's name, how many intervals, and the bootstrap's seconds.
+    """
+    path = run_dir / "records.jsonl"
+    records = load_records(path)
+    ref = reference_of(records, reference)
+    t0 = time.perf_counter()
+    n = 0
+    ref_file = evaldata_path(run_dir, ref["name"]) if ref else None
+    if ref and report.bootstrap and ref_file and ref_file.is_file():
+        ref_pe = PerImageEval.load(ref_file)
+        for r in records:
+            f = evaldata_path(run_dir, r["name"])
+            if r["status"] == "ok" and r["name"] != ref["name"] and f.is_file():
+                try:
+                    ci = paired_bootstrap(ref_pe, PerImageEval.load(f), n=report.bootstrap, seed=report.seed)
+                except ValueError:
+                    continue  # evaluated on other images (an older run's record): no paired interval
+                r["metrics"]["map_drop_ci"] = ci | {"reference": ref["name"]}
+                n += 1
+    seconds = time.perf_counter() - t0
+    for r in records:
+        r["budget"] = verdict(r, ref, budget)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    return {"reference": ref["name"] if ref else None, "intervals": n, "bootstrap_s": seconds,
+            "resamples": report.bootstrap}

@@ -1,0 +1,60 @@
+"""Pareto plots of accuracy against latency and size (matplotlib, written as PNG files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats: lower-or-equal cost and higher-or-equal mAP, one strictly."""
+    front = []
+    for i, (c, m) in enumerate(points):
+        dominated = any((c2 <= c and m2 >= m) and (c2 < c or m2 > m) for j, (c2, m2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def _plot(records: list[dict[str, Any]], cost: str, xlabel: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    pts = [((r["latency"]["p50_ms"] if cost == "latency" else r["size_mb"]), r["metrics"]["map50_95"]) for r in ok]
+    if not pts:
+        return None
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    colors = {"torch": "#444444", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "litert": "#ff7f0e",
+              "tensorrt": "#2ca02c"}
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    for r, (x, y) in zip(ok, pts):
+        ax.scatter(x, y, s=70, c=colors.get(r["format"], "#17becf"), marker=markers.get(r["precision"], "D"),
+                   edgecolors="black", linewidths=0.6, zorder=3)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    fx = sorted(pts[i] for i in front)
+    ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", c="#d62728", lw=1.4, zorder=2, label="Pareto front")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mAP50-95 (pycocotools)")
+    ax.set_title(f"Accuracy vs {cost}: front = no other variant is both better and cheaper", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def pareto_plots(records: list[dict[str, Any]], run_dir: Path) -> dict[str, Path]:
+    """Write ``pareto_latency.png`` and ``pareto_size.png`` into ``run_dir``; return those written."""
+    out = {}
+    for cost, xlabel in (("latency", "p50 end-to-end latency, ms (batch 1)"), ("size", "model size, MB")):
+        p = _plot(records, cost, xlabel, run_dir / f"pareto_{cost}.png")
+        if p is not None:
+            out[f"mAP vs {cost}"] = p
+    return out
