@@ -77,9 +77,15 @@ def collect(ev: Any) -> PerImageEval:
         s = np.concatenate(scores)
         order = np.argsort(-s, kind="mergesort")  # pycocotools' order
         m, ig = np.concatenate(matches, 1)[:, order], np.concatenate(ignores, 1)[:, order]
-        imgs.append(np.concatenate(idx)[order])
-        tps.append(np.logical_and(m > 0, ~ig.astype(bool)))
-        fps.append(np.logical_and(m == 0, ~ig.astype(bool)))
+        tp = np.logical_and(m > 0, ~ig.astype(bool))
+        fp = np.logical_and(m == 0, ~ig.astype(bool))
+        # detections after the last true positive never change AP (recall is flat, the precision envelope
+        # only looks right): drop them, whatever the resample weights
+        hits = np.nonzero(tp.any(axis=0))[0]
+        end = int(hits[-1]) + 1 if hits.size else 0
+        imgs.append(np.concatenate(idx)[order][:end])
+        tps.append(tp[:, :end])
+        fps.append(fp[:, :end])
     return PerImageEval(image_ids, np.asarray(p.recThrs), tuple(imgs), tuple(tps), tuple(fps), npos)
 
 
@@ -121,13 +127,26 @@ def weighted_map(pe: PerImageEval, weights: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def paired_bootstrap(ref: PerImageEval, var: PerImageEval, n: int = 1000, seed: int = 0,
-                     chunk: int = 50) -> dict[str, float]:
-    """The 95% interval of mAP50-95(ref) - mAP50-95(var) over image resamples shared by both.
+def resample_weights(n_images: int, n: int, seed: int) -> np.ndarray:
+    """``[n, n_images]`` image counts of ``n`` bootstrap resamples (with replacement), seeded."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n_images, n_images), minlength=n_images) for _ in range(n)])
 
-    Returns:
-        ``drop`` (on all images), ``lo``/``hi`` (2.5 / 97.5 percentiles), ``resamples``, ``seed``,
-        and ``significant`` (the interval excludes zero).
+
+def resampled_maps(pe: PerImageEval, weights: np.ndarray, chunk: int = 50) -> np.ndarray:
+    """mAP50-95 of ``pe`` under each resample (row of ``weights``), computed in chunks."""
+    return np.concatenate([weighted_map(pe, weights[i:i + chunk]) for i in range(0, len(weights), chunk)])
+
+
+def interval(ref_maps: np.ndarray, var_maps: np.ndarray, drop: float, seed: int) -> dict[str, Any]:
+    """The 2.5-97.5 percentile interval of paired differences, and whether it excludes zero."""
+    lo, hi = (float(x) for x in np.percentile(ref_maps - var_maps, [2.5, 97.5]))
+    return {"drop": drop, "lo": lo, "hi": hi, "resamples": len(ref_maps), "seed": seed,
+            "significant": bool(lo > 0 or hi < 0)}
+
+
+def paired_bootstrap(ref: PerImageEval, var: PerImageEval, n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The 95% interval of mAP50-95(ref) - mAP50-95(var) over image resamples shared by both.
 
     Raises:
         ValueError: When the two were evaluated on different images.
@@ -135,14 +154,7 @@ def paired_bootstrap(ref: PerImageEval, var: PerImageEval, n: int = 1000, seed: 
     if not np.array_equal(ref.image_ids, var.image_ids):
         raise ValueError("paired bootstrap needs both variants evaluated on the same images")
     n_img = len(ref.image_ids)
-    rng = np.random.default_rng(seed)
-    drops = []
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        w = np.stack([np.bincount(rng.integers(0, n_img, n_img), minlength=n_img) for _ in range(m)])
-        drops.append(weighted_map(ref, w) - weighted_map(var, w))
-    d = np.concatenate(drops)
-    full = float(weighted_map(ref, np.ones(n_img))[0] - weighted_map(var, np.ones(n_img))[0])
-    lo, hi = (float(x) for x in np.percentile(d, [2.5, 97.5]))
-    return {"drop": full, "lo": lo, "hi": hi, "resamples": n, "seed": seed,
-            "significant": bool(lo > 0 or hi < 0)}
+    w = resample_weights(n_img, n, seed)
+    ones = np.ones(n_img)
+    drop = float(weighted_map(ref, ones)[0] - weighted_map(var, ones)[0])
+    return interval(resampled_maps(ref, w), resampled_maps(var, w), drop, seed)

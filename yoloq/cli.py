@@ -72,6 +72,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if print_budget(records) else EXIT_FAILED
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from yoloq.backends._export import base_onnx
+    from yoloq.config import load_config
+    from yoloq.pipeline import prepare_inputs
+    from yoloq.sensitivity import analyse, write_sensitivity
+
+    cfg = load_config(args.config)
+    variant = next((v for v in cfg.variants if v.label == args.variant), None)
+    if variant is None:
+        raise YoloqError(f"no variant '{args.variant}' in {args.config}; variants: "
+                         f"{', '.join(v.label for v in cfg.variants)}")
+    if variant.format not in ("onnxruntime", "openvino") or variant.precision != "int8":
+        raise YoloqError(f"sensitivity ranks the layers of an onnxruntime or openvino int8 variant, "
+                         f"not {variant.label}")
+    out_dir = Path(args.out or cfg.output)
+    inputs = prepare_inputs(cfg, out_dir)
+    fp32 = base_onnx(inputs.source, cfg.imgsz, out_dir / "artifacts")
+    results = analyse(cfg, variant, fp32, inputs.calibration, args.granularity, args.images)
+    dest = out_dir / f"sensitivity-{variant.label}-{args.granularity}"
+    print(write_sensitivity(results, dest, f"INT8 sensitivity of {inputs.source.name} ({variant.label}, "
+                                           f"{args.granularity}s, {args.images} calibration images)"))
+    print(f"written: {dest}/sensitivity.md, .csv, .png", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from yoloq.compare import compare
 
@@ -99,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--min-retention", type=float, help="override: keep at least this share of the reference")
     chk.add_argument("--max-map-drop", type=float, help="override: lose at most this much mAP50-95")
     chk.set_defaults(func=_cmd_check)
+    sen = sub.add_parser("sensitivity", help="rank layers by the error INT8 quantization of each alone adds")
+    sen.add_argument("config")
+    sen.add_argument("--variant", required=True, help="an onnxruntime/openvino int8 variant of the config")
+    sen.add_argument("--granularity", choices=("block", "layer"), default="block")
+    sen.add_argument("--images", type=int, default=16, help="calibration images to measure on")
+    sen.add_argument("--out", help="output folder (default: the config's 'output')")
+    sen.set_defaults(func=_cmd_sensitivity)
     cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")

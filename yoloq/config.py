@@ -95,7 +95,11 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """The latency harness: warm-up, then at least ``min_runs`` runs and ``min_seconds`` seconds."""
+    """The latency harness: warm-up, then at least ``min_runs`` runs and ``min_seconds`` seconds.
+
+    ``conf`` is the deployment score threshold the timed postprocess uses (as ``yolo predict``); the
+    accuracy pass keeps the evaluation thresholds (``eval.conf`` 0.001, as ``yolo val``).
+    """
 
     warmup: int = 10
     min_runs: int = 100
@@ -103,8 +107,10 @@ class LatencyConfig:
     threads: int = 2
     batch: int = 1
     images: int = 16
+    conf: float = 0.25
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.conf < 1.0, "latency.conf", self.conf, "0 <= conf < 1")
         _check(self.warmup >= 0, "latency.warmup", self.warmup, ">= 0")
         _check(self.min_runs >= 1, "latency.min_runs", self.min_runs, ">= 1")
         _check(self.min_seconds >= 0, "latency.min_seconds", self.min_seconds, ">= 0")

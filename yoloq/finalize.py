@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yoloq.bootstrap import PerImageEval, paired_bootstrap
+import numpy as np
+
+from yoloq.bootstrap import PerImageEval, interval, resample_weights, resampled_maps, weighted_map
 from yoloq.budget import verdict
 from yoloq.config import BudgetConfig, ReportConfig
 from yoloq.records import load_records, write_atomic
@@ -33,13 +35,18 @@ def finalize(run_dir: Path, reference: str | None, budget: BudgetConfig, report:
     ref_file = evaldata_path(run_dir, ref["name"]) if ref else None
     if ref and report.bootstrap and ref_file and ref_file.is_file():
         ref_pe = PerImageEval.load(ref_file)
+        n_img = len(ref_pe.image_ids)
+        weights = resample_weights(n_img, report.bootstrap, report.seed)  # the same resamples for every variant
+        ref_maps = resampled_maps(ref_pe, weights)
+        ref_full = float(weighted_map(ref_pe, np.ones(n_img))[0])
         for r in records:
             f = evaldata_path(run_dir, r["name"])
             if r["status"] == "ok" and r["name"] != ref["name"] and f.is_file():
-                try:
-                    ci = paired_bootstrap(ref_pe, PerImageEval.load(f), n=report.bootstrap, seed=report.seed)
-                except ValueError:
+                pe = PerImageEval.load(f)
+                if not np.array_equal(pe.image_ids, ref_pe.image_ids):
                     continue  # evaluated on other images (an older run's record): no paired interval
+                drop = ref_full - float(weighted_map(pe, np.ones(n_img))[0])
+                ci = interval(ref_maps, resampled_maps(pe, weights), drop, report.seed)
                 r["metrics"]["map_drop_ci"] = ci | {"reference": ref["name"]}
                 n += 1
     seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ import yaml
 
 from yoloq.backends.base import Artifact, ExportContext, Runtime
 from yoloq.backends.registry import get_backend
-from yoloq.config import RunConfig, VariantConfig
+from yoloq.config import EvalConfig, RunConfig, VariantConfig
 from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, build_calibration
 from yoloq.errors import BackendUnavailable, DataError, YoloqError
@@ -190,10 +190,11 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         timings["evaluate"] = time.perf_counter() - t0
         rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
         t0 = time.perf_counter()
-        post: Callable[..., Any] = lambda raw, lbs: postprocess(raw, lbs, cfg.eval, inputs.source.end2end)  # noqa: E731
+        deploy = EvalConfig(conf=cfg.latency.conf, iou=cfg.eval.iou, max_det=cfg.eval.max_det, multi_label=False)
+        post: Callable[..., Any] = lambda raw, lbs: postprocess(raw, lbs, deploy, inputs.source.end2end)  # noqa: E731
         lat = measure(runtime, _latency_images(inputs), cfg.imgsz, post, cfg.latency, progress=f"  latency {v.label}")
         timings["latency"] = time.perf_counter() - t0
-        rec.latency = lat.to_dict()
+        rec.latency = lat.to_dict() | {"conf": cfg.latency.conf, "multi_label": False}
     except BackendUnavailable as e:
         rec.status, rec.reason = "skipped", str(e)
     except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others

@@ -77,18 +77,29 @@ def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False
     return dest
 
 
-def head_decode_nodes(onnx_path: Path) -> list[str]:
-    """Names of the detection head's decode nodes (DFL, sigmoid, box maths, concat) in an ONNX graph.
+def head_float_nodes(onnx_path: Path, keep: str = "outputs") -> list[str]:
+    """Names of the detection head's nodes to leave in float in an ONNX graph.
 
-    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``); its ``cv2``/``cv3``
-    convolution branches are not part of the decode and stay quantizable.
+    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``). ``keep="decode"`` gives
+    its decode (DFL, sigmoid, box maths, concat); ``keep="outputs"`` adds the head's bare output
+    convolutions (those outside its Conv-BN-SiLU blocks), the layers Ultralytics' own QAT also keeps
+    in float; ``keep="none"`` gives nothing.
     """
     import onnx
 
+    if keep == "none":
+        return []
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
     sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
     if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
         return []
     scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
-    return [n.name for n in nodes
-            if n.name.startswith(scope) and not any(f"{scope}{b}" in n.name for b in ("cv2.", "cv3.", "one2one_cv"))]
+    branches = ("cv2.", "cv3.", "one2one_cv")
+    out = []
+    for n in nodes:
+        if not n.name.startswith(scope):
+            continue
+        in_branch = any(f"{scope}{b}" in n.name for b in branches)
+        if not in_branch or (keep == "outputs" and n.op_type == "Conv" and "/conv/" not in n.name):
+            out.append(n.name)
+    return out

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends._export import base_onnx, head_decode_nodes
+from yoloq.backends._export import base_onnx
+from yoloq.backends._scope import SCOPE_OPTIONS, float_scope
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
 from yoloq.errors import BackendUnavailable, ExportError
@@ -88,7 +89,7 @@ class OnnxRuntimeBackend(Backend):
         "calibrate_method": OptionSpec(str, "minmax", ("minmax", "entropy", "percentile"), "activation ranges"),
         "activation_type": OptionSpec(str, "uint8", ("uint8", "int8"), "activation integer type"),
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
-        "keep_head_float": OptionSpec(bool, True, None, "leave the head's box/score decode in float"),
+        **SCOPE_OPTIONS,
     }
 
     def version(self) -> str:
@@ -132,7 +133,7 @@ class OnnxRuntimeBackend(Backend):
         out = ctx.workdir / "model_int8.onnx"
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[ctx.option("calibrate_method")]
-        exclude = head_decode_nodes(fp32) if ctx.option("keep_head_float") else []
+        exclude = float_scope(fp32, ctx.variant.options)
         settings = {k: ctx.option(k) for k in self.options}
         with step(f"quantize {ctx.variant.label}"):
             try:

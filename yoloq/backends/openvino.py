@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends._export import base_onnx, head_decode_nodes
+from yoloq.backends._export import base_onnx
+from yoloq.backends._scope import SCOPE_OPTIONS, float_scope
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
 from yoloq.errors import BackendUnavailable, ExportError
@@ -49,7 +50,7 @@ class OpenVinoBackend(Backend):
     options = {
         "preset": OptionSpec(str, "mixed", ("mixed", "performance"), "NNCF preset (mixed: asymmetric activations)"),
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
-        "keep_head_float": OptionSpec(bool, True, None, "leave the head's box/score decode in float"),
+        **SCOPE_OPTIONS,
         "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)"),
     }
 
@@ -83,7 +84,8 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailable("nncf is not installed (pip install nncf)") from None
         nncf_logger.setLevel(logging.WARNING)
         ops = {op.get_friendly_name() for op in model.get_ops()}
-        keep = [n for n in head_decode_nodes(onnx_path) if n in ops] if ctx.option("keep_head_float") else []
+        # OpenVINO splits an ONNX Conv with bias into Convolution ("<name>/WithoutBiases") + Add ("<name>")
+        keep = [m for n in float_scope(onnx_path, ctx.variant.options) for m in (n, f"{n}/WithoutBiases") if m in ops]
         images = list(ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
                                               progress="  loading calibration"))
         preset = nncf.QuantizationPreset.MIXED if ctx.option("preset") == "mixed" \
