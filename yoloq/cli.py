@@ -72,6 +72,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if print_budget(records) else EXIT_FAILED
 
 
+def _cmd_qat(args: argparse.Namespace) -> int:
+    import torch
+
+    from yoloq.config import load_config
+    from yoloq.qat import run_qat
+
+    cfg = load_config(args.config)
+    torch.set_num_threads(cfg.latency.threads)
+    return run_qat(cfg, Path(args.out) if args.out else None)
+
+
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from yoloq.backends._export import base_onnx
     from yoloq.config import load_config
@@ -124,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--min-retention", type=float, help="override: keep at least this share of the reference")
     chk.add_argument("--max-map-drop", type=float, help="override: lose at most this much mAP50-95")
     chk.set_defaults(func=_cmd_check)
+    qat = sub.add_parser("qat", help="quantization-aware training on train images, then evaluate its INT8 exports")
+    qat.add_argument("config")
+    qat.add_argument("--out", help="output folder (default: the config's 'output'; PTQ and QAT side by side)")
+    qat.set_defaults(func=_cmd_qat)
     sen = sub.add_parser("sensitivity", help="rank layers by the error INT8 quantization of each alone adds")
     sen.add_argument("config")
     sen.add_argument("--variant", required=True, help="an onnxruntime/openvino int8 variant of the config")

@@ -150,6 +150,28 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class QatConfig:
+    """Quantization-aware training (``yoloq qat``): fine-tune on train images, then evaluate INT8 formats."""
+
+    epochs: int = 1
+    images: int = 128
+    batch: int = 8
+    lr0: float = 0.0005
+    imgsz: int | None = None
+    mosaic: float = 0.0
+    formats: tuple[str, ...] = ("onnxruntime", "openvino")
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "qat.epochs", self.epochs, ">= 1")
+        _check(self.images >= 4, "qat.images", self.images, ">= 4")
+        _check(self.batch >= 1, "qat.batch", self.batch, ">= 1")
+        _check(0 < self.lr0 < 1, "qat.lr0", self.lr0, "0 < lr0 < 1")
+        _check(0 <= self.mosaic <= 1, "qat.mosaic", self.mosaic, "0 <= mosaic <= 1")
+        bad = [f for f in self.formats if f not in ("onnxruntime", "openvino")]
+        _check(not bad, "qat.formats", bad, "onnxruntime and/or openvino (they read the Q/DQ ONNX)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one ``yoloq run`` needs."""
 
@@ -164,6 +186,7 @@ class RunConfig:
     reference: str | None = None
     budget: BudgetConfig = BudgetConfig()
     report: ReportConfig = ReportConfig()
+    qat: QatConfig = QatConfig()
     base_dir: str = "."
 
     def __post_init__(self) -> None:

@@ -16,20 +16,21 @@ from typing import Any, Callable
 
 import yaml
 
+from yoloq.accuracy import score
 from yoloq.backends.base import Artifact, ExportContext, Runtime
 from yoloq.backends.registry import get_backend
 from yoloq.config import EvalConfig, RunConfig, VariantConfig
 from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, build_calibration
+from yoloq.data.holdout import holdout_split
 from yoloq.errors import BackendUnavailable, DataError, YoloqError
-from yoloq.evaluate import CocoEvaluator, CocoMetrics
+from yoloq.evaluate import CocoMetrics
 from yoloq.finalize import evaldata_path, finalize
 from yoloq.latency import measure
 from yoloq.models import SourceModel, load_source
 from yoloq.paths import display_path
 from yoloq.postprocess import postprocess
-from yoloq.preprocess import prepare, read_image
-from yoloq.progress import bar
+from yoloq.preprocess import read_image
 from yoloq.provenance import machine, versions
 from yoloq.records import Record, load_records, save_record, write_atomic
 from yoloq.report import write_reports
@@ -74,7 +75,7 @@ def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
 def variant_key(inputs: RunInputs, v: VariantConfig) -> str:
     """A hash of everything that determines one variant's result (reuse only when it matches)."""
     cfg = inputs.cfg.to_dict()
-    for k in ("variants", "output", "reference", "budget", "report"):
+    for k in ("variants", "output", "reference", "budget", "report", "qat"):
         cfg.pop(k, None)
     blob = {"cfg": cfg, "variant": {"format": v.format, "precision": v.precision, "device": v.device,
                                     "options": dict(v.options)},
@@ -113,18 +114,8 @@ def accuracy_pass(runtime: Runtime, inputs: RunInputs, label: str) -> tuple[Coco
         The metrics and the names of images that could not be read (skipped, not scored).
     """
     cfg = inputs.cfg
-    evaluator = CocoEvaluator(inputs.evalset.gt, inputs.class_map)
-    skipped = list(inputs.evalset.unreadable)
-    for s in bar(inputs.evalset.samples, desc=f"  evaluate {label}"):
-        try:
-            img = read_image(s.path)
-        except DataError:
-            print(f"  warning: skipping unreadable image {s.path.name}", file=sys.stderr)
-            skipped.append(s.path.name)
-            continue
-        x, lbs = prepare([img], cfg.imgsz)
-        det = postprocess(runtime.predict(x), lbs, cfg.eval, inputs.source.end2end)[0]
-        evaluator.process(s.image_id, det)
+    evaluator, skipped = score(runtime.predict, inputs.evalset, inputs.class_map, cfg.imgsz, cfg.eval,
+                               inputs.source.end2end, label=f"  evaluate {label}")
     metrics = evaluator.evaluate()
     per_image = evaluator.per_image()
     if per_image is not None:
@@ -174,7 +165,10 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         artifact = cached_artifact(inputs.out_dir / "artifacts" / v.label, key)
         if artifact is None:
             ctx = ExportContext(inputs.source, v, cfg.imgsz, inputs.calibration,
-                                inputs.out_dir / "artifacts" / v.label)
+                                inputs.out_dir / "artifacts" / v.label, eval_cfg=cfg.eval,
+                                holdout=lambda n, used: holdout_split(cfg.calibration, used, inputs.source.names, n,
+                                                                      Path(cfg.base_dir)),
+                                threads=cfg.latency.threads)
             artifact = backend.export(ctx)
             remember_artifact(inputs.out_dir / "artifacts" / v.label, key, artifact)
         else:
@@ -241,18 +235,28 @@ def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
     out_dir = Path(out_dir or cfg.output)
     inputs = prepare_inputs(cfg, out_dir)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    records_path = out_dir / "records.jsonl"
-    done = {r.get("name"): r for r in load_records(records_path)}
     print(f"yoloq: {len(cfg.variants)} variants of {inputs.source.name} at {cfg.imgsz} on "
           f"{inputs.evalset.name}/{inputs.evalset.split} ({len(inputs.evalset.samples)} images); calibration: "
           f"{len(inputs.calibration.images)} images from {', '.join(inputs.calibration.sources)}", file=sys.stderr)
-    for i, v in enumerate(cfg.variants, 1):
+    return run_variants(cfg, inputs, list(cfg.variants))
+
+
+def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig]) -> int:
+    """Run ``variants`` (reusing finished ones), then intervals, budget and reports for the whole folder.
+
+    Returns:
+        0 when every variant of ``cfg`` is ok or skipped, 1 when any failed.
+    """
+    out_dir = inputs.out_dir
+    records_path = out_dir / "records.jsonl"
+    done = {r.get("name"): r for r in load_records(records_path)}
+    for i, v in enumerate(variants, 1):
         key = variant_key(inputs, v)
         prev = done.get(v.label)
         if prev and prev.get("key") == key and prev.get("status") == "ok":
-            print(f"[{i}/{len(cfg.variants)}] {v.label}: already recorded, kept", file=sys.stderr)
+            print(f"[{i}/{len(variants)}] {v.label}: already recorded, kept", file=sys.stderr)
             continue
-        print(f"[{i}/{len(cfg.variants)}] {v.label}", file=sys.stderr)
+        print(f"[{i}/{len(variants)}] {v.label}", file=sys.stderr)
         rec = run_variant(inputs, v, key)
         save_record(records_path, rec)
         print(f"  {v.label}: {_describe(rec)}", file=sys.stderr)

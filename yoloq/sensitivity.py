@@ -4,7 +4,8 @@ Measured with ONNX Runtime's quantizer on calibration (train) images, never eval
 calibrate once (ranges cached), then for each group quantize only that group's nodes, run the
 model, and compare its raw head output with FP32 as SQNR (signal-to-quantization-noise, dB; lower
 means the group hurts more). Boxes are divided by the input size so boxes and scores weigh alike.
-The ranking names what to keep in float (``float_nodes`` / ``float_patterns`` in a variant).
+The ranking names what to keep in float (``float_nodes`` / ``float_patterns`` in a variant), and
+drives accuracy control.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -23,10 +24,10 @@ from yoloq.data.calibration import CalibrationSet
 
 @dataclass(frozen=True)
 class GroupError:
-    """One group's result: its name, node count, output SQNR (dB) and relative error."""
+    """One group's result: its name, its node names, output SQNR (dB) and relative error."""
 
     group: str
-    nodes: int
+    nodes: tuple[str, ...]
     sqnr_db: float
     rel_error: float
 
@@ -50,12 +51,6 @@ def groups_of(onnx_path: Path, granularity: str = "block") -> dict[str, list[str
     return groups
 
 
-def _sqnr(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    noise = float(((ref - out) ** 2).sum())
-    signal = float((ref ** 2).sum())
-    return (10 * np.log10(signal / noise) if noise > 0 else float("inf")), (noise / signal) ** 0.5
-
-
 def _normalise(y: np.ndarray, imgsz: int) -> np.ndarray:
     y = y.astype(np.float64).copy()
     if y.ndim == 3 and y.shape[1] < y.shape[2]:
@@ -63,64 +58,59 @@ def _normalise(y: np.ndarray, imgsz: int) -> np.ndarray:
     return y
 
 
-def analyse(cfg: RunConfig, variant: VariantConfig, fp32: Path, calibration: CalibrationSet,
-            granularity: str = "block", images: int = 16) -> list[GroupError]:
-    """Rank groups of ``fp32`` by the output error their INT8 quantization alone introduces.
-
-    Args:
-        cfg: The run config (imgsz, threads).
-        variant: The INT8 variant whose quantization settings are used (onnxruntime or openvino).
-        fp32: The FP32 ONNX model.
-        calibration: Calibration images; the first ``images`` are also the measurement images.
-        granularity: ``block`` or ``layer``.
-        images: How many calibration images to measure on.
-    """
+def session_outputs(path: Path, batches: list[np.ndarray], imgsz: int, threads: int) -> np.ndarray:
+    """Run an ONNX model on ``batches`` and return the stacked, box-normalised raw outputs."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from yoloq.backends.base import ExportContext
-    from yoloq.backends.onnxruntime import _reader, _stride
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([_normalise(s.run(None, {name: x})[0], imgsz) for x in batches])
+
+
+def rank_groups(prep: Path, options: Mapping[str, Any], cache: Path, batches: list[np.ndarray], imgsz: int,
+                threads: int, granularity: str = "block", skip: set[str] | None = None) -> list[GroupError]:
+    """Quantize each group alone with the cached ranges and rank by output SQNR against FP32 (worst first)."""
+    from yoloq.backends.onnxruntime import quantize_file
     from yoloq.progress import bar
 
-    opts = variant.options
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[opts.get("calibrate_method", "minmax")]
-    act = QuantType.QInt8 if opts.get("activation_type") == "int8" else QuantType.QUInt8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.latency.threads
-    so.log_severity_level = 3
-    measure = list(calibration.batches(cfg.imgsz, images))
-
-    def outputs(path: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = s.get_inputs()[0].name
-        return np.concatenate([_normalise(s.run(None, {name: x})[0], cfg.imgsz) for x in measure])
-
+    reference = session_outputs(prep, batches, imgsz, threads)
     results = []
+    with tempfile.TemporaryDirectory(prefix="yoloq-rank-") as tmp:
+        out = Path(tmp) / "q.onnx"
+        for name, nodes in bar(list(groups_of(prep, granularity).items()), desc="  sensitivity"):
+            nodes = [n for n in nodes if n not in (skip or set())]
+            if not nodes:
+                continue
+            quantize_file(prep, out, options, None, cache, only=nodes)
+            y = session_outputs(out, batches, imgsz, threads)
+            noise, signal = float(((reference - y) ** 2).sum()), float((reference ** 2).sum())
+            db = 10 * np.log10(signal / noise) if noise > 0 else float("inf")
+            results.append(GroupError(name, tuple(nodes), db, (noise / signal) ** 0.5))
+    return sorted(results, key=lambda g: g.sqnr_db)
+
+
+def analyse(cfg: RunConfig, variant: VariantConfig, fp32: Path, calibration: CalibrationSet,
+            granularity: str = "block", images: int = 16) -> list[GroupError]:
+    """Rank the groups of ``fp32`` by the output error their INT8 quantization alone introduces.
+
+    Ranges come from the whole calibration set (as the variant would use it); the error is measured on
+    its first ``images`` images.
+    """
+    from yoloq.backends.base import ExportContext
+    from yoloq.backends.onnxruntime import _reader, prepare_model, quantize_file
+
     with tempfile.TemporaryDirectory(prefix="yoloq-sens-") as tmp:
         t = Path(tmp)
         prep, cache = t / "prep.onnx", t / "ranges.json"
-        quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-        import onnx
-
-        input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
+        input_name = prepare_model(fp32, prep)
         ctx = ExportContext(None, variant, cfg.imgsz, calibration, t)  # type: ignore[arg-type]
-        reference = outputs(prep)
-        groups = groups_of(prep, granularity)
-        reader = _reader(ctx, input_name, opts.get("calibration_images"))
-        extra = {"ActivationSymmetric": opts.get("activation_type") == "int8"}
-        if method == CalibrationMethod.MinMax:
-            extra["CalibStridedMinMax"] = _stride(len(reader))
-        for i, (name, nodes) in enumerate(bar(list(groups.items()), desc="  sensitivity")):
-            out = t / "q.onnx"
-            quantize_static(str(prep), str(out), reader if i == 0 else None, quant_format=QuantFormat.QDQ,
-                            per_channel=opts.get("per_channel", True), activation_type=act,
-                            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_quantize=nodes,
-                            calibration_cache_path=cache, extra_options=extra)
-            db, rel = _sqnr(reference, outputs(out))
-            results.append(GroupError(name, len(nodes), db, rel))
-    return sorted(results, key=lambda g: g.sqnr_db)
+        quantize_file(prep, t / "full.onnx", variant.options, _reader(ctx, input_name,
+                      variant.options.get("calibration_images")), cache)  # computes and caches the ranges
+        batches = list(calibration.batches(cfg.imgsz, images))
+        return rank_groups(prep, variant.options, cache, batches, cfg.imgsz, cfg.latency.threads, granularity)
 
 
 def write_sensitivity(results: list[GroupError], out_dir: Path, title: str) -> str:
@@ -137,7 +127,7 @@ def write_sensitivity(results: list[GroupError], out_dir: Path, title: str) -> s
     from yoloq.report import markdown_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{"rank": str(i + 1), "group": r.group, "nodes": str(r.nodes), "SQNR dB": f"{r.sqnr_db:.2f}",
+    rows = [{"rank": str(i + 1), "group": r.group, "nodes": str(len(r.nodes)), "SQNR dB": f"{r.sqnr_db:.2f}",
              "rel. error": f"{r.rel_error:.4f}"} for i, r in enumerate(results)]
     table = markdown_table(rows, ("rank", "group", "nodes", "SQNR dB", "rel. error"))
     write_atomic(out_dir / "sensitivity.md", f"# {title}\n\nLower SQNR = quantizing this group alone "
@@ -148,15 +138,12 @@ def write_sensitivity(results: list[GroupError], out_dir: Path, title: str) -> s
     w.writerows(rows)
     write_atomic(out_dir / "sensitivity.csv", buf.getvalue())
     fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(results))), dpi=100)
-    ax.barh([r.group for r in results][::-1], [r.sqnr_db for r in results][::-1], color="#1f77b4")
+    finite = [r.sqnr_db for r in results if np.isfinite(r.sqnr_db)] or [0.0]
+    cap = max(finite) + 5  # groups with nothing to quantize (inf dB) drawn at the right edge
+    ax.barh([r.group for r in results][::-1], [min(r.sqnr_db, cap) for r in results][::-1], color="#1f77b4")
     ax.set_xlabel("output SQNR when only this group is INT8 (dB, lower = more sensitive)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "sensitivity.png")
     plt.close(fig)
     return table
-
-
-def sensitivity_summary(results: list[GroupError]) -> dict[str, Any]:
-    """The worst groups, for a one-line summary."""
-    return {"worst": [(r.group, round(r.sqnr_db, 2)) for r in results[:5]]}

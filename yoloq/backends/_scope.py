@@ -19,6 +19,18 @@ SCOPE_OPTIONS = {
 }
 
 
+PREQUANTIZED = {
+    "prequantized": OptionSpec(str, None, None, "a Q/DQ INT8 ONNX (e.g. from yoloq qat) used as it is"),
+}
+
+CONTROL_OPTIONS = {
+    "accuracy_control": OptionSpec(bool, False, None, "keep the fewest layers in float that meet max_drop"),
+    "max_drop": OptionSpec(float, 0.01, None, "largest mAP50-95 drop allowed on held-out train images"),
+    "holdout_images": OptionSpec(int, 40, None, "held-out train images (not calibration, not evaluation)"),
+    "max_float_groups": OptionSpec(int, 12, None, "accuracy control gives up after this many groups in float"),
+}
+
+
 def float_scope(onnx_path: Path, options: Mapping[str, Any]) -> list[str]:
     """Resolve the scope options against the graph: the node names to keep in float, in graph order.
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from yoloq.config import VariantConfig
+    from yoloq.config import EvalConfig, VariantConfig
     from yoloq.data.calibration import CalibrationSet
+    from yoloq.data.types import DatasetSplit
     from yoloq.models import SourceModel
 
 
@@ -34,6 +35,9 @@ class ExportContext:
     imgsz: int
     calibration: CalibrationSet
     workdir: Path
+    eval_cfg: EvalConfig | None = None
+    holdout: Callable[[int, tuple[Path, ...]], DatasetSplit] | None = None  # (n, images used) -> held-out split
+    threads: int = 2
 
     def option(self, key: str) -> Any:
         """The variant's option ``key`` (validated against the backend's spec)."""

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from yoloq.backends._export import base_onnx
-from yoloq.backends._scope import SCOPE_OPTIONS, float_scope
+from yoloq.backends._scope import CONTROL_OPTIONS, PREQUANTIZED, SCOPE_OPTIONS, float_scope
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ExportError, YoloqError
 from yoloq.progress import step
 
 
@@ -70,6 +70,47 @@ def _reader(ctx: ExportContext, input_name: str, limit: int | None) -> Any:
     return Reader()
 
 
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def prepare_model(fp32: Path, prep: Path) -> str:
+    """ONNX Runtime's pre-processing for quantization (shape inference, folding); returns the input name."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+    return onnx.load(str(prep), load_external_data=False).graph.input[0].name
+
+
+def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], reader: Any | None, cache: Path | None,
+                  exclude: list[str] | None = None, only: list[str] | None = None) -> None:
+    """``quantize_static`` with a variant's options.
+
+    Args:
+        prep: The pre-processed FP32 model.
+        out: Where the INT8 model goes.
+        options: The variant's (validated) options.
+        reader: A calibration reader, or None to reuse the ranges cached at ``cache``.
+        cache: ONNX Runtime's calibration cache (ranges computed once, reused by later calls).
+        exclude: Node names left in float.
+        only: When given, quantize only these nodes.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[options["calibrate_method"]]
+    s8 = options["activation_type"] == "int8"
+    extra: dict[str, Any] = {"ActivationSymmetric": s8}
+    if method == CalibrationMethod.MinMax and reader is not None:  # ranges merged stride by stride: bounded memory
+        extra["CalibStridedMinMax"] = _stride(len(reader))
+    quantize_static(str(prep), str(out), reader,
+                    quant_format=QuantFormat.QDQ if options["quant_format"] == "qdq" else QuantFormat.QOperator,
+                    per_channel=options["per_channel"], activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=exclude or [],
+                    nodes_to_quantize=only or [], extra_options=extra,
+                    calibration_cache_path=str(cache) if cache else None)
+
+
 def _stride(n: int, most: int = 16) -> int:
     """The largest divisor of ``n`` not above ``most`` (ONNX Runtime's strided MinMax needs one)."""
     return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
@@ -90,6 +131,8 @@ class OnnxRuntimeBackend(Backend):
         "activation_type": OptionSpec(str, "uint8", ("uint8", "int8"), "activation integer type"),
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
         **SCOPE_OPTIONS,
+        **CONTROL_OPTIONS,
+        **PREQUANTIZED,
     }
 
     def version(self) -> str:
@@ -109,6 +152,9 @@ class OnnxRuntimeBackend(Backend):
                                          "(needs an NVIDIA GPU and pip install onnxruntime-gpu)")
 
     def export(self, ctx: ExportContext) -> Artifact:
+        if ctx.option("prequantized"):
+            return Artifact(Path(ctx.option("prequantized")), self.name, ctx.variant.precision,
+                            {"quantizer": "quantization-aware training (Ultralytics + ModelOpt Q/DQ)"})
         fp32 = base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent)
         p = ctx.variant.precision
         if p == "fp32":
@@ -126,41 +172,29 @@ class OnnxRuntimeBackend(Backend):
         return self._quantize(ctx, fp32)
 
     def _quantize(self, ctx: ExportContext, fp32: Path) -> Artifact:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         prep = ctx.workdir / "model_prep.onnx"
         out = ctx.workdir / "model_int8.onnx"
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[ctx.option("calibrate_method")]
+        cache = ctx.workdir / "ranges.json"
         exclude = float_scope(fp32, ctx.variant.options)
-        settings = {k: ctx.option(k) for k in self.options}
+        info: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_static",
+                                "settings": {k: ctx.option(k) for k in self.options}}
         with step(f"quantize {ctx.variant.label}"):
             try:
-                quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
-                import onnx
-
-                input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
+                input_name = prepare_model(fp32, prep)
                 reader = _reader(ctx, input_name, ctx.option("calibration_images"))
-                extra = {"ActivationSymmetric": ctx.option("activation_type") == "int8"}
-                if method == CalibrationMethod.MinMax:  # ranges merged stride by stride: bounded memory
-                    extra["CalibStridedMinMax"] = _stride(len(reader))
-                quantize_static(
-                    str(prep), str(out), reader,
-                    quant_format=QuantFormat.QDQ if ctx.option("quant_format") == "qdq" else QuantFormat.QOperator,
-                    per_channel=ctx.option("per_channel"),
-                    activation_type=QuantType.QUInt8 if ctx.option("activation_type") == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=method,
-                    nodes_to_exclude=exclude,
-                    extra_options=extra,
-                )
+                quantize_file(prep, out, ctx.variant.options, reader, cache, exclude)
+                if ctx.option("accuracy_control"):
+                    from yoloq.backends._ort_control import control
+
+                    exclude, info["accuracy_control"] = control(ctx, prep, out, cache, exclude)
+            except YoloqError:
+                raise
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
                 raise ExportError(f"onnxruntime INT8 quantization failed: {type(e).__name__}: {e}") from e
             finally:
                 prep.unlink(missing_ok=True)
-        return Artifact(out, self.name, "int8", {"quantizer": "onnxruntime.quantization.quantize_static",
-                                                 "settings": settings, "kept_float": exclude})
+                cache.unlink(missing_ok=True)
+        return Artifact(out, self.name, "int8", info | {"kept_float": exclude})
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OrtRuntime:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") \

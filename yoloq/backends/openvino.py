@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 
 from yoloq.backends._export import base_onnx
-from yoloq.backends._scope import SCOPE_OPTIONS, float_scope
+from yoloq.backends._scope import CONTROL_OPTIONS, PREQUANTIZED, SCOPE_OPTIONS, float_scope
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ExportError, YoloqError
 from yoloq.progress import step
 
 
@@ -51,6 +51,8 @@ class OpenVinoBackend(Backend):
         "preset": OptionSpec(str, "mixed", ("mixed", "performance"), "NNCF preset (mixed: asymmetric activations)"),
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
         **SCOPE_OPTIONS,
+        **CONTROL_OPTIONS,
+        **PREQUANTIZED,
         "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)"),
     }
 
@@ -64,14 +66,17 @@ class OpenVinoBackend(Backend):
     def export(self, ctx: ExportContext) -> Artifact:
         import openvino as ov
 
-        onnx_path = base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent)
+        pre = ctx.option("prequantized")
+        onnx_path = Path(pre) if pre else base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / "model.xml"
         p = ctx.variant.precision
         info: dict[str, Any] = {}
         with step(f"export {ctx.variant.label}"):
             model = ov.convert_model(str(onnx_path), input=[1, 3, ctx.imgsz, ctx.imgsz])
-        if p == "int8":
+        if p == "int8" and pre:  # Q/DQ from QAT: OpenVINO reads it as INT8 FakeQuantize, nothing to calibrate
+            info = {"quantizer": "quantization-aware training (Ultralytics + ModelOpt Q/DQ)"}
+        elif p == "int8":
             model, info = self._quantize(ctx, model, onnx_path)
         ov.save_model(model, str(xml), compress_to_fp16=(p == "fp16"))
         return Artifact(ctx.workdir, self.name, p, info)
@@ -90,15 +95,55 @@ class OpenVinoBackend(Backend):
                                               progress="  loading calibration"))
         preset = nncf.QuantizationPreset.MIXED if ctx.option("preset") == "mixed" \
             else nncf.QuantizationPreset.PERFORMANCE
+        common = {"preset": preset, "subset_size": len(images),
+                  "fast_bias_correction": ctx.option("fast_bias_correction"),
+                  "ignored_scope": nncf.IgnoredScope(names=keep, validate=False) if keep else None}
+        info: dict[str, Any] = {"quantizer": f"nncf {nncf.__version__} quantize", "kept_float": keep,
+                                "settings": {k: ctx.option(k) for k in self.options}, "calibration_used": len(images)}
         with step(f"quantize {ctx.variant.label}"):
             try:
-                q = nncf.quantize(model, nncf.Dataset(images), preset=preset, subset_size=len(images),
-                                  fast_bias_correction=ctx.option("fast_bias_correction"),
-                                  ignored_scope=nncf.IgnoredScope(names=keep, validate=False) if keep else None)
+                if ctx.option("accuracy_control"):
+                    q, info["accuracy_control"] = self._with_control(ctx, model, images, common)
+                    info["quantizer"] = f"nncf {nncf.__version__} quantize_with_accuracy_control"
+                else:
+                    q = nncf.quantize(model, nncf.Dataset(images), **common)
+            except YoloqError:
+                raise
             except Exception as e:  # noqa: BLE001 - NNCF raises many kinds
                 raise ExportError(f"NNCF INT8 quantization failed: {type(e).__name__}: {e}") from e
-        return q, {"quantizer": f"nncf {nncf.__version__} quantize", "kept_float": keep,
-                   "settings": {k: ctx.option(k) for k in self.options}, "calibration_used": len(images)}
+        return q, info
+
+    def _with_control(self, ctx: ExportContext, model: Any, images: list[Any], common: dict[str, Any]
+                      ) -> tuple[Any, dict[str, Any]]:
+        """NNCF's accuracy-aware quantization judged by pycocotools mAP50-95 on held-out train images."""
+        import nncf
+
+        from yoloq.evaluate import CocoEvaluator
+        from yoloq.postprocess import postprocess
+        from yoloq.preprocess import prepare, read_image
+
+        if ctx.holdout is None or ctx.eval_cfg is None:
+            raise ExportError("accuracy control needs held-out images and evaluation settings (run it via yoloq run)")
+        split = ctx.holdout(ctx.option("holdout_images"), ctx.calibration.images[: len(images)])
+        items = []
+        for s in split.samples:
+            x, lbs = prepare([read_image(s.path)], ctx.imgsz)
+            items.append((x, lbs, s.image_id))
+        scores: list[float] = []
+
+        def validate(compiled: Any, data: Any) -> float:
+            ev = CocoEvaluator(split.gt, split.category_ids)
+            out = compiled.outputs[0]
+            for x, lbs, iid in data:
+                ev.process(iid, postprocess(compiled(x)[out], lbs, ctx.eval_cfg, ctx.source.end2end)[0])
+            scores.append(ev.evaluate().map50_95)
+            return scores[-1]
+
+        q = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(images), nncf.Dataset(items, lambda item: item[0]), validate,
+            max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE, **common)
+        return q, {"heldout_images": len(items), "max_drop": ctx.option("max_drop"), "validations": len(scores),
+                   "heldout_maps": [round(v, 5) for v in scores]}
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.

@@ -1,0 +1,81 @@
+"""INT8 accuracy tools on real models: sensitivity ranking, accuracy control, QAT (tiny, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SHARED, run_cli
+
+pytestmark = pytest.mark.shared
+
+TINY = {"model": "yolo11n.pt", "imgsz": 320, "data": {"dataset": "coco-mini", "max_images": 8},
+        "calibration": {"sources": [{"dataset": "coco-mini", "split": "train2017"}], "images": 24},
+        "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "images": 2}, "report": {"bootstrap": 0}}
+
+
+def write(tmp_path: Path, **changes) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(json.loads(json.dumps(TINY)) | changes))
+    return p
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+
+
+def test_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
+    proc = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "onnxruntime-int8", "--images", "2",
+                   "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = tmp_path / "sensitivity-onnxruntime-int8-block"
+    rows = (d / "sensitivity.csv").read_text().splitlines()[1:]
+    assert len(rows) >= 20 and (d / "sensitivity.png").stat().st_size > 5000
+    groups = [r.split(",")[1] for r in rows]
+    assert "model.23" in groups and "model.0" in groups
+    sqnr = [float(r.split(",")[3]) for r in rows]
+    assert sqnr == sorted(sqnr)  # worst first
+
+
+def test_sensitivity_refuses_a_float_variant():
+    proc = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "onnxruntime-fp32")
+    assert proc.returncode == 2 and "int8 variant" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["onnxruntime", "openvino"])
+def test_accuracy_control_records_what_stayed_float(tmp_path: Path, fmt: str):
+    options = {"accuracy_control": True, "max_drop": 0.0, "calibration_images": 16, "holdout_images": 4,
+               "keep_head_float": "none", "max_float_groups": 2}
+    cfg = write(tmp_path, variants=[{"format": fmt, "precision": "int8", "options": options}])
+    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = records(tmp_path / "out")[f"{fmt}-int8"]
+    ac = r["artifact_info"]["accuracy_control"]
+    assert ac["heldout_images"] == 4 and ac["max_drop"] == 0.0
+    if fmt == "onnxruntime":
+        assert ac["met"] == (ac["heldout_fp32_map"] - ac["heldout_int8_map"] <= 0.0)
+        assert len(ac["float_groups"]) == len(ac["steps"]) - 1 <= 2
+        assert all(any(n.startswith(f"/{g.split('/')[0]}/") for n in r["artifact_info"]["kept_float"])
+                   for g in ac["float_groups"])
+    else:
+        assert ac["validations"] >= 1 and "quantize_with_accuracy_control" in r["artifact_info"]["quantizer"]
+    assert r["metrics"]["map50_95"] > 0.2
+
+
+def test_tiny_qat_end_to_end(tmp_path: Path):
+    cfg = write(tmp_path, variants=[{"format": "onnxruntime", "precision": "int8"}],
+                qat={"epochs": 1, "images": 16, "batch": 4, "imgsz": 320})
+    out = tmp_path / "out"
+    proc = run_cli("qat", str(cfg), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = records(out)
+    for name in ("onnxruntime-int8-qat", "openvino-int8-qat"):
+        assert recs[name]["status"] == "ok", recs[name]["reason"]
+        assert "quantization-aware" in recs[name]["artifact_info"]["quantizer"]
+        assert recs[name]["metrics"]["map50_95"] > 0.05  # 1 epoch on 13 images: a sanity band, not a target
+    assert "onnxruntime-int8-qat" in (out / "report.md").read_text()
+    train_imgs = {p.name for p in (out / "artifacts" / "qat" / "data" / "images").rglob("*.jpg")}
+    eval_imgs = {p.name for p in (SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg")}
+    assert train_imgs and not (train_imgs & eval_imgs)
