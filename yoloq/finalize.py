@@ -33,25 +33,33 @@ def finalize(run_dir: Path, reference: str | None, budget: BudgetConfig, report:
     t0 = time.perf_counter()
     n = 0
     ref_file = evaldata_path(run_dir, ref["name"]) if ref else None
-    if ref and report.bootstrap and ref_file and ref_file.is_file():
+
+    def current(r: dict[str, Any]) -> bool:  # an interval already computed for this exact pair and setting
+        ci = r.get("metrics", {}).get("map_drop_ci") or {}
+        return (ci.get("reference_key"), ci.get("key"), ci.get("resamples"), ci.get("seed")) == \
+            (ref.get("key"), r.get("key"), report.bootstrap, report.seed)
+
+    todo = [r for r in records if ref and r["status"] == "ok" and r["name"] != ref["name"]
+            and evaldata_path(run_dir, r["name"]).is_file() and not current(r)]
+    if ref and report.bootstrap and todo and ref_file and ref_file.is_file():
         ref_pe = PerImageEval.load(ref_file)
         n_img = len(ref_pe.image_ids)
         weights = resample_weights(n_img, report.bootstrap, report.seed)  # the same resamples for every variant
         ref_maps = resampled_maps(ref_pe, weights)
         ref_full = float(weighted_map(ref_pe, np.ones(n_img))[0])
-        for r in records:
-            f = evaldata_path(run_dir, r["name"])
-            if r["status"] == "ok" and r["name"] != ref["name"] and f.is_file():
-                pe = PerImageEval.load(f)
-                if not np.array_equal(pe.image_ids, ref_pe.image_ids):
-                    continue  # evaluated on other images (an older run's record): no paired interval
-                drop = ref_full - float(weighted_map(pe, np.ones(n_img))[0])
-                ci = interval(ref_maps, resampled_maps(pe, weights), drop, report.seed)
-                r["metrics"]["map_drop_ci"] = ci | {"reference": ref["name"]}
-                n += 1
+        for r in todo:
+            pe = PerImageEval.load(evaldata_path(run_dir, r["name"]))
+            if not np.array_equal(pe.image_ids, ref_pe.image_ids):
+                continue  # evaluated on other images (an older run's record): no paired interval
+            drop = ref_full - float(weighted_map(pe, np.ones(n_img))[0])
+            ci = interval(ref_maps, resampled_maps(pe, weights), drop, report.seed)
+            r["metrics"]["map_drop_ci"] = ci | {"reference": ref["name"], "reference_key": ref.get("key"),
+                                                "key": r.get("key")}
+            n += 1
     seconds = time.perf_counter() - t0
     for r in records:
         r["budget"] = verdict(r, ref, budget)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-    return {"reference": ref["name"] if ref else None, "intervals": n, "bootstrap_s": seconds,
-            "resamples": report.bootstrap}
+    kept = sum(1 for r in records if ref and r.get("metrics", {}).get("map_drop_ci") and current(r)) - n
+    return {"reference": ref["name"] if ref else None, "intervals": n, "kept": max(kept, 0),
+            "bootstrap_s": seconds, "resamples": report.bootstrap}

@@ -36,7 +36,7 @@ def _plot(records: list[dict[str, Any]], cost: str, xlabel: str, path: Path) -> 
                    edgecolors="black", linewidths=0.6, zorder=3)
         ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     fx = sorted(pts[i] for i in front)
-    ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", c="#d62728", lw=1.4, zorder=2, label="Pareto front")
+    ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", c="#d62728", lw=1.4, zorder=2, label="front")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50-95 (pycocotools)")
     ax.set_title(f"Accuracy vs {cost}: front = no other variant is both better and cheaper", fontsize=9)

@@ -98,10 +98,11 @@ def per_class_losses(records: list[dict[str, Any]], ref: dict[str, Any] | None, 
         if r.get("status") != "ok" or r["name"] == ref["name"]:
             continue
         pc = r["metrics"].get("per_class", {})
-        drops = sorted(((base[c] - pc.get(c, 0.0), c) for c in base), reverse=True)[:top]
+        drops = [(d, c) for d, c in sorted(((base[c] - pc.get(c, 0.0), c) for c in base), reverse=True)[:top]
+                 if d > 5e-4]
         out.append({"variant": r["name"],
                     "classes that lose most (AP50-95 ref -> variant)": ", ".join(
-                        f"{c} {base[c]:.3f}->{pc.get(c, 0.0):.3f}" for _, c in drops)})
+                        f"{c} {base[c]:.3f}->{pc.get(c, 0.0):.3f}" for _, c in drops) or "none loses AP"})
     return out
 
 
@@ -147,9 +148,25 @@ def _notes(records: list[dict[str, Any]], ref: dict[str, Any] | None) -> list[st
     return notes
 
 
+def _config_order(run_dir: Path) -> list[str]:
+    """Variant names in the order the run's config lists them (empty when there is no config)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        from yoloq.config import VariantConfig
+
+        return [VariantConfig(**{k: v for k, v in x.items() if k in ("format", "precision", "device", "name")}).label
+                for x in cfg.get("variants", [])]
+    except (OSError, TypeError, ValueError, AttributeError):
+        return []
+
+
 def build(run_dir: Path, reference: str | None = None) -> dict[str, Any]:
-    """Everything a report shows, from the run's records."""
+    """Everything a report shows, from the run's records (in the config's variant order)."""
     records = load_records(run_dir / "records.jsonl")
+    order = {name: i for i, name in enumerate(_config_order(run_dir))}
+    records.sort(key=lambda r: order.get(r["name"], len(order)))
     ref = reference_of(records, reference)
     return {"run": run_dir.name, "records": records, "ref": ref, "table": rows(records, reference),
             "losses": per_class_losses(records, ref), "sizes": size_table(records),
