@@ -27,6 +27,7 @@ from yoloq.config import DataRef, RunConfig, VariantConfig
 from yoloq.data import load_split
 from yoloq.data.calibration import content_hash
 from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.models import file_sha256
 
 
 def build_train_data(cfg: RunConfig, names: tuple[str, ...], eval_hashes: set[str], root: Path,
@@ -73,6 +74,19 @@ def build_train_data(cfg: RunConfig, names: tuple[str, ...], eval_hashes: set[st
     return data
 
 
+def _freeze_batchnorm(trainer: object) -> None:
+    """Keep BatchNorm statistics fixed while fine-tuning (standard for QAT; the affine terms still train).
+
+    A few small batches would otherwise replace the pretrained running statistics, and a checkpoint
+    whose BatchNorms carry folded biases (as the shared YOLO11n does) would lose its calibration.
+    """
+    import torch
+
+    for m in trainer.model.modules():  # type: ignore[attr-defined]
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
 def train(cfg: RunConfig, source_pt: Path, data: Path, out: Path) -> Path:
     """Fine-tune with fake quantization; return the QAT checkpoint.
 
@@ -91,10 +105,11 @@ def train(cfg: RunConfig, source_pt: Path, data: Path, out: Path) -> Path:
     q = cfg.qat
     try:
         model = YOLO(str(source_pt))
+        model.add_callback("on_train_batch_start", _freeze_batchnorm)
         model.train(data=str(data), epochs=q.epochs, imgsz=q.imgsz or cfg.imgsz, batch=q.batch, lr0=q.lr0,
                     lrf=1.0, warmup_epochs=0, optimizer="SGD", momentum=0.9, quantize=8, device="cpu", workers=0,
-                    project=str(out), name="train", exist_ok=True, plots=False, amp=False, seed=cfg.calibration.seed,
-                    deterministic=True, close_mosaic=0, mosaic=q.mosaic, verbose=False)
+                    project=str(out.resolve()), name="train", exist_ok=True, plots=False, amp=False,
+                    seed=cfg.calibration.seed, deterministic=True, close_mosaic=0, mosaic=q.mosaic, verbose=False)
     except Exception as e:  # noqa: BLE001 - training raises many kinds
         raise ExportError(f"QAT training failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     ckpt = out / "train" / "weights" / "last.pt"
@@ -147,5 +162,7 @@ def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
           file=sys.stderr)
     ckpt = train(cfg, inputs.source.path, data, work)
     onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx")
+    named = onnx_path.with_name(f"{onnx_path.stem}-{file_sha256(onnx_path)[:12]}.onnx")  # the key follows the content
+    onnx_path = onnx_path.replace(named)
     variants = [*cfg.variants, *qat_variants(cfg, onnx_path)]  # PTQ (reused when already run) beside QAT
     return run_variants(dataclasses.replace(cfg, variants=tuple(variants)), inputs, variants)
