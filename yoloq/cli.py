@@ -30,7 +30,16 @@ def _run_settings(run_dir: Path) -> dict:
     import yaml
 
     f = run_dir / "config.yaml"
-    return (yaml.safe_load(f.read_text()) or {}) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(f.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise YoloqError(f"{f} cannot be read as YAML ({type(e).__name__}); restore it from the config the run "
+                         f"used, or delete it to report without budget/reference settings") from None
+    if not isinstance(data, dict):
+        raise YoloqError(f"{f} is not a yoloq run config (expected a mapping)")
+    return data
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

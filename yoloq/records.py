@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 STATUSES = ("ok", "skipped", "failed")
+REQUIRED = ("name", "format", "precision", "status")
 
 
 @dataclass
@@ -73,14 +75,19 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(row, dict) or any(k not in row for k in REQUIRED):
+            print(f"yoloq: warning: {path.name} line {n} is not a yoloq record (needs {', '.join(REQUIRED)}); "
+                  f"ignored", file=sys.stderr)
+            continue
+        out.append(row)
     return out
 
 
