@@ -85,4 +85,4 @@ def test_config_is_frozen_and_hash_ignores_output():
     assert a.hash() != parse_config(with_(imgsz=320)).hash()
     assert dict(a.variants[0].options) == {}
     ort = parse_config(with_(variants=[{"format": "onnxruntime", "precision": "int8"}])).variants[0]
-    assert ort.options["per_channel"] is True and ort.options["quant_format"] == "qdq"
+    assert ort.options["per_channel"] is True and ort.options["quant_format"] == "qoperator"

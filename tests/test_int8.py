@@ -76,6 +76,11 @@ def test_tiny_qat_end_to_end(tmp_path: Path):
         assert "quantization-aware" in recs[name]["artifact_info"]["quantizer"]
         assert recs[name]["metrics"]["map50_95"] > 0.05  # 1 epoch on 13 images: a sanity band, not a target
     assert "onnxruntime-int8-qat" in (out / "report.md").read_text()
+    import onnx  # the QAT export ships int8 weights, not float weights behind QuantizeLinear
+
+    qat = onnx.load(str(next((out / "artifacts" / "qat").glob("*-qat-int8-*.onnx"))))
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in qat.graph.initializer) >= 80
+    assert recs["onnxruntime-int8-qat"]["size_mb"] < 0.35 * (SHARED / "models" / "yolo11n.onnx").stat().st_size / 1e6
     train_imgs = {p.name for p in (out / "artifacts" / "qat" / "data" / "images").rglob("*.jpg")}
     eval_imgs = {p.name for p in (SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg")}
     assert train_imgs and not (train_imgs & eval_imgs)

@@ -99,6 +99,9 @@ class LatencyConfig:
 
     ``conf`` is the deployment score threshold the timed postprocess uses (as ``yolo predict``); the
     accuracy pass keeps the evaluation thresholds (``eval.conf`` 0.001, as ``yolo val``).
+    ``interleave`` times all of a run's variants side by side after their accuracy passes, in
+    round-robin blocks of ``block`` runs, so machine drift cannot fake a speed-up; ``false`` times
+    each variant alone right after its accuracy pass.
     """
 
     warmup: int = 10
@@ -108,9 +111,12 @@ class LatencyConfig:
     batch: int = 1
     images: int = 16
     conf: float = 0.25
+    interleave: bool = True
+    block: int = 5
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.conf < 1.0, "latency.conf", self.conf, "0 <= conf < 1")
+        _check(self.block >= 1, "latency.block", self.block, ">= 1")
         _check(self.warmup >= 0, "latency.warmup", self.warmup, ">= 0")
         _check(self.min_runs >= 1, "latency.min_runs", self.min_runs, ">= 1")
         _check(self.min_seconds >= 0, "latency.min_seconds", self.min_seconds, ">= 0")

@@ -42,6 +42,52 @@ class LatencyStats:
         return asdict(self)
 
 
+class _Timer:
+    """One runtime's timed iterations: preprocess, inference, postprocess, end to end (seconds)."""
+
+    def __init__(self, runtime: Runtime, images: list[np.ndarray], imgsz: int,
+                 post: Callable[[np.ndarray, list[Letterbox]], Any], batch: int) -> None:
+        self.runtime, self.images, self.imgsz, self.post, self.batch = runtime, images, imgsz, post, batch
+        self.rows: list[tuple[float, float, float, float]] = []
+        self.seconds = 0.0
+        self._i = 0
+
+    def _next(self) -> list[np.ndarray]:
+        n = len(self.images)
+        b = [self.images[(self._i * self.batch + j) % n] for j in range(self.batch)]
+        self._i += 1
+        return b
+
+    def warm(self, runs: int) -> None:
+        """Untimed iterations (caches, lazy initialisation, thread pools)."""
+        for _ in range(runs):
+            x, lbs = prepare(self._next(), self.imgsz)
+            self.post(self.runtime.predict(x), lbs)
+
+    def timed(self) -> None:
+        """One timed iteration."""
+        clock = time.perf_counter
+        t0 = clock()
+        x, lbs = prepare(self._next(), self.imgsz)
+        t1 = clock()
+        raw = self.runtime.predict(x)
+        t2 = clock()
+        self.post(raw, lbs)
+        t3 = clock()
+        self.rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+        self.seconds += t3 - t0
+
+    def stats(self, cfg: LatencyConfig, seconds: float) -> LatencyStats:
+        ms = np.asarray(self.rows) * 1000.0
+        e2e = ms[:, 3]
+        stages = {name: _stats(ms[:, k]) for k, name in enumerate(("preprocess", "inference", "postprocess"))}
+        return LatencyStats(**_stats(e2e), std_ms=float(e2e.std()), min_ms=float(e2e.min()), max_ms=float(e2e.max()),
+                            runs=len(self.rows), warmup=cfg.warmup, seconds=seconds, batch=cfg.batch,
+                            threads=cfg.threads,
+                            throughput_fps=float(cfg.batch * len(self.rows) / (e2e.sum() / 1000.0)),
+                            stages=stages)
+
+
 def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
             post: Callable[[np.ndarray, list[Letterbox]], Any], cfg: LatencyConfig,
             progress: str | None = None) -> LatencyStats:
@@ -64,38 +110,52 @@ def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
 
     from yoloq.progress import enabled
 
-    n = len(images)
-
-    def batch_at(i: int) -> list[np.ndarray]:
-        return [images[(i * cfg.batch + j) % n] for j in range(cfg.batch)]
-
-    for i in range(cfg.warmup):
-        x, lbs = prepare(batch_at(i), imgsz)
-        post(runtime.predict(x), lbs)
-
-    rows: list[tuple[float, float, float, float]] = []
+    timer = _Timer(runtime, images, imgsz, post, cfg.batch)
+    timer.warm(cfg.warmup)
     clock = time.perf_counter
     start = clock()
     hide = progress is None or not enabled()
     with tqdm(total=cfg.min_runs, desc=progress, disable=hide, leave=False, file=sys.stderr, dynamic_ncols=True,
               mininterval=0.5) as pb:
-        while len(rows) < cfg.min_runs or clock() - start < cfg.min_seconds:
-            b = batch_at(len(rows))
-            t0 = clock()
-            x, lbs = prepare(b, imgsz)
-            t1 = clock()
-            raw = runtime.predict(x)
-            t2 = clock()
-            post(raw, lbs)
-            t3 = clock()
-            rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-            if len(rows) <= cfg.min_runs:
+        while len(timer.rows) < cfg.min_runs or clock() - start < cfg.min_seconds:
+            timer.timed()
+            if len(timer.rows) <= cfg.min_runs:
                 pb.update(1)
-    seconds = clock() - start
-    ms = np.asarray(rows) * 1000.0
-    e2e = ms[:, 3]
-    stages = {name: _stats(ms[:, k]) for k, name in enumerate(("preprocess", "inference", "postprocess"))}
-    return LatencyStats(**_stats(e2e), std_ms=float(e2e.std()), min_ms=float(e2e.min()), max_ms=float(e2e.max()),
-                        runs=len(rows), warmup=cfg.warmup, seconds=seconds, batch=cfg.batch,
-                        threads=cfg.threads, throughput_fps=float(cfg.batch * len(rows) / (ms[:, 3].sum() / 1000.0)),
-                        stages=stages)
+    return timer.stats(cfg, clock() - start)
+
+
+def measure_interleaved(runtimes: dict[str, tuple[Runtime, Callable[[np.ndarray, list[Letterbox]], Any]]],
+                        images: list[np.ndarray], imgsz: int, cfg: LatencyConfig,
+                        progress: str | None = None) -> dict[str, LatencyStats]:
+    """Time several runtimes side by side: round-robin blocks, so all see the same machine.
+
+    A shared, noisy machine (this one shows 5-30% CPU steal) changes speed over minutes; timing
+    variants one after another turns that drift into false speed-ups. Here every round gives each
+    runtime one untimed warm-up run and ``cfg.block`` timed runs, in an order rotated each round,
+    until each runtime has ``cfg.min_runs`` runs and ``cfg.min_seconds`` seconds of timed runs.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from yoloq.progress import enabled
+
+    timers = {name: _Timer(rt, images, imgsz, post, cfg.batch) for name, (rt, post) in runtimes.items()}
+    for t in timers.values():
+        t.warm(cfg.warmup)
+    names = list(timers)
+    start = time.perf_counter()
+    hide = progress is None or not enabled()
+    rnd = 0
+    with tqdm(total=cfg.min_runs * len(names), desc=progress, disable=hide, leave=False, file=sys.stderr,
+              dynamic_ncols=True, mininterval=0.5) as pb:
+        while any(len(t.rows) < cfg.min_runs or t.seconds < cfg.min_seconds for t in timers.values()):
+            for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+                t = timers[name]
+                t.warm(1)
+                for _ in range(cfg.block):
+                    t.timed()
+                pb.update(min(cfg.block, max(0, cfg.min_runs - len(t.rows) + cfg.block)))
+            rnd += 1
+    wall = time.perf_counter() - start
+    return {name: t.stats(cfg, wall) for name, t in timers.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -23,10 +24,10 @@ from yoloq.config import EvalConfig, RunConfig, VariantConfig
 from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, build_calibration
 from yoloq.data.holdout import holdout_split
-from yoloq.errors import BackendUnavailable, DataError, YoloqError
+from yoloq.errors import BackendUnavailable, DataError, ExportError, YoloqError
 from yoloq.evaluate import CocoMetrics
 from yoloq.finalize import evaldata_path, finalize
-from yoloq.latency import measure
+from yoloq.latency import measure, measure_interleaved
 from yoloq.models import SourceModel, load_source
 from yoloq.paths import display_path
 from yoloq.postprocess import postprocess
@@ -183,12 +184,12 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         metrics, skipped = accuracy_pass(runtime, inputs, v.label)
         timings["evaluate"] = time.perf_counter() - t0
         rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
-        t0 = time.perf_counter()
-        deploy = EvalConfig(conf=cfg.latency.conf, iou=cfg.eval.iou, max_det=cfg.eval.max_det, multi_label=False)
-        post: Callable[..., Any] = lambda raw, lbs: postprocess(raw, lbs, deploy, inputs.source.end2end)  # noqa: E731
-        lat = measure(runtime, _latency_images(inputs), cfg.imgsz, post, cfg.latency, progress=f"  latency {v.label}")
-        timings["latency"] = time.perf_counter() - t0
-        rec.latency = lat.to_dict() | {"conf": cfg.latency.conf, "multi_label": False}
+        if not cfg.latency.interleave:  # otherwise timed side by side with the others after the loop
+            t0 = time.perf_counter()
+            lat = measure(runtime, _latency_images(inputs), cfg.imgsz, _deploy_post(inputs), cfg.latency,
+                          progress=f"  latency {v.label}")
+            timings["latency"] = time.perf_counter() - t0
+            rec.latency = lat.to_dict() | {"conf": cfg.latency.conf, "multi_label": False, "mode": "alone"}
     except BackendUnavailable as e:
         rec.status, rec.reason = "skipped", str(e)
     except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
@@ -203,6 +204,67 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
     return rec
 
 
+def _deploy_post(inputs: RunInputs) -> Callable[..., Any]:
+    """The timed postprocess: the deployment score threshold, single label (as ``yolo predict``)."""
+    cfg = inputs.cfg
+    deploy = EvalConfig(conf=cfg.latency.conf, iou=cfg.eval.iou, max_det=cfg.eval.max_det, multi_label=False)
+    return lambda raw, lbs: postprocess(raw, lbs, deploy, inputs.source.end2end)
+
+
+def side_by_side(inputs: RunInputs, variants: list[VariantConfig]) -> None:
+    """Time every ok variant of ``variants`` together (round-robin), into their records.
+
+    Skipped when each already holds latency from a pass over this exact group (same names, keys and
+    latency settings): a cached re-run measures nothing. A variant that cannot be loaded or run here
+    is recorded as failed; the others are still timed.
+    """
+    cfg = inputs.cfg
+    path = inputs.out_dir / "records.jsonl"
+    rows = load_records(path)
+    by_label = {v.label: v for v in variants}
+    group = [r for r in rows if r.get("name") in by_label and r.get("status") == "ok"]
+    gkey = hashlib.sha256(json.dumps([sorted((r["name"], r.get("key")) for r in group),
+                                      dataclasses.asdict(cfg.latency)]).encode()).hexdigest()[:16]
+    if not group or all((r.get("latency") or {}).get("group") == gkey for r in group):
+        return
+    print(f"latency: {len(group)} variants side by side, round-robin blocks of {cfg.latency.block}", file=sys.stderr)
+    runtimes: dict[str, Any] = {}
+    post = _deploy_post(inputs)
+    for r in group:
+        v = by_label[r["name"]]
+        try:
+            artifact = cached_artifact(inputs.out_dir / "artifacts" / v.label, r.get("key", ""))
+            if artifact is None:
+                raise ExportError(f"the export of {v.label} is missing from {inputs.out_dir / 'artifacts'}; run again")
+            runtimes[v.label] = (get_backend(v.format).load(artifact, cfg.latency.threads, v.device), post)
+        except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
+            r["status"], r["reason"] = "failed", f"latency: {type(e).__name__}: {e}".splitlines()[0][:500]
+    t0 = time.perf_counter()
+    try:
+        stats = measure_interleaved(runtimes, _latency_images(inputs), cfg.imgsz, cfg.latency,
+                                    progress="  latency side by side")
+    except Exception as e:  # noqa: BLE001 - a runtime failed mid-way: nothing paired can be kept
+        stats = {}
+        for r in group:
+            if r["name"] in runtimes:
+                r["status"], r["reason"] = "failed", f"latency: {type(e).__name__}: {e}".splitlines()[0][:500]
+    seconds = time.perf_counter() - t0
+    for r in group:
+        if r["name"] in stats:
+            r["latency"] = stats[r["name"]].to_dict() | {"conf": cfg.latency.conf, "multi_label": False,
+                                                         "mode": "interleaved", "group": gkey,
+                                                         "group_size": len(stats)}
+            r.setdefault("timings_s", {})["latency"] = round(seconds / max(len(stats), 1), 2)
+    del runtimes
+    gc.collect()
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    for r in group:
+        if r["name"] in stats:
+            lat = r["latency"]
+            print(f"  {r['name']}: p50 {lat['p50_ms']:.1f} ms  p90 {lat['p90_ms']:.1f} ms  ({lat['runs']} runs)",
+                  file=sys.stderr)
+
+
 def _artifact_ref(path: Path, out_dir: Path) -> str:
     """The artifact's path relative to the run folder when inside it (records stay valid when moved)."""
     try:
@@ -214,8 +276,8 @@ def _artifact_ref(path: Path, out_dir: Path) -> str:
 def _describe(rec: Record) -> str:
     if rec.status != "ok":
         return f"{rec.status.upper()}: {rec.reason}"
-    return (f"mAP50-95 {rec.metrics['map50_95']:.4f}  p50 {rec.latency['p50_ms']:.1f} ms  "
-            f"p90 {rec.latency['p90_ms']:.1f} ms  {rec.size_mb:.1f} MB")
+    lat = f"p50 {rec.latency['p50_ms']:.1f} ms  p90 {rec.latency['p90_ms']:.1f} ms  " if rec.latency else ""
+    return f"mAP50-95 {rec.metrics['map50_95']:.4f}  {lat}{rec.size_mb:.1f} MB"
 
 
 def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
@@ -260,6 +322,8 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
         rec = run_variant(inputs, v, key)
         save_record(records_path, rec)
         print(f"  {v.label}: {_describe(rec)}", file=sys.stderr)
+    if cfg.latency.interleave:
+        side_by_side(inputs, variants)
     failed = any(r.get("status") == "failed" for r in load_records(records_path)
                  if r.get("name") in {v.label for v in cfg.variants})
     done_info = finalize(out_dir, cfg.reference_label, cfg.budget, cfg.report)

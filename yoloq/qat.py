@@ -119,10 +119,11 @@ def train(cfg: RunConfig, source_pt: Path, data: Path, out: Path) -> Path:
 
 
 def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
-    """Export the QAT checkpoint to a Q/DQ INT8 ONNX (static batch 1) at ``dest``."""
+    """Export the QAT checkpoint to a Q/DQ INT8 ONNX (static batch 1) at ``dest``, weights stored as int8."""
     from ultralytics import YOLO
 
     from yoloq.progress import step
+    from yoloq.qdq import fold_weight_quantizers
 
     try:
         with step("export QAT model to Q/DQ ONNX"):
@@ -132,6 +133,7 @@ def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
         raise ExportError(f"QAT ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(out), dest)
+    fold_weight_quantizers(dest)  # INT8 weights at rest: 3.15 MB instead of 10.9 MB for YOLO11n
     return dest
 
 

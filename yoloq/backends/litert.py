@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from yoloq.backends._export import base_path, ultralytics_export
+from yoloq.backends._scope import SCOPE_OPTIONS
 from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
 from yoloq.backends.registry import register
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.progress import step
 
 
@@ -44,6 +47,70 @@ class LiteRtRuntime:
         return y
 
 
+# Ultralytics' LiteRT export names each tensor by its torch module path, e.g.
+# ".../head.Detect_23/...Sequential_1/torch.nn.modules.conv.Conv2d_2;6". Tensors straight under the
+# Detect module (``Detect_23;16``), its DFL and the box normalisation are the decode; a bare Conv2d
+# under a head branch is a branch's output convolution (as keep_head_float: outputs does for ONNX).
+HEAD_DECODE = (r"Detect_\d+;", r"\.DFL_\w+[;/]", r"_NormalizeCoords;", r"^serving_default_output")
+HEAD_OUTPUTS = (r"Detect_\d+/torch\.nn\.modules\.container\.Sequential_\d+/torch\.nn\.modules\.conv\.Conv2d_",)
+
+
+def scope_rules(options: dict[str, Any], op_names: set[str]) -> list[tuple[str, str]]:
+    """The variant's float scope as ai-edge-quantizer rules: (tensor-name regex, TFLite op name).
+
+    Raises:
+        ConfigError: For an invalid regular expression or an unknown TFLite op type.
+    """
+    import re
+
+    keep = options.get("keep_head_float", "outputs")
+    patterns = [*(HEAD_DECODE if keep in ("decode", "outputs") else ()), *(HEAD_OUTPUTS if keep == "outputs" else ()),
+                *(options.get("float_patterns") or [])]
+    for pat in patterns:
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"options.float_patterns: {pat!r} is not a regular expression ({e})") from None
+    bad = [t for t in options.get("float_types") or [] if t not in op_names]
+    if bad:
+        raise ConfigError(f"options.float_types: {bad} are not TFLite op types "
+                          f"(e.g. {', '.join(sorted(op_names - {'ALL_SUPPORTED', 'INPUT', 'OUTPUT'})[:6])})")
+    return [(p, "ALL_SUPPORTED") for p in patterns] + [(".*", t) for t in options.get("float_types") or []]
+
+
+def float_ops(path: Path, patterns: list[str], types: set[str]) -> list[str]:
+    """The float-kept ops of a quantized model, as ``OP:tensor-name`` (names cut to their last scope)."""
+    import re
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(str(path))
+    graph = model.subgraphs[0]
+    out = []
+    for op in graph.operators:
+        kind = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+        name = fu.get_op_scope(op, graph.tensors)
+        is_float = all(graph.tensors[i].type == 0 for i in op.outputs)  # 0: FLOAT32 in the TFLite schema
+        kind = getattr(kind, "name", kind)
+        if kind and is_float and (kind in types or any(re.search(p, name) for p in patterns)):
+            out.append(f"{kind}:{name.rstrip(';').rsplit('/', 1)[-1]}")
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_bars() -> Iterator[None]:
+    """Silence ai-edge-quantizer's per-tensor tqdm bars (tens of thousands of lines in a log)."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
 def _signature_input(path: Path) -> tuple[str, str]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -63,6 +130,9 @@ class LiteRtBackend(Backend):
     options = {
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
         "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations"),
+        "keep_head_float": SCOPE_OPTIONS["keep_head_float"],
+        "float_patterns": OptionSpec(list, None, None, "regular expressions of TFLite tensor names kept in float"),
+        "float_types": OptionSpec(list, None, None, "TFLite op types kept in float, e.g. [SOFTMAX, LOGISTIC]"),
     }
 
     def version(self) -> str:
@@ -117,12 +187,25 @@ class LiteRtBackend(Backend):
         for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float in/out
             qt.update_quantization_recipe(regex=".*", operation_name=op,
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+        kept = scope_rules(ctx.variant.options, {t.name for t in qtyping.TFLOperationName})
+        for regex, op in kept:  # later rules win in ai-edge-quantizer: float scope after the int8 default
+            qt.update_quantization_recipe(regex=regex, operation_name=getattr(qtyping.TFLOperationName, op),
+                                          algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+        if ctx.option("keep_head_float") == "outputs":  # float compute, weights stored as fp16: 0.30x -> 0.296x
+            fp16 = qtyping.OpQuantizationConfig(
+                weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+                compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+            for regex in HEAD_OUTPUTS:
+                qt.update_quantization_recipe(regex=regex, operation_name=qtyping.TFLOperationName.CONV_2D,
+                                              op_config=fp16, algorithm_key=recipe.AlgorithmName.FLOAT_CASTING)
         samples = [{name: x} for x in ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
                                                                progress="  loading calibration")]
-        result = qt.calibrate({sig: samples})
-        qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
+        with _quiet_bars():
+            result = qt.calibrate({sig: samples})
+            qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
-                "settings": {k: ctx.option(k) for k in self.options}}
+                "settings": {k: ctx.option(k) for k in self.options},
+                "kept_float": float_ops(out, [r for r, _ in kept], {op for _, op in kept if op != "ALL_SUPPORTED"})}
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> LiteRtRuntime:
         rt = LiteRtRuntime(Path(artifact.path), threads)

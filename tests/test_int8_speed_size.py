@@ -1,0 +1,107 @@
+"""The INT8 fixes, on real models and runtimes: ORT softmax rewrite, QAT weights folded to int8,
+LiteRT head kept float by tensor name, INT8 sizes, and the side-by-side latency pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from yoloq.backends._ort_graph import ort_graph, rewrite_softmax
+from yoloq.backends.litert import scope_rules
+from yoloq.backends.onnxruntime import OrtRuntime
+from yoloq.errors import ConfigError
+from yoloq.preprocess import prepare, read_image
+from yoloq.qdq import fold_weight_quantizers
+
+pytestmark = pytest.mark.shared
+
+
+def _image(smoke_run) -> np.ndarray:  # noqa: ANN001
+    from conftest import SHARED
+
+    path = sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[0]
+    return prepare([read_image(path)], 320)[0]
+
+
+def test_ort_softmax_rewrite_keeps_the_outputs(smoke_run, tmp_path: Path):
+    base = next((smoke_run["dir"] / "artifacts" / "_base").glob("*-b1.onnx"))
+    model = onnx.load(str(base))
+    assert rewrite_softmax(model) == 1  # YOLO11n's DFL softmax over axis 1
+    inner = [n for n in model.graph.node if n.op_type == "Softmax"
+             and next((a.i for a in n.attribute if a.name == "axis"), -1) not in (-1, 3)]
+    assert not inner
+    fixed = ort_graph(base, tmp_path)
+    assert fixed != base and ort_graph(base, tmp_path) == fixed  # cached by content
+    x = _image(smoke_run)
+    a = OrtRuntime(base, 2, ["CPUExecutionProvider"]).predict(x)
+    b = OrtRuntime(fixed, 2, ["CPUExecutionProvider"]).predict(x)
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-3 * max(1.0, np.abs(a).max())
+    # the ORT variants of the run use the rewritten graph
+    rec = smoke_run["records"]["onnxruntime-fp32"]
+    assert "ort1" in rec["artifact"]
+
+
+def test_folding_weight_quantizers_changes_nothing_but_the_file(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).reshape(8, -1).max(1) / 127).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"], axis=0),
+             helper.make_node("Conv", ["x", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"),
+                               numpy_helper.from_array(np.zeros(8, np.int8), "z")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
+    path = tmp_path / "qdq.onnx"
+    onnx.save(m, str(path))
+    x = rng.normal(size=(1, 3, 16, 16)).astype(np.float32)
+    before = OrtRuntime(path, 1, ["CPUExecutionProvider"]).predict(x)
+    size = path.stat().st_size
+    assert fold_weight_quantizers(path) == 1
+    after = OrtRuntime(path, 1, ["CPUExecutionProvider"]).predict(x)
+    assert np.array_equal(before, after)
+    folded = onnx.load(str(path))
+    assert [n.op_type for n in folded.graph.node] == ["DequantizeLinear", "Conv"]
+    assert {t.name: t.data_type for t in folded.graph.initializer}["wq"] == TensorProto.INT8
+    assert path.stat().st_size < size
+
+
+def test_litert_scope_rules_and_errors():
+    ops = {"SOFTMAX", "LOGISTIC", "CONV_2D", "ALL_SUPPORTED"}
+    assert scope_rules({"keep_head_float": "none"}, ops) == []
+    decode = scope_rules({"keep_head_float": "decode"}, ops)
+    outputs = scope_rules({"keep_head_float": "outputs", "float_types": ["SOFTMAX"]}, ops)
+    assert len(outputs) == len(decode) + 2 and outputs[-1] == (".*", "SOFTMAX")
+    with pytest.raises(ConfigError, match="not TFLite op types"):
+        scope_rules({"float_types": ["Softmax"]}, ops)
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        scope_rules({"float_patterns": ["("]}, ops)
+
+
+def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
+    r = smoke_run["records"]["litert-int8"]
+    kept = r["artifact_info"]["kept_float"]
+    kinds = {k.split(":")[0] for k in kept}
+    assert {"SOFTMAX", "LOGISTIC", "CONCATENATION", "CONV_2D"} <= kinds, kept
+    assert len(kept) < 60  # the head's tail only, not the network
+
+
+@pytest.mark.parametrize("fmt", ["onnxruntime", "litert"])
+def test_int8_file_is_at_most_030_of_fp32(smoke_run, fmt: str):
+    recs = smoke_run["records"]
+    ratio = recs[f"{fmt}-int8"]["size_mb"] / recs[f"{fmt}-fp32"]["size_mb"]
+    print(f"{fmt} INT8/FP32 size: {ratio:.3f}")
+    assert ratio <= 0.30
+
+
+def test_latency_is_measured_side_by_side(smoke_run):
+    recs = [r for r in smoke_run["records"].values() if r["status"] == "ok"]
+    groups = {r["latency"]["group"] for r in recs}
+    assert len(groups) == 1 and all(r["latency"]["mode"] == "interleaved" for r in recs)
+    assert all(r["latency"]["group_size"] == len(recs) and r["latency"]["runs"] >= 10 for r in recs)
