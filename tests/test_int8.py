@@ -65,8 +65,9 @@ def test_accuracy_control_records_what_stayed_float(tmp_path: Path, fmt: str):
 
 
 def test_tiny_qat_end_to_end(tmp_path: Path):
-    cfg = write(tmp_path, variants=[{"format": "onnxruntime", "precision": "int8"}],
-                qat={"epochs": 1, "images": 16, "batch": 4, "imgsz": 320})
+    cfg = write(tmp_path, variants=[{"format": "onnxruntime", "precision": "int8"},
+                                    {"format": "openvino", "precision": "int8"}],
+                qat={"epochs": 1, "images": 16, "batch": 4, "imgsz": 320}, report={"bootstrap": 200})
     out = tmp_path / "out"
     proc = run_cli("qat", str(cfg), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -76,6 +77,12 @@ def test_tiny_qat_end_to_end(tmp_path: Path):
         assert "quantization-aware" in recs[name]["artifact_info"]["quantizer"]
         assert recs[name]["metrics"]["map50_95"] > 0.05  # 1 epoch on 13 images: a sanity band, not a target
     assert "onnxruntime-int8-qat" in (out / "report.md").read_text()
+    for name in ("onnxruntime-int8", "openvino-int8"):  # PTQ - QAT, paired interval, in the record and report
+        c = recs[f"{name}-qat"]["metrics"]["qat_vs_ptq"]
+        assert c["ptq"] == name and c["lo"] <= c["drop"] <= c["hi"] and c["resamples"] == 200
+        ptq_minus_qat = recs[name]["metrics"]["map50_95"] - recs[f"{name}-qat"]["metrics"]["map50_95"]
+        assert abs(c["drop"] - ptq_minus_qat) < 1e-9
+    assert "## QAT against PTQ" in (out / "report.md").read_text()
     import onnx  # the QAT export ships int8 weights, not float weights behind QuantizeLinear
 
     qat = onnx.load(str(next((out / "artifacts" / "qat").glob("*-qat-int8-*.onnx"))))

@@ -90,6 +90,20 @@ def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
     kinds = {k.split(":")[0] for k in kept}
     assert {"SOFTMAX", "LOGISTIC", "CONCATENATION", "CONV_2D"} <= kinds, kept
     assert len(kept) < 60  # the head's tail only, not the network
+    assert r["artifact_info"]["settings"]["calibrate_method"] == "mean"
+
+
+def test_litert_range_updates_are_order_free():
+    from yoloq.backends.litert import _extreme_update, _mean_update
+
+    rng = np.random.default_rng(0)
+    per_image = [{"min": rng.normal(size=4), "max": rng.normal(size=4) + 3} for _ in range(7)]
+    for order in (per_image, per_image[::-1]):
+        mean, ext = {}, {}
+        for q in order:
+            mean, ext = _mean_update(mean, q), _extreme_update(ext, q)
+        assert np.allclose(mean["max"], np.mean([q["max"] for q in per_image], axis=0)) and mean["_n"] == 7
+        assert np.array_equal(ext["min"], np.min([q["min"] for q in per_image], axis=0))
 
 
 @pytest.mark.parametrize("fmt", ["onnxruntime", "litert"])
@@ -105,3 +119,14 @@ def test_latency_is_measured_side_by_side(smoke_run):
     groups = {r["latency"]["group"] for r in recs}
     assert len(groups) == 1 and all(r["latency"]["mode"] == "interleaved" for r in recs)
     assert all(r["latency"]["group_size"] == len(recs) and r["latency"]["runs"] >= 10 for r in recs)
+
+
+def test_records_give_speedup_against_fp32_and_fp16(smoke_run):
+    recs = smoke_run["records"]
+    for fmt in ("onnxruntime", "openvino", "litert"):
+        r = recs[f"{fmt}-int8"]
+        s = r["speedup"]
+        assert (s["fp32"], s["fp16"]) == (f"{fmt}-fp32", f"{fmt}-fp16") and s["fp32_same_pass"] and s["fp16_same_pass"]
+        assert abs(s["vs_fp32"] - recs[f"{fmt}-fp32"]["latency"]["p50_ms"] / r["latency"]["p50_ms"]) < 1e-9
+        assert abs(s["vs_fp16"] - recs[f"{fmt}-fp16"]["latency"]["p50_ms"] / r["latency"]["p50_ms"]) < 1e-9
+    assert "x fp16" in (smoke_run["dir"] / "report.md").read_text()

@@ -13,7 +13,7 @@ from typing import Any
 from yoloq.records import load_records, write_atomic
 
 COLUMNS = ("variant", "ran as", "status", "mAP50-95", "mAP50", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms",
-           "p99 ms", "FPS", "x ref", "x fp32", "size MB", "compr.", "budget", "reason")
+           "p99 ms", "FPS", "x ref", "x fp32", "x fp16", "size MB", "compr.", "budget", "reason")
 TERMINAL = ("variant", "ran as", "status", "mAP50-95", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms", "x fp32",
             "size MB", "budget", "reason")
 
@@ -30,10 +30,33 @@ def reference_of(records: list[dict[str, Any]], name: str | None = None) -> dict
     return next((r for r in ok if r["format"] == "torch" and r["precision"] == "fp32"), ok[0] if ok else None)
 
 
+def same_backend(records: list[dict[str, Any]], r: dict[str, Any], precision: str) -> dict[str, Any] | None:
+    """The ok ``precision`` record of ``r``'s format on ``r``'s device (plain names first: the sweep's
+    extra FP32 variants are not the base)."""
+    found = [x for x in records if x.get("status") == "ok" and x["format"] == r["format"]
+             and x["precision"] == precision and x.get("device") == r.get("device")]
+    return next((x for x in found if x["name"] == f"{r['format']}-{precision}"), found[0] if found else None)
+
+
 def same_backend_fp32(records: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
     """The ok FP32 record of ``r``'s format on ``r``'s device (the base for speed-up and compression)."""
-    return next((x for x in records if x.get("status") == "ok" and x["format"] == r["format"]
-                 and x["precision"] == "fp32" and x.get("device") == r.get("device")), None)
+    return same_backend(records, r, "fp32")
+
+
+def speedup(records: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
+    """p50 speed-up of ``r`` against its backend's FP32 and FP16 (OpenVINO's FP16 runs BF16 on AMX CPUs),
+    and whether each pair was timed in the same side-by-side pass."""
+    out: dict[str, Any] = {}
+    p50 = (r.get("latency") or {}).get("p50_ms")
+    for prec in ("fp32", "fp16"):
+        base = same_backend(records, r, prec)
+        b50 = ((base or {}).get("latency") or {}).get("p50_ms")
+        if p50 and b50:
+            out[f"vs_{prec}"] = b50 / p50
+            out[prec] = base["name"]
+            out[f"{prec}_same_pass"] = (base["latency"].get("group") is not None
+                                        and base["latency"].get("group") == r["latency"].get("group"))
+    return out
 
 
 def _ci_text(m: dict[str, Any]) -> str:
@@ -68,6 +91,7 @@ def rows(records: list[dict[str, Any]], reference: str | None = None) -> list[di
             "FPS": _fmt(lat.get("throughput_fps"), 1),
             "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 else None, 2, "x"),
             "x fp32": _fmt(base_p50 / p50 if p50 and base_p50 else None, 2, "x"),
+            "x fp16": _fmt((r.get("speedup") or {}).get("vs_fp16") if r["precision"] != "fp16" else None, 2, "x"),
             "size MB": _fmt(r.get("size_mb"), 2),
             "compr.": _fmt(r["size_mb"] / base_size if r.get("size_mb") and base_size else None, 2, "x"),
             "budget": label(r.get("budget")),
@@ -143,8 +167,8 @@ def _notes(records: list[dict[str, Any]], ref: dict[str, Any] | None) -> list[st
         n_img = (ref or {}).get("metrics", {}).get("images")
         notes.append(f"95% intervals: paired bootstrap, {cis[0]['resamples']} resamples of the {n_img} evaluation "
                      f"images (seed {cis[0]['seed']}); * marks a drop whose interval excludes 0 (significant).")
-    notes.append("x ref / x fp32: p50 speed-up against the reference and against the same backend's FP32; "
-                 "compr.: size against the same backend's FP32.")
+    notes.append("x ref / x fp32 / x fp16: p50 speed-up against the reference and against the same backend's "
+                 "FP32 and FP16; compr.: size against the same backend's FP32.")
     return notes
 
 
@@ -162,6 +186,22 @@ def _config_order(run_dir: Path) -> list[str]:
         return []
 
 
+def qat_table(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """QAT against PTQ on the same backend: mAP of each, PTQ - QAT with its paired 95% interval."""
+    by_name = {r["name"]: r for r in records}
+    out = []
+    for r in records:
+        c = (r.get("metrics") or {}).get("qat_vs_ptq")
+        if not c or c.get("ptq") not in by_name:
+            continue
+        out.append({"QAT variant": r["name"], "PTQ variant": c["ptq"],
+                    "PTQ mAP50-95": _fmt(by_name[c["ptq"]]["metrics"].get("map50_95"), 4),
+                    "QAT mAP50-95": _fmt(r["metrics"].get("map50_95"), 4),
+                    "PTQ - QAT [95% CI]": f"{c['drop']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
+                                          + ("*" if c.get("significant") else "")})
+    return out
+
+
 def build(run_dir: Path, reference: str | None = None) -> dict[str, Any]:
     """Everything a report shows, from the run's records (in the config's variant order)."""
     records = load_records(run_dir / "records.jsonl")
@@ -169,7 +209,7 @@ def build(run_dir: Path, reference: str | None = None) -> dict[str, Any]:
     records.sort(key=lambda r: order.get(r["name"], len(order)))
     ref = reference_of(records, reference)
     return {"run": run_dir.name, "records": records, "ref": ref, "table": rows(records, reference),
-            "losses": per_class_losses(records, ref), "sizes": size_table(records),
+            "losses": per_class_losses(records, ref), "sizes": size_table(records), "qat": qat_table(records),
             "environment": environment(records), "notes": _notes(records, ref)}
 
 
@@ -187,6 +227,9 @@ def write_reports(run_dir: Path, reference: str | None = None) -> str:
     plots = pareto_plots(data["records"], run_dir)
     md = [f"# yoloq report: {data['run']}", "", *data["notes"], "", markdown_table(data["table"]), ""]
     md += [f"![{name}]({path.name})" for name, path in plots.items()] + [""]
+    if data["qat"]:
+        md += ["## QAT against PTQ (paired bootstrap over the evaluation images; * = significant)", "",
+               markdown_table(data["qat"], tuple(data["qat"][0])), ""]
     if data["losses"]:
         md += ["## Classes that lose most", "",
                markdown_table(data["losses"], tuple(data["losses"][0])), ""]

@@ -53,6 +53,9 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
         "<h2>Variants</h2>", _table(data["table"], COLUMNS, row_class="status", tid="variants"),
         "<h2>Pareto: accuracy against latency and size</h2>", imgs,
     ]
+    if data.get("qat"):
+        parts += ["<h2>QAT against PTQ (PTQ - QAT, paired 95% interval; * = significant)</h2>",
+                  _table(data["qat"], tuple(data["qat"][0]), tid="qat")]
     if data["losses"]:
         parts += ["<h2>Classes that lose most</h2>", _table(data["losses"], tuple(data["losses"][0]), tid="losses")]
     if data["sizes"]:

@@ -93,22 +93,45 @@ def float_ops(path: Path, patterns: list[str], types: set[str]) -> list[str]:
         is_float = all(graph.tensors[i].type == 0 for i in op.outputs)  # 0: FLOAT32 in the TFLite schema
         kind = getattr(kind, "name", kind)
         if kind and is_float and (kind in types or any(re.search(p, name) for p in patterns)):
-            out.append(f"{kind}:{name.rstrip(';').rsplit('/', 1)[-1]}")
+            first = name.split(";;")[0].rstrip(";")  # an op fused from several has several names
+            out.append(f"{kind}:{'/'.join(first.split('/')[-2:])}")
     return out
+
+
+def _mean_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Running mean of per-image min/max (the count rides along under ``_n``; stripped afterwards)."""
+    if not qsv:
+        return dict(new, _n=1)
+    n = qsv.get("_n", 1)
+    return {"min": (qsv["min"] * n + new["min"]) / (n + 1), "max": (qsv["max"] * n + new["max"]) / (n + 1),
+            "_n": n + 1}
+
+
+def _extreme_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Global min and max over all images."""
+    if not qsv:
+        return dict(new)
+    return {"min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
+
+
+def _calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]], method: str) -> dict[str, Any]:
+    """Activation ranges for ai-edge-quantizer, combined over the images as ``method`` says."""
+    if method == "ema":
+        return qt.calibrate(data)
+    from ai_edge_quantizer import calibrator
+
+    calib = calibrator.Calibrator(fp32.read_bytes(), num_threads=16,
+                                  qsv_update_func=_mean_update if method == "mean" else _extreme_update)
+    calib.calibrate(data, qt._recipe_manager)  # noqa: SLF001 - the recipe the quantizer was loaded with
+    return {name: {k: v for k, v in q.items() if k != "_n"} for name, q in calib.get_model_qsvs().items()}
 
 
 @contextlib.contextmanager
 def _quiet_bars() -> Iterator[None]:
-    """Silence ai-edge-quantizer's per-tensor tqdm bars (tens of thousands of lines in a log)."""
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    """Silence ai-edge-quantizer's progress bars (one tqdm update per tensor per image: tens of
+    thousands of lines in a log). tqdm reads ``TQDM_DISABLE`` only at import, so stderr is muted."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
 
 
 def _signature_input(path: Path) -> tuple[str, str]:
@@ -130,6 +153,10 @@ class LiteRtBackend(Backend):
     options = {
         "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
         "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations"),
+        # how per-image activation ranges combine: ai-edge-quantizer's own is an exponential moving
+        # average (0.95), so the last ~20 images decide and the result moves with the image order;
+        # "mean" averages every image's min/max (order-free), "minmax" takes the extremes.
+        "calibrate_method": OptionSpec(str, "mean", ("mean", "minmax", "ema"), "activation ranges over images"),
         "keep_head_float": SCOPE_OPTIONS["keep_head_float"],
         "float_patterns": OptionSpec(list, None, None, "regular expressions of TFLite tensor names kept in float"),
         "float_types": OptionSpec(list, None, None, "TFLite op types kept in float, e.g. [SOFTMAX, LOGISTIC]"),
@@ -201,7 +228,7 @@ class LiteRtBackend(Backend):
         samples = [{name: x} for x in ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
                                                                progress="  loading calibration")]
         with _quiet_bars():
-            result = qt.calibrate({sig: samples})
+            result = _calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
             qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
                 "settings": {k: ctx.option(k) for k in self.options},
