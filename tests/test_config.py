@@ -35,8 +35,8 @@ def test_defaults_match_ultralytics_val():
 def test_default_config_is_the_issue_matrix():
     cfg = load_config(REPO_ROOT / "configs" / "default.yaml")
     assert [v.label for v in cfg.variants] == [
-        "torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-fp16", "openvino-int8",
-        "litert-fp32", "litert-fp16", "litert-int8"]
+        "torch-fp32", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "openvino-fp32", "openvino-fp16",
+        "openvino-int8", "litert-fp32", "litert-fp16", "litert-int8"]
     assert cfg.imgsz == 640 and cfg.data.split == "val2017"
     assert all(s.split == "train2017" for s in cfg.calibration.sources)
 
