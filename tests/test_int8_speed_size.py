@@ -130,3 +130,29 @@ def test_records_give_speedup_against_fp32_and_fp16(smoke_run):
         assert abs(s["vs_fp32"] - recs[f"{fmt}-fp32"]["latency"]["p50_ms"] / r["latency"]["p50_ms"]) < 1e-9
         assert abs(s["vs_fp16"] - recs[f"{fmt}-fp16"]["latency"]["p50_ms"] / r["latency"]["p50_ms"]) < 1e-9
     assert "x fp16" in (smoke_run["dir"] / "report.md").read_text()
+
+
+def test_a_fresh_clone_rerun_keeps_committed_records(smoke_run, tmp_path: Path):
+    """Committed results hold records but no artifacts: re-running the config must not re-time (or fail) them."""
+    import shutil
+
+    from conftest import run_cli
+
+    out = tmp_path / "clone"
+    out.mkdir()
+    for f in ("records.jsonl", "config.yaml"):
+        shutil.copy(smoke_run["dir"] / f, out / f)
+    for f in (smoke_run["dir"] / "evaldata").glob("*.npz"):
+        (out / "evaldata").mkdir(exist_ok=True)
+        shutil.copy(f, out / "evaldata" / f.name)
+    before = (out / "records.jsonl").read_text()
+    import yaml
+    from conftest import REPO_ROOT
+
+    cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
+    cfg["variants"] = cfg["variants"][:-1]  # fewer variants than the timed pass (as `yoloq run` after `yoloq qat`)
+    (tmp_path / "fewer.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli("run", str(tmp_path / "fewer.yaml"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "latency:" not in proc.stderr and "failed" not in (out / "summary.csv").read_text()
+    assert (out / "records.jsonl").read_text() == before

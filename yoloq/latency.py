@@ -77,12 +77,12 @@ class _Timer:
         self.rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
         self.seconds += t3 - t0
 
-    def stats(self, cfg: LatencyConfig, seconds: float) -> LatencyStats:
+    def stats(self, cfg: LatencyConfig) -> LatencyStats:
         ms = np.asarray(self.rows) * 1000.0
         e2e = ms[:, 3]
         stages = {name: _stats(ms[:, k]) for k, name in enumerate(("preprocess", "inference", "postprocess"))}
         return LatencyStats(**_stats(e2e), std_ms=float(e2e.std()), min_ms=float(e2e.min()), max_ms=float(e2e.max()),
-                            runs=len(self.rows), warmup=cfg.warmup, seconds=seconds, batch=cfg.batch,
+                            runs=len(self.rows), warmup=cfg.warmup, seconds=self.seconds, batch=cfg.batch,
                             threads=cfg.threads,
                             throughput_fps=float(cfg.batch * len(self.rows) / (e2e.sum() / 1000.0)),
                             stages=stages)
@@ -121,7 +121,7 @@ def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
             timer.timed()
             if len(timer.rows) <= cfg.min_runs:
                 pb.update(1)
-    return timer.stats(cfg, clock() - start)
+    return timer.stats(cfg)
 
 
 def measure_interleaved(runtimes: dict[str, tuple[Runtime, Callable[[np.ndarray, list[Letterbox]], Any]]],
@@ -144,7 +144,6 @@ def measure_interleaved(runtimes: dict[str, tuple[Runtime, Callable[[np.ndarray,
     for t in timers.values():
         t.warm(cfg.warmup)
     names = list(timers)
-    start = time.perf_counter()
     hide = progress is None or not enabled()
     rnd = 0
     with tqdm(total=cfg.min_runs * len(names), desc=progress, disable=hide, leave=False, file=sys.stderr,
@@ -155,7 +154,6 @@ def measure_interleaved(runtimes: dict[str, tuple[Runtime, Callable[[np.ndarray,
                 t.warm(1)
                 for _ in range(cfg.block):
                     t.timed()
-                pb.update(min(cfg.block, max(0, cfg.min_runs - len(t.rows) + cfg.block)))
+                pb.update(sum(min(len(x.rows), cfg.min_runs) for x in timers.values()) - pb.n)
             rnd += 1
-    wall = time.perf_counter() - start
-    return {name: t.stats(cfg, wall) for name, t in timers.items()}
+    return {name: t.stats(cfg) for name, t in timers.items()}

@@ -24,7 +24,7 @@ from yoloq.config import EvalConfig, RunConfig, VariantConfig
 from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, build_calibration
 from yoloq.data.holdout import holdout_split
-from yoloq.errors import BackendUnavailable, DataError, ExportError, YoloqError
+from yoloq.errors import BackendUnavailable, DataError, YoloqError
 from yoloq.evaluate import CocoMetrics
 from yoloq.finalize import evaldata_path, finalize
 from yoloq.latency import measure, measure_interleaved
@@ -214,29 +214,41 @@ def _deploy_post(inputs: RunInputs) -> Callable[..., Any]:
 def side_by_side(inputs: RunInputs, variants: list[VariantConfig]) -> None:
     """Time every ok variant of ``variants`` together (round-robin), into their records.
 
-    Skipped when each already holds latency from a pass over this exact group (same names, keys and
-    latency settings): a cached re-run measures nothing. A variant that cannot be loaded or run here
-    is recorded as failed; the others are still timed.
+    Skipped when all of them already hold latency from one common pass (a cached re-run, or a run
+    of fewer variants than that pass timed, measures nothing). A variant whose export is gone (a
+    fresh clone holds records, not artifacts) is exported and evaluated again first. A variant
+    that cannot be loaded here is recorded as skipped (backend missing) or failed; the others are
+    still timed.
     """
     cfg = inputs.cfg
     path = inputs.out_dir / "records.jsonl"
     rows = load_records(path)
     by_label = {v.label: v for v in variants}
     group = [r for r in rows if r.get("name") in by_label and r.get("status") == "ok"]
+    passes = {(r.get("latency") or {}).get("group") for r in group}
+    if not group or (len(passes) == 1 and None not in passes):
+        return
     gkey = hashlib.sha256(json.dumps([sorted((r["name"], r.get("key")) for r in group),
                                       dataclasses.asdict(cfg.latency)]).encode()).hexdigest()[:16]
-    if not group or all((r.get("latency") or {}).get("group") == gkey for r in group):
-        return
     print(f"latency: {len(group)} variants side by side, round-robin blocks of {cfg.latency.block}", file=sys.stderr)
     runtimes: dict[str, Any] = {}
     post = _deploy_post(inputs)
     for r in group:
         v = by_label[r["name"]]
+        workdir = inputs.out_dir / "artifacts" / v.label
         try:
-            artifact = cached_artifact(inputs.out_dir / "artifacts" / v.label, r.get("key", ""))
+            artifact = cached_artifact(workdir, r.get("key", ""))
             if artifact is None:
-                raise ExportError(f"the export of {v.label} is missing from {inputs.out_dir / 'artifacts'}; run again")
+                print(f"  {v.label}: its export is not here; exporting and evaluating it again", file=sys.stderr)
+                fresh = run_variant(inputs, v, r.get("key", "")).to_dict()
+                r.clear()
+                r.update(fresh)
+                if r["status"] != "ok":
+                    continue
+                artifact = cached_artifact(workdir, r.get("key", ""))
             runtimes[v.label] = (get_backend(v.format).load(artifact, cfg.latency.threads, v.device), post)
+        except BackendUnavailable as e:
+            r["status"], r["reason"] = "skipped", str(e)
         except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
             r["status"], r["reason"] = "failed", f"latency: {type(e).__name__}: {e}".splitlines()[0][:500]
     t0 = time.perf_counter()

@@ -54,7 +54,7 @@ def fold_weight_quantizers(path: Path) -> int:
         folded.append(n)
     for n in folded:
         graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | {i.name for i in graph.input}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)

@@ -80,7 +80,8 @@ def rows(records: list[dict[str, Any]], reference: str | None = None) -> list[di
         base = same_backend_fp32(records, r) or ref or {}
         keep = 100.0 * m["map50_95"] / ref_map if ref_map and m.get("map50_95") is not None else None
         p50 = lat.get("p50_ms")
-        base_p50, base_size = (base.get("latency") or {}).get("p50_ms"), base.get("size_mb")
+        sp = speedup(records, r)
+        base_size = base.get("size_mb")
         out.append({
             "variant": r["name"] + (" (ref)" if ref is not None and r["name"] == ref["name"] else ""),
             "ran as": (r.get("runtime") or {}).get("precision_ran", ""),
@@ -90,8 +91,8 @@ def rows(records: list[dict[str, Any]], reference: str | None = None) -> list[di
             "p50 ms": _fmt(p50, 2), "p90 ms": _fmt(lat.get("p90_ms"), 2), "p99 ms": _fmt(lat.get("p99_ms"), 2),
             "FPS": _fmt(lat.get("throughput_fps"), 1),
             "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 else None, 2, "x"),
-            "x fp32": _fmt(base_p50 / p50 if p50 and base_p50 else None, 2, "x"),
-            "x fp16": _fmt((r.get("speedup") or {}).get("vs_fp16") if r["precision"] != "fp16" else None, 2, "x"),
+            "x fp32": _fmt(sp.get("vs_fp32"), 2, "x"),
+            "x fp16": _fmt(sp.get("vs_fp16") if r["precision"] != "fp16" else None, 2, "x"),
             "size MB": _fmt(r.get("size_mb"), 2),
             "compr.": _fmt(r["size_mb"] / base_size if r.get("size_mb") and base_size else None, 2, "x"),
             "budget": label(r.get("budget")),

@@ -118,11 +118,13 @@ def _calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]]
     """Activation ranges for ai-edge-quantizer, combined over the images as ``method`` says."""
     if method == "ema":
         return qt.calibrate(data)
-    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer import calibrator, recipe_manager
 
+    rm = recipe_manager.RecipeManager()  # the recipe the quantizer holds (its public copy)
+    rm.load_quantization_recipe(qt.get_quantization_recipe())
     calib = calibrator.Calibrator(fp32.read_bytes(), num_threads=16,
                                   qsv_update_func=_mean_update if method == "mean" else _extreme_update)
-    calib.calibrate(data, qt._recipe_manager)  # noqa: SLF001 - the recipe the quantizer was loaded with
+    calib.calibrate(data, rm)
     return {name: {k: v for k, v in q.items() if k != "_n"} for name, q in calib.get_model_qsvs().items()}
 
 
@@ -197,7 +199,8 @@ class LiteRtBackend(Backend):
                         rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16,
                                                   algorithm_key=AlgorithmName.FLOAT_CASTING)
                     qt.load_quantization_recipe(rm.get_quantization_recipe())
-                    qt.quantize().export_model(str(out), overwrite=True)
+                    with _quiet_bars():
+                        qt.quantize().export_model(str(out), overwrite=True)
                     info = {"quantizer": "ai-edge-quantizer float_casting (fp16 weights)"}
                 else:
                     info = self._int8(ctx, qt, fp32, out, recipe, qtyping)
