@@ -6,11 +6,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from yoloq.backends.registry import resolve_config
 from yoloq.config import load_config, parse_config
 from yoloq.errors import ConfigError
 from yoloq.paths import REPO_ROOT
 
 BASE = {"model": "yolo11n.pt", "data": {"dataset": "coco-mini"}, "variants": [{"format": "torch"}]}
+
+
+def resolved(data):
+    return resolve_config(parse_config(data))
 
 
 def with_(**changes):
@@ -21,7 +26,7 @@ def with_(**changes):
 
 @pytest.mark.parametrize("name", ["default", "coco128", "smoke", "onnx-source", "gpu"])
 def test_shipped_configs_load(name):
-    cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+    cfg = resolve_config(load_config(REPO_ROOT / "configs" / f"{name}.yaml"))
     assert cfg.variants and cfg.imgsz % 32 == 0
 
 
@@ -49,10 +54,15 @@ def test_default_config_is_the_issue_matrix():
     (with_(eval={"conf": 1.5}), "config key 'eval.conf': got 1.5, expected 0 <= conf < 1"),
     (with_(latency={"min_runs": 0}), "config key 'latency.min_runs': got 0, expected >= 1"),
     (with_(variants=[{"format": "tflite"}]), "unknown format 'tflite'; valid formats: litert, onnxruntime"),
-    (with_(variants=[{"format": "openvino", "precision": "int4"}]), "'int4' is not a openvino precision"),
+    (with_(variants=[{"format": "openvino", "precision": "int4"}]), "got 'int4', expected one of fp32, fp16, int8"),
+    (with_(variants=[{"format": "tensorrt", "precision": "fp32", "device": "cuda"}]),
+     "'fp32' is not a tensorrt precision"),
+    (with_(variants=[{"format": "onnxruntime", "precision": "fp32", "options": {"accuracy_control": True}}]),
+     "options.accuracy_control': applies to onnxruntime int8 variants, not fp32"),
+    (with_(qat={"formats": ["litert"]}), "config key 'qat.formats[0]': litert cannot run a Q/DQ INT8 ONNX"),
     (with_(variants=[{"format": "onnxruntime", "options": {"per_chanel": False}}]),
      "unknown config key 'variants[0].options.per_chanel'; did you mean 'per_channel'?"),
-    (with_(variants=[{"format": "onnxruntime", "options": {"per_channel": "yes"}}]),
+    (with_(variants=[{"format": "onnxruntime", "precision": "int8", "options": {"per_channel": "yes"}}]),
      "options.per_channel': got 'yes', expected bool"),
     (with_(variants=[{"format": "torch"}, {"format": "torch"}]), "unique variant names"),
     (with_(variants=[]), "config key 'variants': got (), expected at least one variant"),
@@ -62,7 +72,7 @@ def test_default_config_is_the_issue_matrix():
 ])
 def test_config_errors(data, message):
     with pytest.raises(ConfigError) as err:
-        parse_config(data)
+        resolved(data)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -84,5 +94,9 @@ def test_config_is_frozen_and_hash_ignores_output():
     assert a.hash() == b.hash()
     assert a.hash() != parse_config(with_(imgsz=320)).hash()
     assert dict(a.variants[0].options) == {}
-    ort = parse_config(with_(variants=[{"format": "onnxruntime", "precision": "int8"}])).variants[0]
-    assert ort.options["per_channel"] is True and ort.options["quant_format"] == "qoperator"
+    raw = parse_config(with_(variants=[{"format": "onnxruntime", "precision": "int8"}]))
+    ort = resolve_config(raw).variants[0]
+    assert dict(raw.variants[0].options) == {} and not raw.variants[0].resolved  # resolving makes a new variant
+    assert ort.resolved and ort.options["per_channel"] is True and ort.options["quant_format"] == "qoperator"
+    fp32 = resolve_config(parse_config(with_(variants=[{"format": "onnxruntime"}]))).variants[0]
+    assert dict(fp32.options) == {}  # an FP32 variant carries no INT8 settings

@@ -44,7 +44,7 @@ def test_coco_mini_and_coco128_read_in_place():
 
 
 @pytest.mark.shared
-def test_calibration_is_disjoint_seeded_and_hashed():
+def test_calibration_is_disjoint_seeded_and_hashed(capsys):
     ev = load_split(DataRef("coco-mini", "val2017"))
     cfg = CalibrationConfig(images=50, seed=3)
     a, b = build_calibration(cfg, ev), build_calibration(cfg, ev)
@@ -53,6 +53,23 @@ def test_calibration_is_disjoint_seeded_and_hashed():
     assert a.describe()["sources"] == ["coco-mini/train2017", "coco128/train2017"]
     everything = build_calibration(CalibrationConfig(images=10_000), ev)
     assert len(everything.images) == 208  # 80 + 128 train images, none shared
+    assert "asks for 10000 images but its sources hold 208" in capsys.readouterr().err  # said, not silently cut
+    assert everything.images[:50] == build_calibration(CalibrationConfig(images=50), ev).images  # one order
+
+
+@pytest.mark.shared
+def test_one_pool_serves_calibration_and_holdout_disjointly():
+    from yoloq.data.pool import ImagePool
+
+    ev = load_split(DataRef("coco-mini", "val2017"))
+    pool = ImagePool.build(CalibrationConfig(images=200), ev)
+    cal = build_calibration(CalibrationConfig(images=200), ev)
+    assert [p.sample.path for p in pool.front(200)] == list(cal.images)
+    held = pool.labelled(pool.back(8, after=200), ("person", "bicycle"))
+    assert len(held.samples) == 8 and not ({s.path for s in held.samples} & set(cal.images))
+    assert {a["category_id"] for a in held.gt["annotations"]} <= {0, 1}
+    with pytest.raises(DataError, match="no held-out train images"):
+        pool.back(4, after=len(pool))
 
 
 @pytest.mark.shared

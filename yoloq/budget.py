@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from yoloq.config import BudgetConfig
+from yoloq.records import Record
 
 
-def verdict(record: dict[str, Any], ref: dict[str, Any] | None, budget: BudgetConfig) -> dict[str, Any]:
+def verdict(record: Record, ref: Record | None, budget: BudgetConfig) -> dict[str, Any]:
     """Judge one record against the budget.
 
     Returns:
@@ -16,15 +17,15 @@ def verdict(record: dict[str, Any], ref: dict[str, Any] | None, budget: BudgetCo
     """
     rules = []
     if budget.min_retention is not None:
-        rules.append(f"keep >= {budget.min_retention:.1%} of {ref['name'] if ref else 'reference'}")
+        rules.append(f"keep >= {budget.min_retention:.1%} of {ref.name if ref else 'reference'}")
     if budget.max_map_drop is not None:
         rules.append(f"drop <= {budget.max_map_drop:.4f} mAP50-95")
     out: dict[str, Any] = {"pass": None, "rule": "; ".join(rules), "retention": None, "drop": None}
-    if not budget.active or ref is None or record["name"] == ref["name"] or record["status"] == "skipped":
+    if not budget.active or ref is None or record.name == ref.name or record.status == "skipped":
         return out
-    if record["status"] != "ok":
+    if not record.ok:
         return out | {"pass": False, "why": "variant failed"}
-    ref_map, var_map = ref["metrics"]["map50_95"], record["metrics"]["map50_95"]
+    ref_map, var_map = ref.map or 0.0, record.map or 0.0
     retention = var_map / ref_map if ref_map else 0.0
     drop = ref_map - var_map
     ok = (budget.min_retention is None or retention >= budget.min_retention) and \
@@ -37,3 +38,16 @@ def label(v: dict[str, Any] | None) -> str:
     if not v or v.get("pass") is None:
         return ""
     return "PASS" if v["pass"] else "FAIL"
+
+
+def print_budget(records: Iterable[Record]) -> bool:
+    """Print PASS/FAIL per judged variant; return whether every judged variant passed."""
+    ok = True
+    for r in records:
+        v = r.budget or {}
+        if v.get("pass") is None:
+            continue
+        ok &= bool(v["pass"])
+        detail = v.get("why") or f"keeps {v['retention']:.1%}, drop {v['drop']:+.4f}"
+        print(f"budget {'PASS' if v['pass'] else 'FAIL'}  {r.name}: {detail} (rule: {v['rule']})")
+    return ok

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import hashlib
 import json
 import types
@@ -24,6 +25,17 @@ from yoloq.errors import ConfigError
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+class Precision(str, enum.Enum):
+    """The numeric precision a variant asks for (what actually ran is in each record's runtime)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -56,18 +68,30 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class VariantConfig:
-    """One exported model to evaluate: a format, a precision, a device and backend options."""
+    """One exported model to evaluate: a format, a precision, a device and backend options.
+
+    As parsed, ``options`` holds what the YAML set; the backend registry *resolves* a variant into a
+    new one whose options are validated and complete (``resolved`` true). ``format`` is a plain
+    string: formats are whatever backends register, so their names live in ``backends/`` only.
+    """
 
     format: str
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     device: str = "cpu"
     name: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    resolved: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
         _check(self.device == "cpu" or self.device.startswith("cuda"), "variant.device", self.device,
                "'cpu' or 'cuda[:N]'")
+        if not isinstance(self.precision, Precision):
+            try:
+                object.__setattr__(self, "precision", Precision(str(self.precision)))
+            except ValueError:
+                raise ConfigError(f"config key 'precision': '{self.precision}' is not a precision; valid: "
+                                  f"{', '.join(p.value for p in Precision)}") from None
 
     @property
     def label(self) -> str:
@@ -100,8 +124,8 @@ class LatencyConfig:
     ``conf`` is the deployment score threshold the timed postprocess uses (as ``yolo predict``); the
     accuracy pass keeps the evaluation thresholds (``eval.conf`` 0.001, as ``yolo val``).
     ``interleave`` times all of a run's variants side by side after their accuracy passes, in
-    round-robin blocks of ``block`` runs, so machine drift cannot fake a speed-up; ``false`` times
-    each variant alone right after its accuracy pass.
+    round-robin blocks of ``block`` runs, so machine drift cannot fake a speed-up (``min_seconds``
+    then bounds the whole pass); ``false`` times each variant alone, each for ``min_seconds``.
     """
 
     warmup: int = 10
@@ -165,7 +189,7 @@ class QatConfig:
     lr0: float = 0.0005
     imgsz: int | None = None
     mosaic: float = 0.0
-    formats: tuple[str, ...] = ("onnxruntime", "openvino")
+    formats: tuple[str, ...] = ()  # empty: every format that runs a Q/DQ ONNX (the registry resolves it)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "qat.epochs", self.epochs, ">= 1")
@@ -173,8 +197,6 @@ class QatConfig:
         _check(self.batch >= 1, "qat.batch", self.batch, ">= 1")
         _check(0 < self.lr0 < 1, "qat.lr0", self.lr0, "0 < lr0 < 1")
         _check(0 <= self.mosaic <= 1, "qat.mosaic", self.mosaic, "0 <= mosaic <= 1")
-        bad = [f for f in self.formats if f not in ("onnxruntime", "openvino")]
-        _check(not bad, "qat.formats", bad, "onnxruntime and/or openvino (they read the Q/DQ ONNX)")
 
 
 @dataclass(frozen=True)
@@ -207,11 +229,14 @@ class RunConfig:
 
     @property
     def reference_label(self) -> str:
-        """The variant every other is compared to: ``reference``, else torch FP32, else the first."""
+        """The variant every other is compared to: ``reference``, else the first FP32 variant, else the first.
+
+        The shipped configs list the source framework's FP32 (torch) first, so it is the reference.
+        """
         if self.reference:
             return self.reference
         for v in self.variants:
-            if v.format == "torch" and v.precision == "fp32":
+            if v.precision == Precision.FP32:
                 return v.label
         return self.variants[0].label
 
@@ -229,6 +254,12 @@ class RunConfig:
 
 
 def _plain(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, VariantConfig):
+        d = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        d.pop("resolved")
+        return d
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
@@ -273,6 +304,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}': got {value!r}, expected true or false")
         return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(str(value))
+        except ValueError:
+            raise ConfigError(f"config key '{key}': got {value!r}, expected one of "
+                              f"{', '.join(str(m.value) for m in tp)}") from None
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}': got {value!r}, expected a string")
@@ -283,7 +320,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 def from_mapping(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, refusing unknown keys and converting types."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("base_dir", "resolved")]
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         key = f"{where}.{k}" if where else str(k)
@@ -308,7 +345,9 @@ def parse_config(data: Mapping[str, Any], base_dir: str | Path = ".") -> RunConf
         base_dir: The folder relative paths in the config are resolved against.
 
     Returns:
-        The frozen run config; formats, precisions and options are checked against the backend registry.
+        The frozen run config as written. Formats and backend options are checked later, when the
+        backend registry resolves it (``yoloq.backends.resolve_config``): config is the first stage
+        and knows no backend.
 
     Raises:
         ConfigError: Naming the key, the value and what is allowed.
@@ -316,12 +355,7 @@ def parse_config(data: Mapping[str, Any], base_dir: str | Path = ".") -> RunConf
     if not isinstance(data, Mapping):
         raise ConfigError(f"config must be a mapping of keys, got {type(data).__name__}")
     cfg = from_mapping(RunConfig, data)
-    cfg = dataclasses.replace(cfg, base_dir=str(base_dir))
-    from yoloq.backends.registry import validate_variant
-
-    for i, v in enumerate(cfg.variants):
-        validate_variant(v, f"variants[{i}]")
-    return cfg
+    return dataclasses.replace(cfg, base_dir=str(base_dir))
 
 
 def load_config(path: str | Path) -> RunConfig:

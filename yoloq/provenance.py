@@ -1,15 +1,24 @@
-"""Where a number came from: the machine and the library versions."""
+"""Where a number came from: the machine (and its fingerprint) and the library versions."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import re
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Mapping
 
 PACKAGES = ("yoloq", "ultralytics", "torch", "onnx", "onnxslim", "onnxruntime", "openvino", "nncf", "ai-edge-litert",
             "litert-torch", "ai-edge-quantizer", "tensorrt", "pycocotools", "numpy", "opencv-python")
+
+# CPU features that change which kernels a runtime picks (so its speed, and for BF16/AMX its arithmetic)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni",
+             "asimd", "asimddp", "i8mm", "bf16", "sve")
+# what must match for a record to be reused (and what `yoloq reproduce` compares)
+FINGERPRINT = ("cpu", "arch", "isa", "cores", "gpu", "gpu_driver")
 
 
 @lru_cache(maxsize=1)
@@ -24,35 +33,95 @@ def versions() -> dict[str, str]:
     return out
 
 
-@lru_cache(maxsize=1)
-def machine() -> dict[str, Any]:
-    """CPU model, core count and the instruction sets INT8/BF16 speed depends on."""
+def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and ":" in line:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "Hardware") and val.strip() and model in ("", platform.machine()):
+                    model = val.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(val.split())
     except OSError:
         pass
-    gpu = None
+    return model, flags
+
+
+def _gpu() -> tuple[str | None, str | None]:
+    """The first CUDA GPU's name and the NVIDIA driver version (None, None without one)."""
+    name = None
     try:
         import torch
 
         if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
+            name = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - a broken CUDA install just means no GPU is recorded
-        gpu = None
+        return None, None
+    if name is None:
+        return None, None
+    driver = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+    except Exception:  # noqa: BLE001 - the driver version is informative only
+        driver = None
+    return name, driver
+
+
+@lru_cache(maxsize=1)
+def machine() -> dict[str, Any]:
+    """CPU model, cores, the instruction sets kernels depend on, GPU and driver, OS and Python."""
+    model, flags = _cpuinfo()
+    gpu, driver = _gpu()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    isa = sorted(f for f in ISA_FLAGS if f in flags)
     return {
         "cpu": model,
-        "cores": os.cpu_count(),
+        "cores": cores,
         "arch": platform.machine(),
+        "isa": isa,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "avx512_vnni": "avx512_vnni" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": any(f.startswith("amx") for f in flags),
         "gpu": gpu,
+        "gpu_driver": driver,
+        "id": machine_id({"cpu": model, "arch": platform.machine(), "isa": isa, "cores": cores, "gpu": gpu,
+                          "gpu_driver": driver}),
     }
+
+
+def fingerprint(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a machine description that change results: two machines with one fingerprint measure alike."""
+    return {k: m.get(k) for k in FINGERPRINT}
+
+
+def same_machine(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two machine descriptions have the same fingerprint."""
+    return fingerprint(a) == fingerprint(b)
+
+
+def machine_id(m: Mapping[str, Any]) -> str:
+    """A readable, stable folder name for a machine: CPU words, cores, and a hash of the fingerprint."""
+    words = re.sub(r"\((r|tm)\)|processor|cpu|@|\d+-core", " ", str(m.get("cpu") or "unknown").lower())
+    slug = "-".join(w for w in re.split(r"[^a-z0-9.]+", words) if w)[:28].strip("-.")
+    digest = hashlib.sha256(json.dumps(fingerprint(m), sort_keys=True).encode()).hexdigest()[:6]
+    return f"{slug}-{m.get('cores')}c-{digest}"
+
+
+def describe(m: Mapping[str, Any]) -> str:
+    """One line naming a machine, for reports and comparisons."""
+    isa = [f for f in ("avx512_vnni", "avx512_bf16", "amx_tile", "asimddp") if f in (m.get("isa") or [])]
+    if not m.get("isa"):  # records of older versions kept booleans only
+        isa = [k for k in ("avx512_vnni", "avx512_bf16", "amx") if m.get(k)]
+    gpu = f"; GPU {m['gpu']} (driver {m.get('gpu_driver') or '?'})" if m.get("gpu") else "; no GPU"
+    return f"{m.get('cpu')}, {m.get('cores')} cores, {', '.join(isa) or 'no VNNI/BF16/AMX'}{gpu}"

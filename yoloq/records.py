@@ -1,14 +1,19 @@
-"""One result record per variant, kept as JSON lines; every write replaces the file atomically."""
+"""One result record per variant, kept as JSON lines by one writer: :class:`RecordStore`.
+
+Every field any stage writes is a field of :class:`Record`; the store replaces the file atomically
+on each change, so a reader (or a run killed at any moment) sees the old file or the new one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 STATUSES = ("ok", "skipped", "failed")
 REQUIRED = ("name", "format", "precision", "status")
@@ -21,9 +26,12 @@ class Record:
     name: str
     format: str
     precision: str
-    device: str
-    status: str
+    device: str = "cpu"
+    status: str = "ok"
     reason: str = ""
+    order: int = 0  # the variant's place in its config (reports list variants in this order)
+    reference: bool = False  # the variant every other is compared to
+    pair: dict[str, Any] = field(default_factory=dict)  # e.g. {"role": "qat", "ptq": name}: compared with ptq
     model: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     imgsz: int = 0
@@ -41,15 +49,41 @@ class Record:
     versions: dict[str, str] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    speedup: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # fields of newer yoloq versions, kept as they were
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"record status must be one of {STATUSES}, got {self.status!r}")
 
+    @property
+    def ok(self) -> bool:
+        """Whether the variant ran."""
+        return self.status == "ok"
+
+    @property
+    def map(self) -> float | None:
+        """mAP50-95, when evaluated."""
+        return self.metrics.get("map50_95")
+
+    @property
+    def p50(self) -> float | None:
+        """p50 end-to-end latency in ms, when timed."""
+        return self.latency.get("p50_ms")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written to ``records.jsonl``."""
-        return asdict(self)
+        d = asdict(self)
+        return d | d.pop("extra")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Record:
+        """A record from its JSON form (unknown keys kept in ``extra``)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names},
+                   extra={k: v for k, v in d.items() if k not in names})
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -70,8 +104,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Read ``records.jsonl`` (an absent file is an empty list; a torn last line is ignored)."""
+def _read(path: Path) -> list[Record]:
     if not path.is_file():
         return []
     out = []
@@ -81,18 +114,69 @@ def load_records(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
+            if not isinstance(row, dict) or any(k not in row for k in REQUIRED):
+                raise ValueError
+            out.append(Record.from_dict(row))
         except json.JSONDecodeError:
-            continue
-        if not isinstance(row, dict) or any(k not in row for k in REQUIRED):
+            continue  # a torn last line (older writers); atomic writes leave none
+        except (ValueError, TypeError):
             print(f"yoloq: warning: {path.name} line {n} is not a yoloq record (needs {', '.join(REQUIRED)}); "
                   f"ignored", file=sys.stderr)
-            continue
-        out.append(row)
     return out
 
 
-def save_record(path: Path, record: Record) -> None:
-    """Put ``record`` in ``path``, replacing an earlier record of the same variant name."""
-    rows = [r for r in load_records(path) if r.get("name") != record.name]
-    rows.append(record.to_dict())
-    write_atomic(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+class RecordStore:
+    """The records of one run folder: read once, changed in memory, written whole and atomically.
+
+    The store is the only writer of ``records.jsonl``.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "records.jsonl"
+        self._records: list[Record] = _read(self.path)
+
+    def all(self) -> list[Record]:
+        """Every record, in config order (file order among equals)."""
+        return sorted(self._records, key=lambda r: r.order)
+
+    def get(self, name: str) -> Record | None:
+        """The record of variant ``name``."""
+        return next((r for r in self._records if r.name == name), None)
+
+    def put(self, record: Record) -> None:
+        """Add ``record`` (replacing the one of the same name) and write the file."""
+        self._records = [r for r in self._records if r.name != record.name] + [record]
+        self.save()
+
+    def save(self) -> None:
+        """Write every record (after in-place changes)."""
+        write_atomic(self.path, "".join(json.dumps(r.to_dict()) + "\n" for r in self._records))
+
+
+def reference_of(records: Iterable[Record]) -> Record | None:
+    """The reference record (marked by the run), else the first ok FP32 record, else the first ok one."""
+    ok = [r for r in records if r.ok]
+    return next((r for r in ok if r.reference), None) or next((r for r in ok if r.precision == "fp32"),
+                                                              ok[0] if ok else None)
+
+
+def same_backend(records: Iterable[Record], r: Record, precision: str) -> Record | None:
+    """The first ok ``precision`` record (config order) of ``r``'s format and device, not a derived (QAT) one."""
+    return next((x for x in sorted(records, key=lambda x: x.order)
+                 if x.ok and x.format == r.format and x.precision == precision and x.device == r.device
+                 and not x.pair), None)
+
+
+def speedup(records: list[Record], r: Record) -> dict[str, Any]:
+    """p50 speed-up of ``r`` against its backend's FP32 and FP16 (OpenVINO's FP16 runs BF16 on AMX CPUs),
+    and whether each pair was timed in the same side-by-side pass."""
+    out: dict[str, Any] = {}
+    for prec in ("fp32", "fp16"):
+        base = same_backend(records, r, prec)
+        if base is not None and r.p50 and base.p50:
+            out[f"vs_{prec}"] = base.p50 / r.p50
+            out[prec] = base.name
+            out[f"{prec}_same_pass"] = (base.latency.get("group") is not None
+                                        and base.latency.get("group") == r.latency.get("group"))
+    return out

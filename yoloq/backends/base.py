@@ -5,43 +5,75 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from yoloq.config import EvalConfig, VariantConfig
+    from yoloq.config import VariantConfig
     from yoloq.data.calibration import CalibrationSet
-    from yoloq.data.types import DatasetSplit
     from yoloq.models import SourceModel
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+ALL_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """A backend option a variant may set: its type, default and allowed values."""
+    """A backend option a variant may set: its type, default, allowed values and the precisions it applies to.
+
+    Setting an option on a precision it does not apply to (``accuracy_control`` on fp32) is a config error.
+    """
 
     type: type
     default: Any
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    precisions: tuple[str, ...] = ALL_PRECISIONS
+
+
+class Validator(Protocol):
+    """Scores a predict function on held-out train images (never calibration or evaluation images).
+
+    ``items`` are the held-out images as opaque items whose first element is the model input, so a
+    quantizer with its own loop (NNCF) can hand subsets of them back.
+    """
+
+    items: Sequence[tuple[Any, ...]]
+
+    def __call__(self, predict: Predict, items: Sequence[tuple[Any, ...]] | None = None) -> float:
+        """mAP50-95 (pycocotools) of ``predict`` on ``items`` (default: all of them)."""
+        ...
+
+
+# (held-out images wanted, calibration images the variant used) -> a validator on other train images
+MakeValidator = Callable[[int, int], Validator]
 
 
 @dataclass(frozen=True)
 class ExportContext:
-    """What an export needs: the source model, the variant, the input size, calibration and a work folder."""
+    """What an export needs: the source model, the (resolved) variant, the input size, calibration and a folder.
+
+    ``validator`` is given by the pipeline for accuracy-aware quantization: the export stage calls it
+    and never imports evaluation code (NNCF's ``validation_fn`` pattern).
+    """
 
     source: SourceModel
     variant: VariantConfig
     imgsz: int
     calibration: CalibrationSet
     workdir: Path
-    eval_cfg: EvalConfig | None = None
-    holdout: Callable[[int, tuple[Path, ...]], DatasetSplit] | None = None  # (n, images used) -> held-out split
+    validator: MakeValidator | None = None
     threads: int = 2
 
     def option(self, key: str) -> Any:
-        """The variant's option ``key`` (validated against the backend's spec)."""
+        """The variant's option ``key`` (validated and filled by the registry)."""
         return self.variant.options[key]
+
+    def calibration_images(self) -> CalibrationSet:
+        """The calibration images this variant uses: the first ``calibration_images`` of the set, when set."""
+        return self.calibration.take(self.variant.options.get("calibration_images"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +108,23 @@ class Runtime(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class GroupError:
+    """One layer group's INT8 sensitivity: its name, node names, output SQNR (dB) and relative error."""
+
+    group: str
+    nodes: tuple[str, ...]
+    sqnr_db: float
+    rel_error: float
+
+
+@dataclass(frozen=True)
+class Style:
+    """How plots draw a format's points."""
+
+    color: str = "#17becf"
+
+
 class Backend(ABC):
     """A format: exports a source model to an artifact and loads it into a runtime."""
 
@@ -85,6 +134,10 @@ class Backend(ABC):
     sources: ClassVar[tuple[str, ...]] = ("pt", "onnx")
     options: ClassVar[Mapping[str, OptionSpec]] = {}
     install_hint: ClassVar[str] = ""
+    libraries: ClassVar[tuple[str, ...]] = ()  # the packages whose versions decide this format's results
+    style: ClassVar[Style] = Style()
+    reads_qdq_onnx: ClassVar[bool] = False  # can run a Q/DQ INT8 ONNX as it is (QAT exports)
+    supports_sensitivity: ClassVar[bool] = False  # implements :meth:`sensitivity`
 
     @abstractmethod
     def version(self) -> str:
@@ -107,3 +160,15 @@ class Backend(ABC):
     @abstractmethod
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Runtime:
         """Load an artifact into a runtime using exactly ``threads`` CPU threads."""
+
+    def qdq_variant_options(self, onnx_path: Path) -> dict[str, Any]:
+        """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` as it is (``reads_qdq_onnx``)."""
+        return {"prequantized": str(onnx_path)}
+
+    def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
+        """Rank layer groups by the output error their INT8 quantization alone adds (worst first).
+
+        Raises:
+            NotImplementedError: When the backend does not support it (``supports_sensitivity``).
+        """
+        raise NotImplementedError(f"{self.name} does not rank layers")

@@ -9,10 +9,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from yoloq.backends._export import base_path, ultralytics_export
-from yoloq.backends._scope import SCOPE_OPTIONS
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.onnx_base import base_path, ultralytics_export
 from yoloq.backends.registry import register
+from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.progress import step
 
@@ -63,7 +63,7 @@ def scope_rules(options: dict[str, Any], op_names: set[str]) -> list[tuple[str, 
     """
     import re
 
-    keep = options.get("keep_head_float", "outputs")
+    keep = options.get("keep_head_float", KEEP_HEAD_FLOAT.default)
     patterns = [*(HEAD_DECODE if keep in ("decode", "outputs") else ()), *(HEAD_OUTPUTS if keep == "outputs" else ()),
                 *(options.get("float_patterns") or [])]
     for pat in patterns:
@@ -152,16 +152,20 @@ class LiteRtBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     sources = ("pt",)
     install_hint = "pip install litert-torch ai-edge-litert ai-edge-quantizer"
+    libraries = ("ai-edge-litert", "ai-edge-quantizer", "litert-torch")
+    style = Style(color="#ff7f0e")
     options = {
-        "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
-        "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations"),
+        "calibration_images": CALIBRATION_IMAGES,
+        "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations", INT8),
         # how per-image activation ranges combine: ai-edge-quantizer's own is an exponential moving
         # average (0.95), so the last ~20 images decide and the result moves with the image order;
         # "mean" averages every image's min/max (order-free), "minmax" takes the extremes.
-        "calibrate_method": OptionSpec(str, "mean", ("mean", "minmax", "ema"), "activation ranges over images"),
-        "keep_head_float": SCOPE_OPTIONS["keep_head_float"],
-        "float_patterns": OptionSpec(list, None, None, "regular expressions of TFLite tensor names kept in float"),
-        "float_types": OptionSpec(list, None, None, "TFLite op types kept in float, e.g. [SOFTMAX, LOGISTIC]"),
+        "calibrate_method": OptionSpec(str, "mean", ("mean", "minmax", "ema"), "activation ranges over images",
+                                       INT8),
+        "keep_head_float": KEEP_HEAD_FLOAT,
+        "float_patterns": OptionSpec(list, None, None, "regular expressions of TFLite tensor names kept in float",
+                                     INT8),
+        "float_types": OptionSpec(list, None, None, "TFLite op types kept in float, e.g. [SOFTMAX, LOGISTIC]", INT8),
     }
 
     def version(self) -> str:
@@ -228,13 +232,12 @@ class LiteRtBackend(Backend):
             for regex in HEAD_OUTPUTS:
                 qt.update_quantization_recipe(regex=regex, operation_name=qtyping.TFLOperationName.CONV_2D,
                                               op_config=fp16, algorithm_key=recipe.AlgorithmName.FLOAT_CASTING)
-        samples = [{name: x} for x in ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
-                                                               progress="  loading calibration")]
+        samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
         with _quiet_bars():
             result = _calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
             qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
-                "settings": {k: ctx.option(k) for k in self.options},
+                "settings": dict(ctx.variant.options),
                 "kept_float": float_ops(out, [r for r, _ in kept], {op for _, op in kept if op != "ALL_SUPPORTED"})}
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> LiteRtRuntime:

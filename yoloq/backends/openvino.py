@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends._export import base_onnx
-from yoloq.backends._scope import CONTROL_OPTIONS, PREQUANTIZED, SCOPE_OPTIONS, float_scope
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
+from yoloq.backends.scope import CALIBRATION_IMAGES, CONTROL_OPTIONS, INT8, PREQUANTIZED, SCOPE_OPTIONS, float_scope
 from yoloq.errors import BackendUnavailable, ExportError, YoloqError
 from yoloq.progress import step
 
@@ -47,13 +47,17 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     install_hint = "pip install openvino nncf"
+    libraries = ("openvino", "nncf")
+    style = Style(color="#9467bd")
+    reads_qdq_onnx = True
     options = {
-        "preset": OptionSpec(str, "mixed", ("mixed", "performance"), "NNCF preset (mixed: asymmetric activations)"),
-        "calibration_images": OptionSpec(int, None, None, "use only the first N calibration images"),
+        "preset": OptionSpec(str, "mixed", ("mixed", "performance"), "NNCF preset (mixed: asymmetric activations)",
+                             INT8),
+        "calibration_images": CALIBRATION_IMAGES,
         **SCOPE_OPTIONS,
         **CONTROL_OPTIONS,
         **PREQUANTIZED,
-        "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)"),
+        "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)", INT8),
     }
 
     def version(self) -> str:
@@ -66,7 +70,7 @@ class OpenVinoBackend(Backend):
     def export(self, ctx: ExportContext) -> Artifact:
         import openvino as ov
 
-        pre = ctx.option("prequantized")
+        pre = ctx.variant.options.get("prequantized")
         onnx_path = Path(pre) if pre else base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / "model.xml"
@@ -91,15 +95,14 @@ class OpenVinoBackend(Backend):
         ops = {op.get_friendly_name() for op in model.get_ops()}
         # OpenVINO splits an ONNX Conv with bias into Convolution ("<name>/WithoutBiases") + Add ("<name>")
         keep = [m for n in float_scope(onnx_path, ctx.variant.options) for m in (n, f"{n}/WithoutBiases") if m in ops]
-        images = list(ctx.calibration.batches(ctx.imgsz, ctx.option("calibration_images"),
-                                              progress="  loading calibration"))
+        images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration"))
         preset = nncf.QuantizationPreset.MIXED if ctx.option("preset") == "mixed" \
             else nncf.QuantizationPreset.PERFORMANCE
         common = {"preset": preset, "subset_size": len(images),
                   "fast_bias_correction": ctx.option("fast_bias_correction"),
                   "ignored_scope": nncf.IgnoredScope(names=keep, validate=False) if keep else None}
         info: dict[str, Any] = {"quantizer": f"nncf {nncf.__version__} quantize", "kept_float": keep,
-                                "settings": {k: ctx.option(k) for k in self.options}, "calibration_used": len(images)}
+                                "settings": dict(ctx.variant.options), "calibration_used": len(images)}
         with step(f"quantize {ctx.variant.label}"):
             try:
                 if ctx.option("accuracy_control"):
@@ -115,35 +118,24 @@ class OpenVinoBackend(Backend):
 
     def _with_control(self, ctx: ExportContext, model: Any, images: list[Any], common: dict[str, Any]
                       ) -> tuple[Any, dict[str, Any]]:
-        """NNCF's accuracy-aware quantization judged by pycocotools mAP50-95 on held-out train images."""
+        """NNCF's accuracy-aware quantization, judged by the pipeline's validator on held-out train images."""
         import nncf
 
-        from yoloq.evaluate import CocoEvaluator
-        from yoloq.postprocess import postprocess
-        from yoloq.preprocess import prepare, read_image
-
-        if ctx.holdout is None or ctx.eval_cfg is None:
-            raise ExportError("accuracy control needs held-out images and evaluation settings (run it via yoloq run)")
-        split = ctx.holdout(ctx.option("holdout_images"), ctx.calibration.images[: len(images)])
-        items = []
-        for s in split.samples:
-            x, lbs = prepare([read_image(s.path)], ctx.imgsz)
-            items.append((x, lbs, s.image_id))
+        if ctx.validator is None:
+            raise ExportError("accuracy control needs held-out images to judge on (run it via yoloq run)")
+        validate = ctx.validator(ctx.option("holdout_images"), len(images))
         scores: list[float] = []
 
-        def validate(compiled: Any, data: Any) -> float:
-            ev = CocoEvaluator(split.gt, split.category_ids)
+        def validation_fn(compiled: Any, data: Any) -> float:
             out = compiled.outputs[0]
-            for x, lbs, iid in data:
-                ev.process(iid, postprocess(compiled(x)[out], lbs, ctx.eval_cfg, ctx.source.end2end)[0])
-            scores.append(ev.evaluate().map50_95)
+            scores.append(validate(lambda x: compiled(x)[out], list(data)))
             return scores[-1]
 
         q = nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(images), nncf.Dataset(items, lambda item: item[0]), validate,
+            model, nncf.Dataset(images), nncf.Dataset(list(validate.items), lambda item: item[0]), validation_fn,
             max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE, **common)
-        return q, {"heldout_images": len(items), "max_drop": ctx.option("max_drop"), "validations": len(scores),
-                   "heldout_maps": [round(v, 5) for v in scores]}
+        return q, {"heldout_images": len(validate.items), "max_drop": ctx.option("max_drop"),
+                   "validations": len(scores), "heldout_maps": [round(v, 5) for v in scores]}
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends._export import base_onnx
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
@@ -100,6 +100,8 @@ class TensorRtBackend(Backend):
     precisions = ("fp16", "int8")
     devices = ("cuda",)
     install_hint = INSTALL_HINT
+    libraries = ("tensorrt",)
+    style = Style(color="#2ca02c")
     options = {
         "max_batch": OptionSpec(int, 32, None, "largest batch the engine's optimisation profile accepts"),
         "workspace_gb": OptionSpec(float, 4.0, None, "builder workspace"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext
+from yoloq.backends.base import Artifact, Backend, ExportContext, Style
 from yoloq.backends.registry import register
 from yoloq.errors import BackendUnavailable
 
@@ -52,6 +52,8 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     sources = ("pt",)
     install_hint = "pip install torch"
+    libraries = ("torch",)
+    style = Style(color="#444444")
 
     def version(self) -> str:
         try:

@@ -1,24 +1,20 @@
-"""Calibration images: drawn (seeded) from train splits, never overlapping the evaluation images."""
+"""Calibration images: the front of the seeded train-image pool, never evaluation images."""
 
 from __future__ import annotations
 
 import hashlib
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from yoloq.config import CalibrationConfig
-from yoloq.data.datasets import load_split
+from yoloq.data.pool import ImagePool, content_hash
 from yoloq.data.types import DatasetSplit
 from yoloq.errors import DataError
 
-
-def content_hash(path: Path) -> str:
-    """SHA-1 of a file's bytes: identifies an image whatever its path or name."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+__all__ = ["CalibrationSet", "build_calibration", "calibration_from_pool", "content_hash"]
 
 
 @dataclass(frozen=True)
@@ -30,16 +26,29 @@ class CalibrationSet:
     seed: int
     requested: int
     sha256: str
+    pool: int = 0
 
     def describe(self) -> dict[str, Any]:
-        """The record's description: sources, count, seed and list hash."""
+        """The record's description: sources, count (used, requested, pool), seed and list hash."""
         return {"sources": list(self.sources), "images": len(self.images), "requested": self.requested,
-                "seed": self.seed, "sha256": self.sha256}
+                "pool": self.pool, "seed": self.seed, "sha256": self.sha256}
+
+    def take(self, n: int | None) -> CalibrationSet:
+        """The first ``n`` images (a variant's ``calibration_images``); itself when ``n`` is None or too large."""
+        if n is None or n >= len(self.images):
+            return self
+        return self.take_range(0, n)
+
+    def take_range(self, start: int, end: int) -> CalibrationSet:
+        """Images ``start:end`` as their own set (its hash is that sub-list's)."""
+        part = self.images[start:end]
+        digest = hashlib.sha256("\n".join(str(p) for p in part).encode()).hexdigest()
+        return replace(self, images=part, requested=len(part), sha256=digest)
 
     def batches(self, imgsz: int, limit: int | None = None, progress: str | None = None) -> Iterator[np.ndarray]:
         """Yield each image as a model input batch ``[1, 3, imgsz, imgsz]`` (float32, RGB, [0, 1]).
 
-        Unreadable images are skipped. ``progress`` labels a progress bar.
+        Unreadable images are skipped. ``progress`` labels a progress display.
         """
         from yoloq.preprocess import prepare, read_image
         from yoloq.progress import bar
@@ -53,29 +62,19 @@ class CalibrationSet:
             yield prepare([img], imgsz)[0]
 
 
+def calibration_from_pool(pool: ImagePool, n: int) -> CalibrationSet:
+    """The first ``n`` pool images as the run's calibration set (a warning when the pool holds fewer)."""
+    chosen = pool.front(n)
+    digest = hashlib.sha256("\n".join(p.hash for p in chosen).encode()).hexdigest()
+    return CalibrationSet(images=tuple(p.sample.path for p in chosen), sources=pool.sources, seed=pool.seed,
+                          requested=n, sha256=digest, pool=len(pool))
+
+
 def build_calibration(cfg: CalibrationConfig, evaluation: DatasetSplit, base_dir: Path | None = None
                       ) -> CalibrationSet:
-    """Pool the configured sources, drop duplicates, refuse overlap with ``evaluation``, sample seeded.
+    """Pool the configured sources (refusing overlap with ``evaluation``) and take ``cfg.images`` of them.
 
     Raises:
         DataError: When a source cannot be read, or shares images with the evaluation split.
     """
-    eval_hashes = {content_hash(s.path): s.path.name for s in evaluation.samples}
-    pool: dict[str, Path] = {}
-    sources = []
-    for ref in cfg.sources:
-        split = load_split(ref, base_dir)
-        sources.append(f"{split.name}/{split.split}")
-        for s in split.samples:
-            h = content_hash(s.path)
-            if h in eval_hashes:
-                raise DataError(
-                    f"calibration source '{split.name}/{split.split}' overlaps the evaluation images "
-                    f"({s.path.name} is also {eval_hashes[h]} in '{evaluation.name}/{evaluation.split}'); "
-                    f"calibrate on a train split")
-            pool.setdefault(h, s.path)
-    keys = sorted(pool)
-    chosen = random.Random(cfg.seed).sample(keys, min(cfg.images, len(keys)))
-    digest = hashlib.sha256("\n".join(chosen).encode()).hexdigest()
-    return CalibrationSet(images=tuple(pool[k] for k in chosen), sources=tuple(sources), seed=cfg.seed,
-                          requested=cfg.images, sha256=digest)
+    return calibration_from_pool(ImagePool.build(cfg, evaluation, base_dir), cfg.images)

@@ -33,6 +33,16 @@ class DatasetSplit:
     gt: Mapping[str, Any] = field(repr=False, default_factory=dict)
     unreadable: tuple[str, ...] = ()
 
+    def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
+        """The ground-truth annotations of one image."""
+        index = self.__dict__.get("_by_image")
+        if index is None:
+            index = {}
+            for a in self.gt.get("annotations", []):
+                index.setdefault(a["image_id"], []).append(a)
+            object.__setattr__(self, "_by_image", index)
+        return index.get(image_id, [])
+
     def category_map(self, model_names: tuple[str, ...]) -> tuple[int, ...]:
         """Map each model class index to this dataset's category id, by class name.
 

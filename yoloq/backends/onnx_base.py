@@ -75,31 +75,3 @@ def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False
         ultralytics_export(source, dest, format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=True,
                            batch=32 if dynamic else 1)
     return dest
-
-
-def head_float_nodes(onnx_path: Path, keep: str = "outputs") -> list[str]:
-    """Names of the detection head's nodes to leave in float in an ONNX graph.
-
-    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``). ``keep="decode"`` gives
-    its decode (DFL, sigmoid, box maths, concat); ``keep="outputs"`` adds the head's bare output
-    convolutions (those outside its Conv-BN-SiLU blocks), the layers Ultralytics' own QAT also keeps
-    in float; ``keep="none"`` gives nothing.
-    """
-    import onnx
-
-    if keep == "none":
-        return []
-    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
-    sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
-    if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
-        return []
-    scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
-    branches = ("cv2.", "cv3.", "one2one_cv")
-    out = []
-    for n in nodes:
-        if not n.name.startswith(scope):
-            continue
-        in_branch = any(f"{scope}{b}" in n.name for b in branches)
-        if not in_branch or (keep == "outputs" and n.op_type == "Conv" and "/conv/" not in n.name):
-            out.append(n.name)
-    return out

@@ -1,0 +1,80 @@
+"""Exported models on disk: the variant key, the manifest beside each export, and ``ensure_artifact``.
+
+A variant's key hashes everything that determines its export and accuracy (model, resolved options,
+calibration list, input size, evaluation thresholds, threads, library versions); its export is
+reused while the manifest's key matches and the files exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from yoloq.backends.base import Artifact, ExportContext, MakeValidator
+from yoloq.backends.registry import get_backend
+from yoloq.config import RunConfig, VariantConfig
+from yoloq.data.calibration import CalibrationSet
+from yoloq.models import SourceModel
+from yoloq.provenance import versions
+from yoloq.records import write_atomic
+
+# config sections that never change an export or its accuracy (latency settings only change timing,
+# which the latency pass keys by its own settings)
+_NOT_IN_KEY = ("variants", "output", "reference", "budget", "report", "qat", "latency")
+
+
+def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet, v: VariantConfig) -> str:
+    """A hash of everything that determines one variant's export and accuracy."""
+    d = cfg.to_dict()
+    for k in _NOT_IN_KEY:
+        d.pop(k, None)
+    d["threads"] = cfg.latency.threads
+    blob = {"cfg": d, "variant": {"format": v.format, "precision": str(v.precision), "device": v.device,
+                                  "options": dict(v.options)},
+            "model": source.sha256, "calibration": calibration.sha256, "versions": versions()}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def workdir_of(out_dir: Path, v: VariantConfig) -> Path:
+    """The variant's folder under the run's ``artifacts/``."""
+    return out_dir / "artifacts" / v.label
+
+
+def cached_artifact(workdir: Path, key: str) -> Artifact | None:
+    """The artifact exported earlier for this variant key, if its manifest and files are intact."""
+    try:
+        m = json.loads((workdir / "artifact.json").read_text())
+    except (OSError, ValueError):
+        return None
+    path = Path(m.get("path", ""))
+    path = path if path.is_absolute() else workdir / path
+    if m.get("key") != key or not path.exists():
+        return None
+    return Artifact(path, m["format"], m["precision"], m.get("info", {}))
+
+
+def remember_artifact(workdir: Path, key: str, artifact: Artifact) -> None:
+    """Write the variant's artifact manifest (atomically, after the export has finished)."""
+    ref = os.path.relpath(Path(artifact.path).resolve(), workdir.resolve())
+    write_atomic(workdir / "artifact.json", json.dumps({"key": key, "path": ref, "format": artifact.format,
+                                                        "precision": artifact.precision,
+                                                        "info": dict(artifact.info)}, default=str))
+
+
+def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet, out_dir: Path,
+                    v: VariantConfig, key: str, validator: MakeValidator | None = None) -> tuple[Artifact, bool]:
+    """The variant's export: the cached one when its key matches, else a new export (manifest written after).
+
+    Returns:
+        The artifact and whether it was reused.
+    """
+    workdir = workdir_of(out_dir, v)
+    artifact = cached_artifact(workdir, key)
+    if artifact is not None:
+        return artifact, True
+    ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, validator=validator, threads=cfg.latency.threads)
+    artifact = get_backend(v.format).export(ctx)
+    remember_artifact(workdir, key, artifact)
+    return artifact, False

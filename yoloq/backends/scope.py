@@ -1,0 +1,95 @@
+"""INT8 quantization scope, one definition for every backend: which layers stay in float, and the INT8
+options the backends share (calibration count, scope, accuracy control, a prequantized Q/DQ graph).
+
+``keep_head_float`` is defined here once; each graph kind reads it once: ONNX node names here (ONNX
+Runtime, and OpenVINO, which maps them to its own op names), TFLite tensor names in ``litert``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from yoloq.backends.base import OptionSpec
+from yoloq.errors import ConfigError
+
+INT8 = ("int8",)
+
+CALIBRATION_IMAGES = OptionSpec(int, None, None, "use only the first N calibration images", INT8)
+KEEP_HEAD_FLOAT = OptionSpec(str, "outputs", ("outputs", "decode", "none"),
+                             "head left in float: decode + output convs / decode only / nothing", INT8)
+
+SCOPE_OPTIONS = {
+    "keep_head_float": KEEP_HEAD_FLOAT,
+    "float_nodes": OptionSpec(list, None, None, "ONNX node names kept in float", INT8),
+    "float_patterns": OptionSpec(list, None, None, "regular expressions of node names kept in float", INT8),
+    "float_types": OptionSpec(list, None, None, "ONNX op types kept in float, e.g. [Concat, Softmax]", INT8),
+}
+
+PREQUANTIZED = {
+    "prequantized": OptionSpec(str, None, None, "a Q/DQ INT8 ONNX (e.g. from yoloq qat) used as it is", INT8),
+}
+
+CONTROL_OPTIONS = {
+    "accuracy_control": OptionSpec(bool, False, None, "keep the fewest layers in float that meet max_drop", INT8),
+    "max_drop": OptionSpec(float, 0.01, None, "largest mAP50-95 drop allowed on held-out train images", INT8),
+    "holdout_images": OptionSpec(int, 40, None, "held-out train images (not calibration, not evaluation)", INT8),
+    "max_float_groups": OptionSpec(int, 12, None, "accuracy control gives up after this many groups in float",
+                                   INT8),
+}
+
+
+def head_float_nodes(onnx_path: Path, keep: str = "outputs") -> list[str]:
+    """Names of the detection head's nodes to leave in float in an ONNX graph.
+
+    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``). ``keep="decode"`` gives
+    its decode (DFL, sigmoid, box maths, concat); ``keep="outputs"`` adds the head's bare output
+    convolutions (those outside its Conv-BN-SiLU blocks), the layers Ultralytics' own QAT also keeps
+    in float; ``keep="none"`` gives nothing.
+    """
+    import onnx
+
+    if keep == "none":
+        return []
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
+    if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
+        return []
+    scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
+    branches = ("cv2.", "cv3.", "one2one_cv")
+    out = []
+    for n in nodes:
+        if not n.name.startswith(scope):
+            continue
+        in_branch = any(f"{scope}{b}" in n.name for b in branches)
+        if not in_branch or (keep == "outputs" and n.op_type == "Conv" and "/conv/" not in n.name):
+            out.append(n.name)
+    return out
+
+
+def float_scope(onnx_path: Path, options: Mapping[str, Any]) -> list[str]:
+    """Resolve the scope options against the graph: the node names to keep in float, in graph order.
+
+    Raises:
+        ConfigError: When a named node does not exist or a pattern is not a valid regular expression.
+    """
+    import onnx
+
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    names = [n.name for n in nodes]
+    keep = set(head_float_nodes(onnx_path, options.get("keep_head_float", "outputs")))
+    missing = [n for n in options.get("float_nodes") or [] if n not in names]
+    if missing:
+        raise ConfigError(f"options.float_nodes: {missing[:3]} are not nodes of {onnx_path.name} "
+                          f"(see 'yoloq sensitivity' for the names)")
+    keep |= set(options.get("float_nodes") or [])
+    for pat in options.get("float_patterns") or []:
+        try:
+            rx = re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"options.float_patterns: {pat!r} is not a regular expression ({e})") from None
+        keep |= {n for n in names if rx.search(n)}
+    types = set(options.get("float_types") or [])
+    keep |= {n.name for n in nodes if n.op_type in types}
+    return [n for n in names if n in keep]

@@ -1,0 +1,94 @@
+"""The two measurement passes, kept apart: accuracy (every evaluation image, pycocotools) and latency
+(preloaded images, the harness owns the clock, variants timed side by side or alone)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from yoloq.accuracy import score
+from yoloq.backends.base import Runtime
+from yoloq.config import EvalConfig, LatencyConfig
+from yoloq.data.types import DatasetSplit
+from yoloq.errors import DataError
+from yoloq.evaluate import CocoMetrics
+from yoloq.latency import LatencyStats, measure, measure_interleaved
+from yoloq.postprocess import postprocess
+from yoloq.preprocess import read_image
+
+
+def evaldata_path(run_dir: Path, name: str) -> Path:
+    """Where a variant's per-image evaluation (for the bootstrap) is kept."""
+    return run_dir / "evaldata" / f"{name}.npz"
+
+
+def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int, ...], imgsz: int,
+                  cfg: EvalConfig, end2end: bool, run_dir: Path, label: str) -> tuple[CocoMetrics, list[str]]:
+    """Predict every evaluation image (batch 1) and score the detections with pycocotools.
+
+    The per-image matches are kept in ``evaldata/`` for the report's bootstrap intervals.
+
+    Returns:
+        The metrics and the names of images that could not be read (skipped, not scored).
+    """
+    evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}")
+    metrics = evaluator.evaluate()
+    per_image = evaluator.per_image()
+    if per_image is not None:
+        per_image.save(evaldata_path(run_dir, label))
+    return metrics, skipped
+
+
+def latency_images(evalset: DatasetSplit, n: int) -> list[np.ndarray]:
+    """The first ``n`` readable evaluation images, decoded once before any timing."""
+    out = []
+    for s in evalset.samples:
+        if len(out) >= n:
+            break
+        try:
+            out.append(read_image(s.path))
+        except DataError:
+            continue
+    return out
+
+
+def deploy_post(eval_cfg: EvalConfig, latency: LatencyConfig, end2end: bool) -> Callable[..., Any]:
+    """The timed postprocess: the deployment score threshold, single label (as ``yolo predict``)."""
+    deploy = EvalConfig(conf=latency.conf, iou=eval_cfg.iou, max_det=eval_cfg.max_det, multi_label=False)
+    return lambda raw, lbs: postprocess(raw, lbs, deploy, end2end)
+
+
+def latency_settings(cfg: LatencyConfig) -> dict[str, Any]:
+    """The settings a latency figure depends on (a record timed under others is timed again)."""
+    return dataclasses.asdict(cfg)
+
+
+def group_key(keys: list[tuple[str, str]], cfg: LatencyConfig) -> str:
+    """The key of one side-by-side pass: its variants (name, key) and the harness settings."""
+    return hashlib.sha256(json.dumps([sorted(keys), latency_settings(cfg)]).encode()).hexdigest()[:16]
+
+
+def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: list[np.ndarray], imgsz: int,
+                 cfg: LatencyConfig, post: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+    """Time ``runtimes``: side by side in round-robin blocks (``cfg.interleave``), else one after another.
+
+    Returns:
+        Per variant name, the latency record field (stats, deployment threshold, mode, pass key).
+    """
+    extra = {"conf": cfg.conf, "multi_label": False, "settings": latency_settings(cfg)}
+    if cfg.interleave:
+        gkey = group_key([(n, keys[n]) for n in runtimes], cfg)
+        stats = measure_interleaved({n: (rt, post) for n, rt in runtimes.items()}, images, imgsz, cfg,
+                                    progress="latency side by side")
+        return {n: s.to_dict() | extra | {"mode": "interleaved", "group": gkey, "group_size": len(stats)}
+                for n, s in stats.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for n, rt in runtimes.items():
+        s: LatencyStats = measure(rt, images, imgsz, post, cfg, progress=f"latency {n}")
+        out[n] = s.to_dict() | extra | {"mode": "alone"}
+    return out
