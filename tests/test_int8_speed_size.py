@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from yoloq.backends._ort_graph import ort_graph, rewrite_softmax
 from yoloq.backends.litert import scope_rules
 from yoloq.backends.onnxruntime import OrtRuntime
+from yoloq.backends.onnxruntime.graph import ort_graph, rewrite_softmax
 from yoloq.errors import ConfigError
 from yoloq.preprocess import prepare, read_image
 from yoloq.qdq import fold_weight_quantizers

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 
 from yoloq.bootstrap import PerImageEval, weighted_map
-from yoloq.plots import pareto_front
+from yoloq.report.plots import pareto_front
 
 pytestmark = pytest.mark.shared
 

@@ -71,7 +71,7 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[dict, str]]:
         "out of range": ({"eval": {"iou": 1.5}}, "config key 'eval.iou': got 1.5, expected 0 < iou <= 1"),
         "unknown format": ({"variants": [{"format": "ncnn"}]}, "unknown format 'ncnn'; valid formats:"),
         "unknown precision": ({"variants": [{"format": "litert", "precision": "int4"}]},
-                              "'int4' is not a litert precision; valid: fp32, fp16, int8"),
+                              "config key 'variants[0].precision': got 'int4', expected one of fp32, fp16, int8"),
         "model missing": ({"model": str(tmp_path / "nope.pt")}, "model file not found"),
         "model unreadable": ({"model": str(tmp_path / "bad.pt")}, "cannot read model file bad.pt"),
         "dataset folder missing": ({"data": {"dataset": "coco2017"}}, "dataset 'coco2017' folder not found"),

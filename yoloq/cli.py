@@ -1,36 +1,65 @@
-"""The ``yoloq`` command: ``run`` (the main job) and ``report``."""
+"""The ``yoloq`` command: run (the main job), report, check, compare, reproduce, qat, sensitivity."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from yoloq.errors import YoloqError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _config(path: str | Path) -> Any:
+    """A config file read, validated and resolved against the backends."""
+    from yoloq.backends.registry import resolve_config
     from yoloq.config import load_config
+
+    return resolve_config(load_config(path))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from yoloq.pipeline import run
 
-    cfg = load_config(args.config)
-    return run(cfg, Path(args.out) if args.out else None)
+    return run(_config(args.config), Path(args.out) if args.out else None)
 
 
-def _run_dir(path: str) -> Path:
+def run_dir_of(path: str, prefer_other_machine: bool = False) -> Path:
+    """The run folder ``path`` names: the folder itself, or its one per-machine sub-folder.
+
+    A config's ``output`` holds one folder per machine; with several, ``prefer_other_machine`` picks
+    the one other machine's run when there is exactly one.
+
+    Raises:
+        YoloqError: When no run (or more than one) is found there.
+    """
     run_dir = Path(path)
-    if not (run_dir / "records.jsonl").is_file():
-        raise YoloqError(f"no records.jsonl in {run_dir} (give the folder a 'yoloq run' wrote)")
-    return run_dir
+    if (run_dir / "records.jsonl").is_file():
+        return run_dir
+    runs = sorted(p.parent for p in run_dir.glob("*/records.jsonl")) if run_dir.is_dir() else []
+    if prefer_other_machine and len(runs) > 1:
+        from yoloq.provenance import machine
+
+        others = [r for r in runs if r.name != machine()["id"]]
+        runs = others if len(others) == 1 else runs
+    if len(runs) == 1:
+        return runs[0]
+    if runs:
+        raise YoloqError(f"{run_dir} holds runs of {len(runs)} machines: {', '.join(r.name for r in runs)}; "
+                         f"give one of them")
+    raise YoloqError(f"no records.jsonl in {run_dir} (give the folder a 'yoloq run' wrote)")
 
 
-def _run_settings(run_dir: Path) -> dict:
+def _run_settings(run_dir: Path, required: bool = False) -> dict:
     import yaml
 
     f = run_dir / "config.yaml"
     if not f.is_file():
+        if required:
+            raise YoloqError(f"{run_dir} has no config.yaml, so its run cannot be repeated (give a folder "
+                             f"'yoloq run' wrote)")
         return {}
     try:
         data = yaml.safe_load(f.read_text()) or {}
@@ -42,74 +71,100 @@ def _run_settings(run_dir: Path) -> dict:
     return data
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _report(run_dir: Path) -> dict[str, Any]:
     from yoloq.config import BudgetConfig, ReportConfig, from_mapping
     from yoloq.finalize import finalize
+    from yoloq.records import RecordStore
     from yoloq.report import write_reports
 
-    run_dir = _run_dir(args.run_dir)
     settings = _run_settings(run_dir)
     budget = from_mapping(BudgetConfig, settings.get("budget") or {}, "budget")
     report = from_mapping(ReportConfig, settings.get("report") or {}, "report")
-    info = finalize(run_dir, settings.get("reference"), budget, report)
-    print(write_reports(run_dir, settings.get("reference")))
+    store = RecordStore(run_dir)
+    info = finalize(store, budget, report)
+    print(write_reports(store))
+    return info
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    run_dir = run_dir_of(args.run_dir)
+    info = _report(run_dir)
     print(f"report: {run_dir / 'report.html'} ({info['intervals']} bootstrap intervals in "
           f"{info['bootstrap_s']:.1f}s)", file=sys.stderr)
     return EXIT_OK
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from yoloq.budget import verdict
+    from yoloq.budget import print_budget, verdict
     from yoloq.config import BudgetConfig, from_mapping
-    from yoloq.pipeline import print_budget
-    from yoloq.records import load_records
-    from yoloq.report import reference_of
+    from yoloq.records import RecordStore, reference_of
 
-    run_dir = _run_dir(args.run_dir)
+    run_dir = run_dir_of(args.run_dir)
     settings = _run_settings(run_dir)
     budget = from_mapping(BudgetConfig, settings.get("budget") or {}, "budget")
     if args.min_retention is not None or args.max_map_drop is not None:
         budget = BudgetConfig(args.min_retention, args.max_map_drop)
     if not budget.active:
         raise YoloqError(f"no accuracy budget for {run_dir}: set 'budget:' in the config or pass --min-retention")
-    records = load_records(run_dir / "records.jsonl")
-    ref = reference_of(records, settings.get("reference"))
+    records = RecordStore(run_dir).all()
+    ref = reference_of(records)
     if ref is None:
         raise YoloqError(f"{run_dir} has no ok reference variant to judge against")
     for r in records:
-        r["budget"] = verdict(r, ref, budget)
+        r.budget = verdict(r, ref, budget)
     return EXIT_OK if print_budget(records) else EXIT_FAILED
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from yoloq.backends.registry import resolve_config
+    from yoloq.config import parse_config
+    from yoloq.paths import REPO_ROOT
+    from yoloq.pipeline import default_out, run
+    from yoloq.report.reproduce import reproduce_report
+
+    old = run_dir_of(args.run_dir, prefer_other_machine=True)
+    cfg = resolve_config(parse_config(_run_settings(old, required=True), base_dir=REPO_ROOT / "configs"))
+    out = Path(args.out) if args.out else default_out(cfg)
+    if out.resolve() == old.resolve():
+        out = old.with_name(old.name + "-reproduced")
+    print(f"yoloq reproduce: the config of {old}, run on this machine into {out}", file=sys.stderr)
+    code = run(cfg, out)
+    text, mismatch = reproduce_report(old, out)
+    print(text)
+    print(f"written: {out / 'reproduce.md'}", file=sys.stderr)
+    return EXIT_FAILED if mismatch or code else EXIT_OK
 
 
 def _cmd_qat(args: argparse.Namespace) -> int:
     import torch
 
-    from yoloq.config import load_config
     from yoloq.qat import run_qat
 
-    cfg = load_config(args.config)
+    cfg = _config(args.config)
     torch.set_num_threads(cfg.latency.threads)
     return run_qat(cfg, Path(args.out) if args.out else None)
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from yoloq.backends._export import base_onnx
-    from yoloq.config import load_config
-    from yoloq.pipeline import prepare_inputs
-    from yoloq.sensitivity import analyse, write_sensitivity
+    from yoloq.backends.base import ExportContext
+    from yoloq.backends.registry import get_backend
+    from yoloq.pipeline import default_out, prepare_inputs
+    from yoloq.report.sensitivity import write_sensitivity
 
-    cfg = load_config(args.config)
+    cfg = _config(args.config)
     variant = next((v for v in cfg.variants if v.label == args.variant), None)
     if variant is None:
         raise YoloqError(f"no variant '{args.variant}' in {args.config}; variants: "
                          f"{', '.join(v.label for v in cfg.variants)}")
-    if variant.format not in ("onnxruntime", "openvino") or variant.precision != "int8":
-        raise YoloqError(f"sensitivity ranks the layers of an onnxruntime or openvino int8 variant, "
+    backend = get_backend(variant.format)
+    if variant.precision != "int8" or not backend.supports_sensitivity:
+        raise YoloqError(f"sensitivity ranks the layers of an int8 variant of a backend that supports it, "
                          f"not {variant.label}")
-    out_dir = Path(args.out or cfg.output)
+    out_dir = Path(args.out) if args.out else default_out(cfg)
     inputs = prepare_inputs(cfg, out_dir)
-    fp32 = base_onnx(inputs.source, cfg.imgsz, out_dir / "artifacts")
-    results = analyse(cfg, variant, fp32, inputs.calibration, args.granularity, args.images)
+    ctx = ExportContext(inputs.source, variant, cfg.imgsz, inputs.calibration, out_dir / "artifacts" / variant.label,
+                        threads=cfg.latency.threads)
+    results = backend.sensitivity(ctx, args.granularity, args.images)
     dest = out_dir / f"sensitivity-{variant.label}-{args.granularity}"
     print(write_sensitivity(results, dest, f"INT8 sensitivity of {inputs.source.name} ({variant.label}, "
                                            f"{args.granularity}s, {args.images} calibration images)"))
@@ -118,9 +173,9 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from yoloq.compare import compare
+    from yoloq.report.compare import compare
 
-    a, b = _run_dir(args.run_a), _run_dir(args.run_b)
+    a, b = run_dir_of(args.run_a), run_dir_of(args.run_b)
     out = Path(args.out) if args.out else b / f"compare-{a.name}.md"
     print(compare(a, b, out))
     print(f"written: {out}", file=sys.stderr)
@@ -128,13 +183,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands run and report)."""
+    """The argument parser and its sub-commands."""
     p = argparse.ArgumentParser(prog="yoloq", description="Export, quantize, evaluate and record YOLO detectors.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="export, evaluate and time every variant of a config")
     r.add_argument("config", help="YAML config, e.g. configs/default.yaml")
-    r.add_argument("--out", help="output folder (default: the config's 'output')")
+    r.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>)")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")
@@ -144,16 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--min-retention", type=float, help="override: keep at least this share of the reference")
     chk.add_argument("--max-map-drop", type=float, help="override: lose at most this much mAP50-95")
     chk.set_defaults(func=_cmd_check)
+    rpr = sub.add_parser("reproduce", help="re-run a run folder's config on this machine and compare, variant by "
+                                           "variant (exit 1 where an mAP differs that should be identical)")
+    rpr.add_argument("run_dir")
+    rpr.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>)")
+    rpr.set_defaults(func=_cmd_reproduce)
     qat = sub.add_parser("qat", help="quantization-aware training on train images, then evaluate its INT8 exports")
     qat.add_argument("config")
-    qat.add_argument("--out", help="output folder (default: the config's 'output'; PTQ and QAT side by side)")
+    qat.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>; PTQ beside QAT)")
     qat.set_defaults(func=_cmd_qat)
     sen = sub.add_parser("sensitivity", help="rank layers by the error INT8 quantization of each alone adds")
     sen.add_argument("config")
-    sen.add_argument("--variant", required=True, help="an onnxruntime/openvino int8 variant of the config")
+    sen.add_argument("--variant", required=True, help="an int8 variant of the config (onnxruntime)")
     sen.add_argument("--granularity", choices=("block", "layer"), default="block")
     sen.add_argument("--images", type=int, default=16, help="calibration images to measure on")
-    sen.add_argument("--out", help="output folder (default: the config's 'output')")
+    sen.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>)")
     sen.set_defaults(func=_cmd_sensitivity)
     cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
     cmp_.add_argument("run_a")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,13 +10,9 @@ import numpy as np
 from yoloq.bootstrap import PerImageEval, interval, paired_bootstrap, resample_weights, resampled_maps, weighted_map
 from yoloq.budget import verdict
 from yoloq.config import BudgetConfig, ReportConfig
+from yoloq.passes import evaldata_path
 from yoloq.progress import bar
 from yoloq.records import Record, RecordStore, reference_of, speedup
-
-
-def evaldata_path(run_dir: Path, name: str) -> Path:
-    """Where a variant's per-image evaluation (for the bootstrap) is kept."""
-    return run_dir / "evaldata" / f"{name}.npz"
 
 
 def _pairs(store: RecordStore, report: ReportConfig) -> int:
@@ -71,13 +66,16 @@ def finalize(store: RecordStore, budget: BudgetConfig, report: ReportConfig) -> 
         weights = resample_weights(n_img, report.bootstrap, report.seed)  # the same resamples for every variant
         ref_maps = resampled_maps(ref_pe, weights)
         ref_full = float(weighted_map(ref_pe, np.ones(n_img))[0])
+        shared_s = (time.perf_counter() - t0) / len(todo)  # the reference's resamples, shared by all
         for r in bar(todo, desc="bootstrap intervals", unit="variant"):
+            t1 = time.perf_counter()
             pe = PerImageEval.load(evaldata_path(run_dir, r.name))
             if not np.array_equal(pe.image_ids, ref_pe.image_ids):
                 continue  # evaluated on other images (an older run's record): no paired interval
             drop = ref_full - float(weighted_map(pe, np.ones(n_img))[0])
             ci = interval(ref_maps, resampled_maps(pe, weights), drop, report.seed)
             r.metrics["map_drop_ci"] = ci | {"reference": ref.name, "reference_key": ref.key, "key": r.key}
+            r.timings_s["bootstrap"] = round(shared_s + time.perf_counter() - t1, 2)
             n += 1
     n += _pairs(store, report)
     seconds = time.perf_counter() - t0

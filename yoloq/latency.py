@@ -11,6 +11,7 @@ import numpy as np
 from yoloq.backends.base import Runtime
 from yoloq.config import LatencyConfig
 from yoloq.preprocess import Letterbox, prepare
+from yoloq.progress import counter
 
 
 def _stats(ms: np.ndarray) -> dict[str, float]:
@@ -104,19 +105,11 @@ def measure(runtime: Runtime, images: list[np.ndarray], imgsz: int,
         cfg: Harness settings.
         progress: Label for the progress bar (None hides it).
     """
-    import sys
-
-    from tqdm import tqdm
-
-    from yoloq.progress import enabled
-
     timer = _Timer(runtime, images, imgsz, post, cfg.batch)
     timer.warm(cfg.warmup)
     clock = time.perf_counter
     start = clock()
-    hide = progress is None or not enabled()
-    with tqdm(total=cfg.min_runs, desc=progress, disable=hide, leave=False, file=sys.stderr, dynamic_ncols=True,
-              mininterval=0.5) as pb:
+    with counter(progress, cfg.min_runs, "runs") as pb:
         while len(timer.rows) < cfg.min_runs or clock() - start < cfg.min_seconds:
             timer.timed()
             if len(timer.rows) <= cfg.min_runs:
@@ -132,23 +125,19 @@ def measure_interleaved(runtimes: dict[str, tuple[Runtime, Callable[[np.ndarray,
     A shared, noisy machine (this one shows 5-30% CPU steal) changes speed over minutes; timing
     variants one after another turns that drift into false speed-ups. Here every round gives each
     runtime one untimed warm-up run and ``cfg.block`` timed runs, in an order rotated each round,
-    until each runtime has ``cfg.min_runs`` runs and ``cfg.min_seconds`` seconds of timed runs.
+    until each runtime has ``cfg.min_runs`` runs and the pass has ``cfg.min_seconds`` seconds of timed
+    runs. The minimum duration bounds the pass, not each runtime: every runtime's samples are spread
+    over the whole pass already, and a per-runtime minimum made the fastest variant run 2-3x more
+    rounds than the slowest needed (measured: most of a default run's latency pass).
     """
-    import sys
-
-    from tqdm import tqdm
-
-    from yoloq.progress import enabled
-
     timers = {name: _Timer(rt, images, imgsz, post, cfg.batch) for name, (rt, post) in runtimes.items()}
     for t in timers.values():
         t.warm(cfg.warmup)
     names = list(timers)
-    hide = progress is None or not enabled()
     rnd = 0
-    with tqdm(total=cfg.min_runs * len(names), desc=progress, disable=hide, leave=False, file=sys.stderr,
-              dynamic_ncols=True, mininterval=0.5) as pb:
-        while any(len(t.rows) < cfg.min_runs or t.seconds < cfg.min_seconds for t in timers.values()):
+    with counter(progress, cfg.min_runs * len(names), "runs") as pb:
+        while any(len(t.rows) < cfg.min_runs for t in timers.values()) or \
+                sum(t.seconds for t in timers.values()) < cfg.min_seconds:
             for name in names[rnd % len(names):] + names[: rnd % len(names)]:
                 t = timers[name]
                 t.warm(1)

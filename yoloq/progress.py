@@ -1,10 +1,10 @@
 """Progress for long stages, and the libraries' console noise kept out of the user's way.
 
-On a terminal a stage draws a tqdm bar; without one (CI, a log file) it prints plain lines with
-``n/N``, elapsed time and ETA every ~10% (and at most every 30 s). While a library works inside
-:func:`step` or :func:`quiet`, everything it prints (Python or C level: exporter banners, absl and
-TensorFlow ``W...`` lines, calibrator prints) goes to the run's ``logs/libraries.log``; yoloq's own
-progress still reaches the console.
+On a terminal a stage draws a tqdm bar; without one (CI, a log file) a stage longer than 5 s prints
+plain lines with ``n/N``, elapsed time and ETA every ~10% (at least every 30 s, at most every 5 s).
+While a library works inside :func:`step` or :func:`quiet`, everything it prints (Python or C
+level: exporter banners, absl and TensorFlow ``W...`` lines, calibrator prints) goes to the run's
+``logs/libraries.log``; yoloq's own progress still reaches the console.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class Progress:
             return
         now = time.perf_counter()
         pct = 100 * self.n / self.total
-        if pct >= self._next_pct or now - self._last_line >= 30 or self.n == self.total:
+        quiet_for = now - self._last_line
+        long_stage = now - self._t0 >= 5  # short stages print nothing: their time is in the summary lines
+        if long_stage and ((pct >= self._next_pct and quiet_for >= 5) or quiet_for >= 30 or self.n == self.total):
             elapsed = now - self._t0
             eta = elapsed / self.n * (self.total - self.n) if self.n else 0.0
             say(f"  {self.desc.strip()}: {self.n}/{self.total} {self.unit}, {_fmt(elapsed)} elapsed, "

@@ -16,58 +16,48 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import shutil
-import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from yoloq.config import DataRef, RunConfig, VariantConfig
-from yoloq.data import load_split
-from yoloq.data.calibration import content_hash
+from yoloq.backends.registry import backend_class, resolve_variant
+from yoloq.config import Precision, RunConfig, VariantConfig
+from yoloq.data.pool import ImagePool
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.models import file_sha256
+from yoloq.progress import say
 
 
-def build_train_data(cfg: RunConfig, names: tuple[str, ...], eval_hashes: set[str], root: Path,
-                     images: int, holdout: float = 0.15) -> Path:
-    """Write a YOLO-layout dataset (symlinked images, converted labels) from the calibration sources.
+def build_train_data(pool: ImagePool, names: tuple[str, ...], root: Path, images: int,
+                     holdout: float = 0.15) -> Path:
+    """Write a YOLO-layout dataset (symlinked images, converted labels) from the front of the image pool.
 
     Returns:
         The ``data.yaml`` for Ultralytics' trainer.
     """
-    index = {n: i for i, n in enumerate(names)}
-    pool: dict[str, tuple[Path, list[str]]] = {}
-    for ref in cfg.calibration.sources:
-        split = load_split(DataRef(ref.dataset, ref.split), Path(cfg.base_dir))
-        cats = dict(zip(split.category_ids, split.names))
-        by_image: dict[int, list[str]] = {}
-        sizes = {s.image_id: (s.width, s.height) for s in split.samples}
-        for a in split.gt["annotations"]:
-            name = cats.get(a["category_id"])
-            if a.get("iscrowd") or name not in index or a["image_id"] not in sizes:
-                continue
-            w, h = sizes[a["image_id"]]
-            x, y, bw, bh = a["bbox"]
-            by_image.setdefault(a["image_id"], []).append(
-                f"{index[name]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
-        for s in split.samples:
-            h = content_hash(s.path)
-            if h not in eval_hashes:
-                pool.setdefault(h, (s.path, by_image.get(s.image_id, [])))
-    keys = sorted(pool)
-    chosen = random.Random(cfg.calibration.seed).sample(keys, min(images, len(keys)))
+    chosen = pool.front(images, "qat.images")
+    split = pool.labelled(chosen, names, "qat")
+    rows: dict[int, list[str]] = {}
+    for a in split.gt["annotations"]:
+        s = split.samples[a["image_id"] - 1]
+        if a.get("iscrowd"):
+            continue
+        x, y, bw, bh = a["bbox"]
+        w, h = s.width, s.height
+        rows.setdefault(s.image_id, []).append(
+            f"{a['category_id']} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
     n_val = max(1, int(len(chosen) * holdout))
     if root.exists():
         shutil.rmtree(root)
-    for part, ks in (("val", chosen[:n_val]), ("train", chosen[n_val:])):
+    for part, samples in (("val", split.samples[:n_val]), ("train", split.samples[n_val:])):
         (root / "images" / part).mkdir(parents=True)
         (root / "labels" / part).mkdir(parents=True)
-        for k in ks:
-            img, rows = pool[k]
-            (root / "images" / part / img.name).symlink_to(img.resolve())
-            (root / "labels" / part / f"{img.stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
+        for s in samples:
+            lines = rows.get(s.image_id, [])
+            (root / "images" / part / s.path.name).symlink_to(s.path.resolve())
+            (root / "labels" / part / f"{s.path.stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     data = root / "data.yaml"
     data.write_text(yaml.safe_dump({"path": str(root.resolve()), "train": "images/train", "val": "images/val",
                                     "names": dict(enumerate(names))}))
@@ -137,34 +127,38 @@ def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
     return dest
 
 
-def qat_variants(cfg: RunConfig, onnx_path: Path) -> list[VariantConfig]:
-    """The QAT variants to evaluate: each configured INT8 format, loading the Q/DQ ONNX as it is."""
-    from yoloq.backends.registry import validate_variant
+def qat_variants(cfg: RunConfig, onnx_path: Path) -> tuple[list[VariantConfig], dict[str, dict[str, Any]]]:
+    """The QAT variants (each configured format running the Q/DQ ONNX as it is) and their PTQ pairs.
 
-    out = []
+    A QAT variant is paired with the config's first INT8 variant of the same format, when there is one.
+    """
+    out, pairs = [], {}
     for fmt in cfg.qat.formats:
-        v = VariantConfig(fmt, "int8", name=f"{fmt}-int8-qat", options={"prequantized": str(onnx_path)})
-        validate_variant(v, f"qat.formats[{fmt}]")
+        options = backend_class(fmt)().qdq_variant_options(onnx_path)
+        v = resolve_variant(VariantConfig(fmt, Precision.INT8, name=f"{fmt}-int8-qat", options=options),
+                            f"qat.formats[{fmt}]")
         out.append(v)
-    return out
+        ptq = next((p for p in cfg.variants if p.format == fmt and p.precision == Precision.INT8), None)
+        pairs[v.label] = {"role": "qat", "ptq": ptq.label} if ptq else {"role": "qat"}
+    return out, pairs
 
 
 def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
     """``yoloq qat``: train, export, then evaluate the QAT variants into the run folder beside PTQ's."""
-    from yoloq.pipeline import prepare_inputs, run_variants
+    from yoloq.pipeline import default_out, prepare_inputs, run_variants
 
-    out_dir = Path(out_dir or cfg.output)
+    out_dir = Path(out_dir) if out_dir else default_out(cfg)
     inputs = prepare_inputs(cfg, out_dir)
     if inputs.source.kind != "pt":
         raise BackendUnavailable("QAT trains a PyTorch model: give a .pt source")
     work = out_dir / "artifacts" / "qat"
-    eval_hashes = {content_hash(s.path) for s in inputs.evalset.samples}
-    data = build_train_data(cfg, inputs.source.names, eval_hashes, work / "data", cfg.qat.images)
-    print(f"yoloq qat: {cfg.qat.epochs} epoch(s) on {cfg.qat.images} train images at {cfg.qat.imgsz or cfg.imgsz}",
-          file=sys.stderr)
+    data = build_train_data(inputs.pool, inputs.source.names, work / "data", cfg.qat.images)
+    say(f"yoloq qat: {cfg.qat.epochs} epoch(s) on {min(cfg.qat.images, len(inputs.pool))} train images at "
+        f"{cfg.qat.imgsz or cfg.imgsz}")
     ckpt = train(cfg, inputs.source.path, data, work)
     onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx")
     named = onnx_path.with_name(f"{onnx_path.stem}-{file_sha256(onnx_path)[:12]}.onnx")  # the key follows the content
     onnx_path = onnx_path.replace(named)
-    variants = [*cfg.variants, *qat_variants(cfg, onnx_path)]  # PTQ (reused when already run) beside QAT
-    return run_variants(dataclasses.replace(cfg, variants=tuple(variants)), inputs, variants)
+    qat, pairs = qat_variants(cfg, onnx_path)
+    variants = [*cfg.variants, *qat]  # PTQ (reused when already run) beside QAT
+    return run_variants(dataclasses.replace(cfg, variants=tuple(variants)), inputs, variants, pairs)

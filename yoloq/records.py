@@ -149,6 +149,11 @@ class RecordStore:
         self._records = [r for r in self._records if r.name != record.name] + [record]
         self.save()
 
+    def remove(self, names: list[str]) -> None:
+        """Drop the records of ``names`` and write the file."""
+        self._records = [r for r in self._records if r.name not in names]
+        self.save()
+
     def save(self) -> None:
         """Write every record (after in-place changes)."""
         write_atomic(self.path, "".join(json.dumps(r.to_dict()) + "\n" for r in self._records))

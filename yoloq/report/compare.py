@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from yoloq.records import load_records, write_atomic
-from yoloq.report import markdown_table
+from yoloq.provenance import describe
+from yoloq.records import Record, RecordStore, write_atomic
+from yoloq.report.table import markdown_table
 
 
 def _f(x: float | None, nd: int, sign: bool = False) -> str:
     return "" if x is None else (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}")
 
 
-def compare_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, str]]:
+def compare_rows(a: list[Record], b: list[Record]) -> list[dict[str, str]]:
     """One row per variant name in either run (missing or not-ok sides left blank)."""
-    ra, rb = {r["name"]: r for r in a}, {r["name"]: r for r in b}
+    ra, rb = {r.name: r for r in a}, {r.name: r for r in b}
     out = []
     for name in [*ra, *(n for n in rb if n not in ra)]:
-        x, y = ra.get(name, {}), rb.get(name, {})
-        ma = x.get("metrics", {}).get("map50_95") if x.get("status") == "ok" else None
-        mb = y.get("metrics", {}).get("map50_95") if y.get("status") == "ok" else None
-        la = x.get("latency", {}).get("p50_ms") if x.get("status") == "ok" else None
-        lb = y.get("latency", {}).get("p50_ms") if y.get("status") == "ok" else None
-        out.append({"variant": name, "status A": x.get("status", "-"), "status B": y.get("status", "-"),
+        x, y = ra.get(name), rb.get(name)
+        ma = x.map if x and x.ok else None
+        mb = y.map if y and y.ok else None
+        la = x.p50 if x and x.ok else None
+        lb = y.p50 if y and y.ok else None
+        out.append({"variant": name, "status A": x.status if x else "-", "status B": y.status if y else "-",
                     "mAP A": _f(ma, 4), "mAP B": _f(mb, 4),
                     "d mAP": _f(mb - ma if ma is not None and mb is not None else None, 4, True),
                     "p50 A ms": _f(la, 2), "p50 B ms": _f(lb, 2),
@@ -33,14 +33,15 @@ def compare_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[
 
 def compare(run_a: Path, run_b: Path, out: Path) -> str:
     """Write a markdown comparison of two run folders to ``out`` and return its table."""
-    a, b = load_records(run_a / "records.jsonl"), load_records(run_b / "records.jsonl")
+    a, b = RecordStore(run_a).all(), RecordStore(run_b).all()
     table = markdown_table(rows := compare_rows(a, b), tuple(rows[0])) if (a or b) else "(no records)"
 
-    def desc(recs: list[dict[str, Any]]) -> str:
-        r = recs[0] if recs else {}
-        v = r.get("versions", {})
-        return (f"{r.get('model', {}).get('name')} sha256 {str(r.get('model', {}).get('sha256'))[:12]}, "
-                f"{r.get('machine', {}).get('cpu')}, ultralytics {v.get('ultralytics')}, config {r.get('config_hash')}")
+    def desc(recs: list[Record]) -> str:
+        if not recs:
+            return "no records"
+        r = recs[0]
+        return (f"{r.model.get('name')} sha256 {str(r.model.get('sha256'))[:12]}, {describe(r.machine)}, "
+                f"ultralytics {r.versions.get('ultralytics')}, config {r.config_hash}")
 
     text = (f"# yoloq compare\n\n- A: {run_a.name}: {desc(a)}\n- B: {run_b.name}: {desc(b)}\n\n"
             f"d mAP = B - A (mAP50-95); d p50 % = latency change of B against A (negative = faster).\n\n{table}\n")

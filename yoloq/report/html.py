@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from yoloq.report import COLUMNS
+from yoloq.report.table import COLUMNS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1500px}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from yoloq.backends.registry import style_of
+from yoloq.records import Record
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -16,25 +18,23 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _plot(records: list[dict[str, Any]], cost: str, xlabel: str, path: Path) -> Path | None:
+def _plot(records: list[Record], cost: str, xlabel: str, path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in records if r.get("status") == "ok"]
-    pts = [((r["latency"]["p50_ms"] if cost == "latency" else r["size_mb"]), r["metrics"]["map50_95"]) for r in ok]
+    ok = [r for r in records if r.ok and r.map is not None and (r.p50 if cost == "latency" else r.size_mb)]
+    pts = [((r.p50 if cost == "latency" else r.size_mb), r.map) for r in ok]
     if not pts:
         return None
     front = pareto_front(pts)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    colors = {"torch": "#444444", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "litert": "#ff7f0e",
-              "tensorrt": "#2ca02c"}
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
     for r, (x, y) in zip(ok, pts):
-        ax.scatter(x, y, s=70, c=colors.get(r["format"], "#17becf"), marker=markers.get(r["precision"], "D"),
+        ax.scatter(x, y, s=70, c=style_of(r.format).color, marker=markers.get(r.precision, "D"),
                    edgecolors="black", linewidths=0.6, zorder=3)
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     fx = sorted(pts[i] for i in front)
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", c="#d62728", lw=1.4, zorder=2, label="front")
     ax.set_xlabel(xlabel)
@@ -50,7 +50,7 @@ def _plot(records: list[dict[str, Any]], cost: str, xlabel: str, path: Path) -> 
     return path
 
 
-def pareto_plots(records: list[dict[str, Any]], run_dir: Path) -> dict[str, Path]:
+def pareto_plots(records: list[Record], run_dir: Path) -> dict[str, Path]:
     """Write ``pareto_latency.png`` and ``pareto_size.png`` into ``run_dir``; return those written."""
     out = {}
     for cost, xlabel in (("latency", "p50 end-to-end latency, ms (batch 1)"), ("size", "model size, MB")):

@@ -1,0 +1,140 @@
+"""Unit tests of the parts between the libraries: record store, latency harness, artifact cache, progress,
+machine fingerprint. A fake runtime stands in for a model only where the harness itself is under test."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yoloq.artifacts import cached_artifact, remember_artifact
+from yoloq.backends.base import Artifact
+from yoloq.config import LatencyConfig
+from yoloq.latency import measure, measure_interleaved
+from yoloq.provenance import fingerprint, machine, machine_id, same_machine
+from yoloq.records import Record, RecordStore, reference_of, same_backend, speedup
+
+
+def rec(name: str, fmt: str = "onnxruntime", precision: str = "fp32", **kw) -> Record:
+    return Record(name=name, format=fmt, precision=precision, **kw)
+
+
+def test_record_store_is_one_atomic_writer(tmp_path: Path):
+    store = RecordStore(tmp_path)
+    store.put(rec("a", order=2))
+    store.put(rec("b", order=1, metrics={"map50_95": 0.4}))
+    store.put(rec("a", order=2, status="failed", reason="boom"))  # same name: replaced, not appended
+    again = RecordStore(tmp_path)
+    assert [r.name for r in again.all()] == ["b", "a"]  # config order, from the records alone
+    assert again.get("a").status == "failed" and again.get("b").map == 0.4
+    assert not list(tmp_path.glob(".records.jsonl.*"))  # no temporary file left behind
+    with pytest.raises(ValueError):
+        rec("x", status="maybe")
+
+
+def test_record_keeps_unknown_fields_and_skips_foreign_lines(tmp_path: Path, capsys):
+    (tmp_path / "records.jsonl").write_text(
+        json.dumps(rec("a").to_dict() | {"from_the_future": {"x": 1}}) + "\n" + json.dumps({"hello": 1}) + "\n"
+        + '{"name": "torn')
+    store = RecordStore(tmp_path)
+    assert [r.name for r in store.all()] == ["a"] and "line 2 is not a yoloq record" in capsys.readouterr().err
+    store.save()
+    assert json.loads((tmp_path / "records.jsonl").read_text().splitlines()[0])["from_the_future"] == {"x": 1}
+
+
+def test_record_queries_use_fields_not_names():
+    lat = {"p50_ms": 10.0, "group": "g"}
+    records = [rec("ref", "torch", reference=True, order=1, latency={"p50_ms": 40.0, "group": "g"}),
+               rec("ort32", order=2, latency={"p50_ms": 20.0, "group": "g"}),
+               rec("ort8", precision="int8", order=3, latency=lat),
+               rec("ort8q", precision="int8", order=4, latency=lat, pair={"role": "qat", "ptq": "ort8"})]
+    assert reference_of(records).name == "ref"
+    assert same_backend(records, records[3], "fp32").name == "ort32"
+    sp = speedup(records, records[2])
+    assert sp["vs_fp32"] == 2.0 and sp["fp32"] == "ort32" and sp["fp32_same_pass"] is True
+
+
+class FakeRuntime:
+    """Sleeps a fixed time per call: the harness under test owns the clock, not this."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls, self.info = seconds, 0, {}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return np.zeros((batch.shape[0], 84, 10), np.float32)
+
+
+def test_latency_harness_warms_up_and_times_enough_runs():
+    rt = FakeRuntime(0.002)
+    cfg = LatencyConfig(warmup=3, min_runs=20, min_seconds=0.0, images=2)
+    stats = measure(rt, [np.zeros((64, 48, 3), np.uint8)] * 2, 64, lambda raw, lbs: None, cfg)
+    assert stats.runs == 20 and rt.calls == 23  # warm-up runs are not timed
+    assert 2.0 <= stats.stages["inference"]["p50_ms"] < 50 and stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+
+
+def test_interleaved_harness_times_every_runtime_side_by_side():
+    slow, fast = FakeRuntime(0.004), FakeRuntime(0.001)
+    cfg = LatencyConfig(warmup=1, min_runs=10, min_seconds=0.0, block=5)
+    post = lambda raw, lbs: None  # noqa: E731
+    stats = measure_interleaved({"slow": (slow, post), "fast": (fast, post)}, [np.zeros((32, 32, 3), np.uint8)],
+                                32, cfg)
+    assert stats["slow"].runs == stats["fast"].runs == 10  # same rounds for both
+    assert stats["slow"].p50_ms > stats["fast"].p50_ms
+
+
+def test_artifact_cache_reuses_only_the_same_key(tmp_path: Path):
+    work = tmp_path / "artifacts" / "v"
+    work.mkdir(parents=True)
+    (work / "model.onnx").write_bytes(b"x" * 10)
+    remember_artifact(work, "k1", Artifact(work / "model.onnx", "onnxruntime", "int8", {"q": 1}))
+    got = cached_artifact(work, "k1")
+    assert got is not None and got.size_bytes == 10 and got.info == {"q": 1}
+    assert cached_artifact(work, "k2") is None  # other settings: exported again
+    (work / "model.onnx").unlink()
+    assert cached_artifact(work, "k1") is None  # the file is gone: exported again
+
+
+def test_machine_fingerprint_decides_reuse():
+    here = machine()
+    assert same_machine(here, dict(here)) and here["id"] == machine_id(here)
+    assert set(fingerprint(here)) == {"cpu", "arch", "isa", "cores", "gpu", "gpu_driver"}
+    amx = dict(here, isa=sorted({*here["isa"], "amx_tile"}))
+    assert not same_machine(here, amx) and machine_id(amx) != here["id"]
+    old = {"cpu": here["cpu"], "cores": here["cores"], "avx512_vnni": True}  # an older record's machine
+    assert not same_machine(here, old)
+
+
+def test_progress_without_a_terminal_prints_lines_with_eta(capsys):
+    from yoloq import progress
+
+    p = progress.Progress("calibrate", 4, "images")
+    p._t0 -= 10  # a stage already 10 s long
+    for _ in range(4):
+        p.update()
+    err = capsys.readouterr().err
+    assert "calibrate: 4/4 images" in err and "elapsed" in err and "ETA" in err
+
+
+def test_library_output_goes_to_the_log_and_progress_to_the_console(tmp_path: Path, capfd):
+    import os
+
+    from yoloq import progress
+
+    progress.set_library_log(tmp_path / "libraries.log")
+    try:
+        with progress.step("export something"):
+            print("LIBRARY BANNER")
+            os.write(2, b"W1122 absl noise\n")
+            progress.say("yoloq says")
+    finally:
+        progress.set_library_log(None)
+    out, err = capfd.readouterr()
+    log = (tmp_path / "libraries.log").read_text()
+    assert "LIBRARY BANNER" in log and "absl noise" in log
+    assert "LIBRARY BANNER" not in out + err and "absl noise" not in err
+    assert "yoloq says" in err and "export something: done in" in err

@@ -1,0 +1,63 @@
+"""Records to what people read: ``summary.csv``, ``report.md``, ``report.html`` and the plots.
+
+Everything here is computed from the run's records alone (their order and reference included).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from yoloq.records import RecordStore, reference_of, write_atomic
+from yoloq.report.table import (
+    COLUMNS,
+    TERMINAL,
+    environment,
+    markdown_table,
+    notes,
+    per_class_losses,
+    qat_table,
+    rows,
+    size_table,
+)
+
+__all__ = ["build", "write_reports"]
+
+
+def build(store: RecordStore) -> dict[str, Any]:
+    """Everything a report shows, from the run's records (in config order)."""
+    records = store.all()
+    ref = reference_of(records)
+    return {"run": store.run_dir.name, "records": records, "ref": ref, "table": rows(records),
+            "losses": per_class_losses(records, ref), "sizes": size_table(records), "qat": qat_table(records),
+            "environment": environment(records), "notes": notes(records, ref)}
+
+
+def write_reports(store: RecordStore) -> str:
+    """Write ``summary.csv``, ``report.md``, ``report.html`` and the plots; return the terminal table."""
+    from yoloq.report.html import render_html
+    from yoloq.report.plots import pareto_plots
+
+    run_dir = store.run_dir
+    data = build(store)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+    w.writeheader()
+    w.writerows(data["table"])
+    write_atomic(run_dir / "summary.csv", buf.getvalue())
+    plots = pareto_plots(data["records"], run_dir)
+    md = [f"# yoloq report: {data['run']}", "", *data["notes"], "", markdown_table(data["table"]), ""]
+    md += [f"![{name}]({path.name})" for name, path in plots.items()] + [""]
+    if data["qat"]:
+        md += ["## QAT against PTQ (paired bootstrap over the evaluation images; * = significant)", "",
+               markdown_table(data["qat"], tuple(data["qat"][0])), ""]
+    if data["losses"]:
+        md += ["## Classes that lose most", "",
+               markdown_table(data["losses"], tuple(data["losses"][0])), ""]
+    if data["sizes"]:
+        md += ["## AP by object size", "", markdown_table(data["sizes"], tuple(data["sizes"][0])), ""]
+    md += ["## Environment", "", *(f"- {line}" for line in data["environment"]), ""]
+    write_atomic(run_dir / "report.md", "\n".join(md))
+    write_atomic(run_dir / "report.html", render_html(data, plots))
+    return markdown_table(data["table"], TERMINAL)
