@@ -120,10 +120,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from yoloq.config import parse_config
     from yoloq.paths import REPO_ROOT
     from yoloq.pipeline import default_out, run
+    from yoloq.records import RecordStore
     from yoloq.report.reproduce import reproduce_report
 
     old = run_dir_of(args.run_dir, prefer_other_machine=True)
-    cfg = resolve_config(parse_config(_run_settings(old, required=True), base_dir=REPO_ROOT / "configs"))
+    damaged = RecordStore(old).damaged
+    if damaged:
+        raise YoloqError(f"{old / 'records.jsonl'} line {damaged[0]} is damaged, so that run cannot be compared; "
+                         f"restore the file (e.g. from git) or remove the line")
+    cfg = resolve_config(parse_config(_run_settings(old, required=True), base_dir=REPO_ROOT / "configs"), stored=True)
     out = Path(args.out) if args.out else default_out(cfg)
     if out.resolve() == old.resolve():
         out = old.with_name(old.name + "-reproduced")

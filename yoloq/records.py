@@ -104,7 +104,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _read(path: Path) -> list[Record]:
+def _read(path: Path, damaged: list[int] | None = None) -> list[Record]:
     if not path.is_file():
         return []
     out = []
@@ -118,8 +118,12 @@ def _read(path: Path) -> list[Record]:
                 raise ValueError
             out.append(Record.from_dict(row))
         except json.JSONDecodeError:
+            if damaged is not None:
+                damaged.append(n)
             continue  # a torn last line (older writers); atomic writes leave none
         except (ValueError, TypeError):
+            if damaged is not None:
+                damaged.append(n)
             print(f"yoloq: warning: {path.name} line {n} is not a yoloq record (needs {', '.join(REQUIRED)}); "
                   f"ignored", file=sys.stderr)
     return out
@@ -134,7 +138,8 @@ class RecordStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "records.jsonl"
-        self._records: list[Record] = _read(self.path)
+        self.damaged: list[int] = []  # line numbers that are not records (kept out, reported)
+        self._records: list[Record] = _read(self.path, self.damaged)
 
     def all(self) -> list[Record]:
         """Every record, in config order (file order among equals)."""

@@ -82,7 +82,8 @@ def _check_value(spec: OptionSpec, val: Any, key: str) -> None:
         raise ConfigError(f"config key '{key}': got {val!r}, expected one of {list(spec.choices)}")
 
 
-def resolve_options(cls: type[Backend], precision: str, given: Mapping[str, Any], key: str) -> dict[str, Any]:
+def resolve_options(cls: type[Backend], precision: str, given: Mapping[str, Any], key: str,
+                    stored: bool = False) -> dict[str, Any]:
     """Validate ``given`` against the backend's option specs and fill the defaults for ``precision``.
 
     Only options that apply to ``precision`` are filled (an FP32 variant carries no INT8 settings, so
@@ -99,6 +100,8 @@ def resolve_options(cls: type[Backend], precision: str, given: Mapping[str, Any]
                 f"; valid options: {', '.join(specs)}" if specs else f"; {cls.name} takes no options")
             raise ConfigError(f"unknown config key '{key}.options.{k}'{hint}")
         spec = specs[k]
+        if precision not in spec.precisions and stored:
+            continue  # a run's stored config from older versions lists every option on every variant
         if precision not in spec.precisions:
             raise ConfigError(f"config key '{key}.options.{k}': applies to {cls.name} "
                               f"{'/'.join(spec.precisions)} variants, not {precision}")
@@ -106,7 +109,7 @@ def resolve_options(cls: type[Backend], precision: str, given: Mapping[str, Any]
     return {k: given.get(k, spec.default) for k, spec in specs.items() if precision in spec.precisions}
 
 
-def resolve_variant(v: VariantConfig, key: str) -> VariantConfig:
+def resolve_variant(v: VariantConfig, key: str, stored: bool = False) -> VariantConfig:
     """Check a variant's format, precision, device and options against its backend.
 
     Returns:
@@ -127,17 +130,20 @@ def resolve_variant(v: VariantConfig, key: str) -> VariantConfig:
     if dev not in cls.devices:
         raise ConfigError(f"config key '{key}.device': {v.format} runs on {', '.join(cls.devices)}, "
                           f"not '{v.device}'")
-    options = resolve_options(cls, precision, v.options, key)
+    options = resolve_options(cls, precision, v.options, key, stored)
     return dataclasses.replace(v, options=options, resolved=True)
 
 
-def resolve_config(cfg: RunConfig) -> RunConfig:
+def resolve_config(cfg: RunConfig, stored: bool = False) -> RunConfig:
     """``cfg`` with every variant resolved against its backend, and the QAT formats checked.
+
+    ``stored``: the config comes from a run folder (``yoloq reproduce``), where older versions wrote
+    every option on every variant; options that do not apply to a variant's precision are dropped.
 
     Raises:
         ConfigError: Naming the key, the value and what is allowed.
     """
-    variants = tuple(resolve_variant(v, f"variants[{i}]") for i, v in enumerate(cfg.variants))
+    variants = tuple(resolve_variant(v, f"variants[{i}]", stored) for i, v in enumerate(cfg.variants))
     qat = cfg.qat
     if not qat.formats:
         qat = dataclasses.replace(qat, formats=tuple(sorted(n for n, c in _BACKENDS.items() if c.reads_qdq_onnx)))
