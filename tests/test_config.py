@@ -60,6 +60,8 @@ def test_default_config_is_the_issue_matrix():
     (with_(variants=[{"format": "onnxruntime", "precision": "fp32", "options": {"accuracy_control": True}}]),
      "options.accuracy_control': applies to onnxruntime int8 variants, not fp32"),
     (with_(qat={"formats": ["litert"]}), "config key 'qat.formats[0]': litert cannot run a Q/DQ INT8 ONNX"),
+    (with_(variants=[{"format": "onnxruntime", "precision": "int8", "options": {"calibration_images": 0}}]),
+     "options.calibration_images': got 0, expected >= 1"),
     (with_(variants=[{"format": "onnxruntime", "options": {"per_chanel": False}}]),
      "unknown config key 'variants[0].options.per_chanel'; did you mean 'per_channel'?"),
     (with_(variants=[{"format": "onnxruntime", "precision": "int8", "options": {"per_channel": "yes"}}]),

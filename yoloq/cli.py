@@ -154,6 +154,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     from yoloq.backends.base import ExportContext
     from yoloq.backends.registry import get_backend
     from yoloq.pipeline import default_out, prepare_inputs
+    from yoloq.progress import set_library_log, step
     from yoloq.report.sensitivity import write_sensitivity
 
     cfg = _config(args.config)
@@ -169,7 +170,9 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     inputs = prepare_inputs(cfg, out_dir)
     ctx = ExportContext(inputs.source, variant, cfg.imgsz, inputs.calibration, out_dir / "artifacts" / variant.label,
                         threads=cfg.latency.threads)
-    results = backend.sensitivity(ctx, args.granularity, args.images)
+    set_library_log(out_dir / "logs" / "libraries.log")
+    with step(f"rank the layer groups of {variant.label}"):
+        results = backend.sensitivity(ctx, args.granularity, args.images)
     dest = out_dir / f"sensitivity-{variant.label}-{args.granularity}"
     print(write_sensitivity(results, dest, f"INT8 sensitivity of {inputs.source.name} ({variant.label}, "
                                            f"{args.granularity}s, {args.images} calibration images)"))

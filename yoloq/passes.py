@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,17 +79,23 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
     """Time ``runtimes``: side by side in round-robin blocks (``cfg.interleave``), else one after another.
 
     Returns:
-        Per variant name, the latency record field (stats, deployment threshold, mode, pass key).
+        Per variant name, the latency record field (stats, deployment threshold, mode, pass key, and
+        ``pass_seconds``: the wall time of the pass that timed it, warm-up included).
     """
     extra = {"conf": cfg.conf, "multi_label": False, "settings": latency_settings(cfg)}
+    if not runtimes:
+        return {}
     if cfg.interleave:
         gkey = group_key([(n, keys[n]) for n in runtimes], cfg)
+        t0 = time.perf_counter()
         stats = measure_interleaved({n: (rt, post) for n, rt in runtimes.items()}, images, imgsz, cfg,
                                     progress="latency side by side")
-        return {n: s.to_dict() | extra | {"mode": "interleaved", "group": gkey, "group_size": len(stats)}
-                for n, s in stats.items()}
+        wall = round(time.perf_counter() - t0, 1)
+        return {n: s.to_dict() | extra | {"mode": "interleaved", "group": gkey, "group_size": len(stats),
+                                          "pass_seconds": wall} for n, s in stats.items()}
     out: dict[str, dict[str, Any]] = {}
     for n, rt in runtimes.items():
+        t0 = time.perf_counter()
         s: LatencyStats = measure(rt, images, imgsz, post, cfg, progress=f"latency {n}")
-        out[n] = s.to_dict() | extra | {"mode": "alone"}
+        out[n] = s.to_dict() | extra | {"mode": "alone", "pass_seconds": round(time.perf_counter() - t0, 1)}
     return out

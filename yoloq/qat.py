@@ -27,7 +27,7 @@ from yoloq.config import Precision, RunConfig, VariantConfig
 from yoloq.data.pool import ImagePool
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.models import file_sha256
-from yoloq.progress import say
+from yoloq.progress import say, set_library_log, step
 
 
 def build_train_data(pool: ImagePool, names: tuple[str, ...], root: Path, images: int,
@@ -112,7 +112,6 @@ def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
     """Export the QAT checkpoint to a Q/DQ INT8 ONNX (static batch 1) at ``dest``, weights stored as int8."""
     from ultralytics import YOLO
 
-    from yoloq.progress import step
     from yoloq.qdq import fold_weight_quantizers
 
     try:
@@ -155,7 +154,9 @@ def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
     data = build_train_data(inputs.pool, inputs.source.names, work / "data", cfg.qat.images)
     say(f"yoloq qat: {cfg.qat.epochs} epoch(s) on {min(cfg.qat.images, len(inputs.pool))} train images at "
         f"{cfg.qat.imgsz or cfg.imgsz}")
-    ckpt = train(cfg, inputs.source.path, data, work)
+    set_library_log(out_dir / "logs" / "libraries.log")
+    with step("QAT training (Ultralytics trainer)"):
+        ckpt = train(cfg, inputs.source.path, data, work)
     onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx")
     named = onnx_path.with_name(f"{onnx_path.stem}-{file_sha256(onnx_path)[:12]}.onnx")  # the key follows the content
     onnx_path = onnx_path.replace(named)

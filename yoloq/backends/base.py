@@ -31,6 +31,7 @@ class OptionSpec:
     choices: tuple[Any, ...] | None = None
     help: str = ""
     precisions: tuple[str, ...] = ALL_PRECISIONS
+    minimum: float | None = None  # smallest allowed value of a number option
 
 
 class Validator(Protocol):

@@ -16,7 +16,7 @@ from yoloq.errors import ConfigError
 
 INT8 = ("int8",)
 
-CALIBRATION_IMAGES = OptionSpec(int, None, None, "use only the first N calibration images", INT8)
+CALIBRATION_IMAGES = OptionSpec(int, None, None, "use only the first N calibration images", INT8, minimum=1)
 KEEP_HEAD_FLOAT = OptionSpec(str, "outputs", ("outputs", "decode", "none"),
                              "head left in float: decode + output convs / decode only / nothing", INT8)
 
@@ -33,10 +33,12 @@ PREQUANTIZED = {
 
 CONTROL_OPTIONS = {
     "accuracy_control": OptionSpec(bool, False, None, "keep the fewest layers in float that meet max_drop", INT8),
-    "max_drop": OptionSpec(float, 0.01, None, "largest mAP50-95 drop allowed on held-out train images", INT8),
-    "holdout_images": OptionSpec(int, 40, None, "held-out train images (not calibration, not evaluation)", INT8),
+    "max_drop": OptionSpec(float, 0.01, None, "largest mAP50-95 drop allowed on held-out train images", INT8,
+                           minimum=0),
+    "holdout_images": OptionSpec(int, 40, None, "held-out train images (not calibration, not evaluation)", INT8,
+                                 minimum=1),
     "max_float_groups": OptionSpec(int, 12, None, "accuracy control gives up after this many groups in float",
-                                   INT8),
+                                   INT8, minimum=1),
 }
 
 

@@ -14,7 +14,7 @@ from yoloq.data.pool import ImagePool, content_hash
 from yoloq.data.types import DatasetSplit
 from yoloq.errors import DataError
 
-__all__ = ["CalibrationSet", "build_calibration", "calibration_from_pool", "content_hash"]
+__all__ = ["CalibrationSet", "build_calibration", "calibration_from_pool", "content_hash", "list_hash"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class CalibrationSet:
     requested: int
     sha256: str
     pool: int = 0
+    hashes: tuple[str, ...] = ()  # the images' content hashes (what ``sha256`` is computed from)
 
     def describe(self) -> dict[str, Any]:
         """The record's description: sources, count (used, requested, pool), seed and list hash."""
@@ -40,10 +41,9 @@ class CalibrationSet:
         return self.take_range(0, n)
 
     def take_range(self, start: int, end: int) -> CalibrationSet:
-        """Images ``start:end`` as their own set (its hash is that sub-list's)."""
-        part = self.images[start:end]
-        digest = hashlib.sha256("\n".join(str(p) for p in part).encode()).hexdigest()
-        return replace(self, images=part, requested=len(part), sha256=digest)
+        """Images ``start:end`` as their own set (its hash is that sub-list's, computed as the whole set's)."""
+        images, hashes = self.images[start:end], self.hashes[start:end]
+        return replace(self, images=images, requested=len(images), hashes=hashes, sha256=list_hash(hashes))
 
     def batches(self, imgsz: int, limit: int | None = None, progress: str | None = None) -> Iterator[np.ndarray]:
         """Yield each image as a model input batch ``[1, 3, imgsz, imgsz]`` (float32, RGB, [0, 1]).
@@ -62,12 +62,17 @@ class CalibrationSet:
             yield prepare([img], imgsz)[0]
 
 
+def list_hash(hashes: tuple[str, ...]) -> str:
+    """The SHA-256 of a calibration list: its images' content hashes, in order."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
 def calibration_from_pool(pool: ImagePool, n: int) -> CalibrationSet:
     """The first ``n`` pool images as the run's calibration set (a warning when the pool holds fewer)."""
     chosen = pool.front(n)
-    digest = hashlib.sha256("\n".join(p.hash for p in chosen).encode()).hexdigest()
+    hashes = tuple(p.hash for p in chosen)
     return CalibrationSet(images=tuple(p.sample.path for p in chosen), sources=pool.sources, seed=pool.seed,
-                          requested=n, sha256=digest, pool=len(pool))
+                          requested=n, sha256=list_hash(hashes), pool=len(pool), hashes=hashes)
 
 
 def build_calibration(cfg: CalibrationConfig, evaluation: DatasetSplit, base_dir: Path | None = None

@@ -4,7 +4,8 @@ mAP must be identical where the same precision ran with the same library version
 deterministic; FP32 and INT8 were bit-identical across an Intel Xeon and an AMD EPYC); where the
 machine changed what ran (OpenVINO computes "fp16" and INT8's float ops in BF16 on CPUs with
 AVX-512 BF16 or AMX; FP16 kernels are picked by CPU features: ONNX Runtime FP16 differed by 1e-5
-mAP between those two CPUs) or a library version differs, a difference is expected and explained. Speed-ups are shown side by side: they belong to each machine.
+mAP between those two CPUs) or a library version differs, a difference is expected and explained.
+Speed-ups are shown side by side: they belong to each machine.
 """
 
 from __future__ import annotations

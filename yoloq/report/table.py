@@ -6,7 +6,7 @@ from typing import Any
 
 from yoloq.budget import label
 from yoloq.provenance import describe
-from yoloq.records import Record, reference_of, same_backend, speedup
+from yoloq.records import Record, reference_of, same_backend
 
 COLUMNS = ("variant", "ran as", "status", "mAP50-95", "mAP50", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms",
            "p99 ms", "FPS", "x ref", "x fp32", "x fp16", "size MB", "compr.", "budget", "reason")
@@ -37,7 +37,7 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
         base = same_backend(records, r, "fp32") or ref
         keep = 100.0 * m["map50_95"] / ref_map if ref_map and m.get("map50_95") is not None else None
         p50 = lat.get("p50_ms")
-        sp = speedup(records, r) if r.ok else {}
+        sp = r.speedup  # computed once, by finalize, and stored in the record
         base_size = base.size_mb if base else None
         out.append({
             "variant": r.name + (" (ref)" if ref is not None and r.name == ref.name else ""),

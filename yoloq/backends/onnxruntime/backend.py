@@ -91,7 +91,7 @@ class OnnxRuntimeBackend(Backend):
         calibration = ctx.calibration_images()
         info: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_static",
                                 "settings": dict(ctx.variant.options), "calibration_used": len(calibration.images)}
-        prep = cache = None
+        prep, cache = ctx.workdir / "model_prep.onnx", ctx.workdir / "ranges.json"  # where calibrate() puts them
         with step(f"quantize {ctx.variant.label}"):
             try:
                 prep, cache = calibrate(fp32, ctx.workdir, calibration, ctx.imgsz, ctx.variant.options, out, exclude)
@@ -104,9 +104,8 @@ class OnnxRuntimeBackend(Backend):
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
                 raise ExportError(f"onnxruntime INT8 quantization failed: {type(e).__name__}: {e}") from e
             finally:
-                for f in (prep, cache, ctx.workdir / "model_prep.onnx", ctx.workdir / "ranges.json"):
-                    if f is not None:
-                        Path(f).unlink(missing_ok=True)
+                prep.unlink(missing_ok=True)
+                cache.unlink(missing_ok=True)
         return Artifact(out, self.name, "int8", info | {"kept_float": exclude})
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OrtRuntime:
