@@ -6,7 +6,6 @@ held-out train images and hands it to the export stage, which never imports eval
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from yoloq.errors import DataError
 from yoloq.evaluate import CocoEvaluator
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import prepare, read_image
-from yoloq.progress import bar
+from yoloq.progress import bar, say
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -32,7 +31,7 @@ def prepared(split: DatasetSplit, imgsz: int, skipped: list[str]) -> Iterator[tu
         try:
             img = read_image(s.path)
         except DataError:
-            print(f"  warning: skipping unreadable image {s.path.name}", file=sys.stderr)
+            say(f"  warning: skipping unreadable image {s.path.name}")
             skipped.append(s.path.name)
             continue
         x, lbs = prepare([img], imgsz)
