@@ -10,10 +10,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from yoloq.backends.litert import scope_rules
+from yoloq.backends.litert import head_patterns, scope_rules
 from yoloq.backends.onnxruntime import OrtRuntime
 from yoloq.backends.onnxruntime.graph import ort_graph, rewrite_softmax
 from yoloq.errors import ConfigError
+from yoloq.models import Head
 from yoloq.preprocess import prepare, read_image
 from yoloq.qdq import fold_weight_quantizers
 
@@ -74,14 +75,26 @@ def test_folding_weight_quantizers_changes_nothing_but_the_file(tmp_path: Path):
 
 def test_litert_scope_rules_and_errors():
     ops = {"SOFTMAX", "LOGISTIC", "CONV_2D", "ALL_SUPPORTED"}
-    assert scope_rules({"keep_head_float": "none"}, ops) == []
-    decode = scope_rules({"keep_head_float": "decode"}, ops)
-    outputs = scope_rules({"keep_head_float": "outputs", "float_types": ["SOFTMAX"]}, ops)
+    head = Head("Detect", 23, dfl=True)
+    assert scope_rules({"keep_head_float": "none"}, ops, head) == []
+    decode = scope_rules({"keep_head_float": "decode"}, ops, head)
+    outputs = scope_rules({"keep_head_float": "outputs", "float_types": ["SOFTMAX"]}, ops, head)
     assert len(outputs) == len(decode) + 2 and outputs[-1] == (".*", "SOFTMAX")
     with pytest.raises(ConfigError, match="not TFLite op types"):
-        scope_rules({"float_types": ["Softmax"]}, ops)
+        scope_rules({"float_types": ["Softmax"]}, ops, head)
     with pytest.raises(ConfigError, match="not a regular expression"):
-        scope_rules({"float_patterns": ["("]}, ops)
+        scope_rules({"float_patterns": ["("]}, ops, head)
+
+
+def test_litert_head_patterns_follow_the_head_structure():
+    import re
+
+    name = "ultralytics.nn.modules.head.{}_23;16"
+    v10 = head_patterns(Head("v10Detect", 23, dfl=True), "decode")[0]
+    assert any(re.search(p, name.format("v10Detect")) for p in v10)
+    assert not any(re.search(p, name.format("Detect")) for p in v10)  # another head type, not this one
+    no_dfl = head_patterns(Head("Detect", 23, dfl=False), "outputs")
+    assert not any("DFL" in p for p in no_dfl[0]) and len(no_dfl[1]) == 1
 
 
 def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):

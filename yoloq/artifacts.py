@@ -74,7 +74,8 @@ def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: Calibratio
     artifact = cached_artifact(workdir, key)
     if artifact is not None:
         return artifact, True
-    ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, validator=validator, threads=cfg.latency.threads)
+    ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, validator=validator, threads=cfg.latency.threads,
+                        max_det=cfg.eval.max_det)
     artifact = get_backend(v.format).export(ctx)
     remember_artifact(workdir, key, artifact)
     return artifact, False

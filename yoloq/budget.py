@@ -26,6 +26,9 @@ def verdict(record: Record, ref: Record | None, budget: BudgetConfig) -> dict[st
     if not record.ok:
         return out | {"pass": False, "why": "variant failed"}
     ref_map, var_map = ref.map or 0.0, record.map or 0.0
+    if ref_map <= 0 and budget.min_retention is not None:  # nothing to keep a share of: not judged
+        return out | {"why": f"not judged: {ref.name} scores mAP50-95 0 (an untrained model?), so no share "
+                             f"of it can be kept"}
     retention = var_map / ref_map if ref_map else 0.0
     drop = ref_map - var_map
     ok = (budget.min_retention is None or retention >= budget.min_retention) and \
@@ -46,6 +49,8 @@ def print_budget(records: Iterable[Record]) -> bool:
     for r in records:
         v = r.budget or {}
         if v.get("pass") is None:
+            if v.get("why"):
+                print(f"budget n/a  {r.name}: {v['why']}")
             continue
         ok &= bool(v["pass"])
         detail = v.get("why") or f"keeps {v['retention']:.1%}, drop {v['drop']:+.4f}"

@@ -1,4 +1,4 @@
-"""The ``yoloq`` command: run (the main job), report, check, compare, reproduce, qat, sensitivity."""
+"""The ``yoloq`` command: run (the main job), report, check, compare, reproduce, qat, sensitivity, export, explain."""
 
 from __future__ import annotations
 
@@ -180,6 +180,36 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from yoloq.explain import explain
+    from yoloq.records import RecordStore
+    from yoloq.report import write_reports
+
+    run_dir = run_dir_of(args.run_dir)
+    names = args.variant or [r.name for r in _int8_records(run_dir)]
+    for name in names:
+        print(explain(run_dir, name, args.runs))
+    write_reports(RecordStore(run_dir))  # the report shows the summaries the records now hold
+    print(f"written: {', '.join(str(run_dir / f'explain-{n}.md') for n in names)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _int8_records(run_dir: Path) -> list[Any]:
+    from yoloq.records import RecordStore
+
+    return [r for r in RecordStore(run_dir).all() if r.ok and r.precision == "int8"]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from yoloq.bundle import export_bundle
+
+    out = Path(args.out)
+    dest = export_bundle(_config(args.config), args.variant, out)
+    print(f"written: {dest}, {out / 'export.json'}, {out / 'config.yaml'}, {out / 'README.md'}")
+    print((out / "README.md").read_text())
+    return EXIT_OK
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from yoloq.report.compare import compare
 
@@ -223,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     sen.add_argument("--images", type=int, default=16, help="calibration images to measure on")
     sen.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>)")
     sen.set_defaults(func=_cmd_sensitivity)
+    expl = sub.add_parser("explain", help="what an INT8 variant runs in int8 and in float (and why), where its "
+                                          "time goes, against the same backend's FP32")
+    expl.add_argument("run_dir")
+    expl.add_argument("variant", nargs="*", help="variant names (default: every ok int8 variant of the run)")
+    expl.add_argument("--runs", type=int, default=5, help="profiled inferences per variant")
+    expl.set_defaults(func=_cmd_explain)
+    exp = sub.add_parser("export", help="write one variant as a deploy bundle (TensorRT: the ONNX, a trtexec "
+                                        "line and the config that evaluates it on the device)")
+    exp.add_argument("config")
+    exp.add_argument("--variant", required=True, help="the variant's name, e.g. tensorrt-int8")
+    exp.add_argument("--out", required=True, help="the bundle folder")
+    exp.set_defaults(func=_cmd_export)
     cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")

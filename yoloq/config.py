@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -104,14 +104,22 @@ class VariantConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Detection thresholds; the defaults are Ultralytics' validation defaults."""
+    """Detection thresholds; the defaults are Ultralytics' validation defaults.
+
+    ``nms`` is ``yolo val``'s: ``null`` (default) runs the one-to-many branch with NMS, ``false`` the
+    NMS-free one-to-one branch of heads that have one (YOLOv10, YOLO26), whose top-k keeps ``max_det``.
+    """
 
     conf: float = 0.001
     iou: float = 0.7
     max_det: int = 300
     multi_label: bool = True
+    nms: Optional[bool] = None
 
     def __post_init__(self) -> None:
+        _check(self.nms is not True, "eval.nms", self.nms,
+               "null (NMS after the one-to-many branch) or false (the NMS-free one-to-one branch); "
+               "NMS inside the exported graph is not evaluated")
         _check(0.0 <= self.conf < 1.0, "eval.conf", self.conf, "0 <= conf < 1")
         _check(0.0 < self.iou <= 1.0, "eval.iou", self.iou, "0 < iou <= 1")
         _check(self.max_det >= 1, "eval.max_det", self.max_det, ">= 1")
@@ -244,6 +252,8 @@ class RunConfig:
         """The config as plain data (the resolved config written beside the records)."""
         d = _plain(self)
         d.pop("base_dir", None)
+        if d["eval"].get("nms") is None:  # the default: left out, so configs and keys from before it stay valid
+            d["eval"].pop("nms", None)
         return d
 
     def hash(self) -> str:

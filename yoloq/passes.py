@@ -75,8 +75,10 @@ def group_key(keys: list[tuple[str, str]], cfg: LatencyConfig) -> str:
 
 
 def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: list[np.ndarray], imgsz: int,
-                 cfg: LatencyConfig, post: Callable[..., Any]) -> dict[str, dict[str, Any]]:
+                 cfg: LatencyConfig, posts: dict[str, Callable[..., Any]]) -> dict[str, dict[str, Any]]:
     """Time ``runtimes``: side by side in round-robin blocks (``cfg.interleave``), else one after another.
+
+    ``posts`` gives each variant's timed postprocess (NMS, or none after an NMS-free branch).
 
     Returns:
         Per variant name, the latency record field (stats, deployment threshold, mode, pass key, and
@@ -88,7 +90,7 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
     if cfg.interleave:
         gkey = group_key([(n, keys[n]) for n in runtimes], cfg)
         t0 = time.perf_counter()
-        stats = measure_interleaved({n: (rt, post) for n, rt in runtimes.items()}, images, imgsz, cfg,
+        stats = measure_interleaved({n: (rt, posts[n]) for n, rt in runtimes.items()}, images, imgsz, cfg,
                                     progress="latency side by side")
         wall = round(time.perf_counter() - t0, 1)
         return {n: s.to_dict() | extra | {"mode": "interleaved", "group": gkey, "group_size": len(stats),
@@ -96,6 +98,6 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
     out: dict[str, dict[str, Any]] = {}
     for n, rt in runtimes.items():
         t0 = time.perf_counter()
-        s: LatencyStats = measure(rt, images, imgsz, post, cfg, progress=f"latency {n}")
+        s: LatencyStats = measure(rt, images, imgsz, posts[n], cfg, progress=f"latency {n}")
         out[n] = s.to_dict() | extra | {"mode": "alone", "pass_seconds": round(time.perf_counter() - t0, 1)}
     return out

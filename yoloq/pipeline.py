@@ -63,7 +63,7 @@ def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
         YoloqError: Model, data, calibration overlap or output folder problems (the run cannot start).
     """
     base = Path(cfg.base_dir)
-    source = load_source(cfg.model, base)
+    source = load_source(cfg.model, base, cfg.eval.nms)
     evalset = load_split(cfg.data, base)
     if not evalset.samples:
         raise DataError(f"dataset '{evalset.name}' split '{evalset.split}' has no readable images")
@@ -98,10 +98,11 @@ def new_record(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         name=v.label, format=v.format, precision=str(v.precision), device=v.device, status="ok",
         model={"name": inputs.source.name, "file": display_path(inputs.source.path), "kind": inputs.source.kind,
                "sha256": inputs.source.sha256},
-        options=dict(v.options), imgsz=cfg.imgsz, calibration=inputs.calibration.describe(),
+        head=inputs.source.head.describe(), options=dict(v.options), imgsz=cfg.imgsz,
+        calibration=inputs.calibration.describe(),
         dataset={"name": ev.name, "split": ev.split, "images": len(ev.samples), "root": display_path(ev.root)},
         eval_settings={"conf": cfg.eval.conf, "iou": cfg.eval.iou, "max_det": cfg.eval.max_det,
-                       "multi_label": cfg.eval.multi_label, "batch": 1},
+                       "multi_label": cfg.eval.multi_label, "nms": cfg.eval.nms, "batch": 1},
         config_hash=cfg.hash(), key=key, versions=versions(), machine=machine(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -133,11 +134,12 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         rec.artifact = _artifact_ref(Path(artifact.path), inputs.out_dir)
         rec.size_mb = artifact.size_bytes / 1e6
         rec.artifact_info = dict(artifact.info)
+        rec.head = dict(artifact.info.get("head") or rec.head)  # a format may fall back to the one-to-many branch
         runtime = backend.load(artifact, cfg.latency.threads, v.device)
         rec.runtime = dict(runtime.info)
         t0 = time.perf_counter()
         metrics, skipped = accuracy_pass(runtime, inputs.evalset, inputs.class_map, cfg.imgsz, cfg.eval,
-                                         inputs.source.end2end, inputs.out_dir, v.label)
+                                         rec.end2end, inputs.out_dir, v.label)
         rec.timings_s["evaluate"] = round(time.perf_counter() - t0, 2)
         rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
     except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
@@ -183,9 +185,10 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
             _fail(r, e, inputs.out_dir, "latency: ")
     mode = "side by side, round-robin blocks of " + str(cfg.latency.block) if cfg.latency.interleave else "one by one"
     say(f"latency: {len(runtimes)} variants, {mode}")
+    posts = {r.name: deploy_post(cfg.eval, cfg.latency, (store.get(r.name) or r).end2end) for r in todo}
     try:
         lat = latency_pass(runtimes, {r.name: r.key for r in todo}, latency_images(inputs.evalset, cfg.latency.images),
-                           cfg.imgsz, cfg.latency, deploy_post(cfg.eval, cfg.latency, inputs.source.end2end))
+                           cfg.imgsz, cfg.latency, posts)
     except Exception as e:  # noqa: BLE001 - a runtime failed mid-way: nothing paired can be kept
         lat = {}
         for r in todo:

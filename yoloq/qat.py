@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from yoloq.backends.onnx_base import head_args
 from yoloq.backends.registry import backend_class, resolve_variant
 from yoloq.config import Precision, RunConfig, VariantConfig
 from yoloq.data.pool import ImagePool
@@ -108,8 +109,11 @@ def train(cfg: RunConfig, source_pt: Path, data: Path, out: Path) -> Path:
     return ckpt
 
 
-def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
-    """Export the QAT checkpoint to a Q/DQ INT8 ONNX (static batch 1) at ``dest``, weights stored as int8."""
+def export_qdq(ckpt: Path, imgsz: int, dest: Path, **head: Any) -> Path:
+    """Export the QAT checkpoint to a Q/DQ INT8 ONNX (static batch 1) at ``dest``, weights stored as int8.
+
+    ``head`` selects the head branch as for every other export (:func:`yoloq.backends.onnx_base.head_args`).
+    """
     from ultralytics import YOLO
 
     from yoloq.qdq import fold_weight_quantizers
@@ -117,7 +121,7 @@ def export_qdq(ckpt: Path, imgsz: int, dest: Path) -> Path:
     try:
         with step("export QAT model to Q/DQ ONNX"):
             out = Path(YOLO(str(ckpt)).export(format="onnx", imgsz=imgsz, quantize=8, batch=1, dynamic=False,
-                                              device="cpu"))
+                                              device="cpu", **head))
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
         raise ExportError(f"QAT ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,8 @@ def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
     set_library_log(out_dir / "logs" / "libraries.log")
     with step("QAT training (Ultralytics trainer)"):
         ckpt = train(cfg, inputs.source.path, data, work)
-    onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx")
+    onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx",
+                           **head_args(inputs.source, cfg.eval.max_det)[1])
     named = onnx_path.with_name(f"{onnx_path.stem}-{file_sha256(onnx_path)[:12]}.onnx")  # the key follows the content
     onnx_path = onnx_path.replace(named)
     qat, pairs = qat_variants(cfg, onnx_path)

@@ -33,6 +33,7 @@ class Record:
     reference: bool = False  # the variant every other is compared to
     pair: dict[str, Any] = field(default_factory=dict)  # e.g. {"role": "qat", "ptq": name}: compared with ptq
     model: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] = field(default_factory=dict)  # the head and the branch that ran (models.Head.describe)
     options: dict[str, Any] = field(default_factory=dict)
     imgsz: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +52,7 @@ class Record:
     timings_s: dict[str, float] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     speedup: dict[str, Any] = field(default_factory=dict)
+    explain: dict[str, Any] = field(default_factory=dict)  # yoloq explain's summary: int8 shares, float layers
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # fields of newer yoloq versions, kept as they were
 
@@ -72,6 +74,11 @@ class Record:
     def p50(self) -> float | None:
         """p50 end-to-end latency in ms, when timed."""
         return self.latency.get("p50_ms")
+
+    @property
+    def end2end(self) -> bool:
+        """Whether the NMS-free one-to-one branch ran (its output is taken as it is, no NMS)."""
+        return self.head.get("branch") == "one2one"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written to ``records.jsonl``."""

@@ -67,6 +67,7 @@ class ExportContext:
     workdir: Path
     validator: MakeValidator | None = None
     threads: int = 2
+    max_det: int = 300  # an NMS-free head's top-k (baked into its export)
 
     def option(self, key: str) -> Any:
         """The variant's option ``key`` (validated and filled by the registry)."""
@@ -120,6 +121,19 @@ class GroupError:
 
 
 @dataclass(frozen=True)
+class LayerRun:
+    """One layer as the runtime executed it: its name, the runtime's op type, the precision it ran in
+    (int8, fp32, bf16, fp16, or "convert" for a quantize/dequantize/reorder the runtime inserted), its
+    time per inference in ms (None where the runtime has no profiler) and multiply-accumulates."""
+
+    name: str
+    op: str
+    precision: str
+    time_ms: float | None = None
+    macs: int = 0
+
+
+@dataclass(frozen=True)
 class Style:
     """How plots draw a format's points."""
 
@@ -158,6 +172,16 @@ class Backend(ABC):
     def export(self, ctx: ExportContext) -> Artifact:
         """Export (and quantize) the source model for ``ctx.variant`` into ``ctx.workdir``."""
 
+    def deployable(self, ctx: ExportContext) -> Artifact:
+        """What ships to a device (``yoloq export``): the export itself, unless the format is built on the
+        device (TensorRT: the ONNX its builder reads)."""
+        return self.export(ctx)
+
+    def deploy_notes(self, model_file: str) -> tuple[dict[str, Any], list[str]]:
+        """For a bundle whose model is ``model_file``: the options that make the device's config use it as it
+        is (none: the device exports again), and README lines on what to do on the device first."""
+        return {}, []
+
     @abstractmethod
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Runtime:
         """Load an artifact into a runtime using exactly ``threads`` CPU threads."""
@@ -165,6 +189,15 @@ class Backend(ABC):
     def qdq_variant_options(self, onnx_path: Path) -> dict[str, Any]:
         """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` as it is (``reads_qdq_onnx``)."""
         return {"prequantized": str(onnx_path)}
+
+    def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:
+        """The layers as the runtime executes ``artifact`` on ``batch``: op, precision, time (profiled over
+        ``runs`` inferences after one warm-up), MACs where the backend can count them.
+
+        Raises:
+            NotImplementedError: When the backend cannot show its executed graph.
+        """
+        raise NotImplementedError(f"{self.name} cannot show the layers it runs")
 
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
         """Rank layer groups by the output error their INT8 quantization alone adds (worst first).

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
-from yoloq.backends.onnx_base import base_path, ultralytics_export
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
+from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
+from yoloq.models import Head
 from yoloq.progress import step
 
 
@@ -48,14 +50,23 @@ class LiteRtRuntime:
 
 
 # Ultralytics' LiteRT export names each tensor by its torch module path, e.g.
-# ".../head.Detect_23/...Sequential_1/torch.nn.modules.conv.Conv2d_2;6". Tensors straight under the
-# Detect module (``Detect_23;16``), its DFL and the box normalisation are the decode; a bare Conv2d
-# under a head branch is a branch's output convolution (as keep_head_float: outputs does for ONNX).
-HEAD_DECODE = (r"Detect_\d+;", r"\.DFL_\w+[;/]", r"_NormalizeCoords;", r"^serving_default_output")
-HEAD_OUTPUTS = (r"Detect_\d+/torch\.nn\.modules\.container\.Sequential_\d+/torch\.nn\.modules\.conv\.Conv2d_",)
+# ".../head.Detect_23/...Sequential_1/torch.nn.modules.conv.Conv2d_2;6": the head's class and module
+# index, from the model's structure (``Detect_23``, ``v10Detect_23``). Tensors straight under the head
+# module (``Detect_23;16``: box maths, sigmoid, an NMS-free head's top-k), its DFL and the box
+# normalisation are the decode; a bare Conv2d under a head branch is a branch's output convolution
+# (as keep_head_float: outputs does for ONNX).
+def head_patterns(head: Head, keep: str) -> tuple[list[str], list[str]]:
+    """The TFLite tensor-name patterns of ``head``'s decode and of its output convolutions kept in float."""
+    import re
+
+    mod = re.escape(head.type) + (f"_{head.index}" if head.index >= 0 else r"_\d+")
+    decode = [rf"(?<!\w){mod};", *([r"\.DFL_\w+[;/]"] if head.dfl else []), r"_NormalizeCoords;",
+              r"^serving_default_output"]
+    outputs = [rf"(?<!\w){mod}/torch\.nn\.modules\.container\.Sequential_\d+/torch\.nn\.modules\.conv\.Conv2d_"]
+    return (decode if keep in ("decode", "outputs") else []), (outputs if keep == "outputs" else [])
 
 
-def scope_rules(options: dict[str, Any], op_names: set[str]) -> list[tuple[str, str]]:
+def scope_rules(options: dict[str, Any], op_names: set[str], head: Head) -> list[tuple[str, str]]:
     """The variant's float scope as ai-edge-quantizer rules: (tensor-name regex, TFLite op name).
 
     Raises:
@@ -63,9 +74,8 @@ def scope_rules(options: dict[str, Any], op_names: set[str]) -> list[tuple[str, 
     """
     import re
 
-    keep = options.get("keep_head_float", KEEP_HEAD_FLOAT.default)
-    patterns = [*(HEAD_DECODE if keep in ("decode", "outputs") else ()), *(HEAD_OUTPUTS if keep == "outputs" else ()),
-                *(options.get("float_patterns") or [])]
+    decode, outputs = head_patterns(head, options.get("keep_head_float", KEEP_HEAD_FLOAT.default))
+    patterns = [*decode, *outputs, *(options.get("float_patterns") or [])]
     for pat in patterns:
         try:
             re.compile(pat)
@@ -180,12 +190,19 @@ class LiteRtBackend(Backend):
             return "unknown"
 
     def export(self, ctx: ExportContext) -> Artifact:
-        fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, "fp32.tflite")
-        if not fp32.is_file():
-            ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1)
         p = ctx.variant.precision
+        head = ctx.source.head
+        if head.end2end and p == "int8":  # as Ultralytics' exporter: int8 activations collapse the top-k's class
+            head = replace(head, end2end=False, reason="LiteRT INT8 cannot carry the one-to-one branch (static int8 "
+                                                       "activations collapse its class index; Ultralytics' exporter "
+                                                       "falls back the same way): one-to-many branch + NMS")
+        tag, args = head_args(ctx.source, ctx.max_det, head.end2end)
+        fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}fp32.tflite")
+        if not fp32.is_file():
+            ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1, **args)
+        base_info = {"boxes_normalized": True, "head": head.describe()}
         if p == "fp32":
-            return Artifact(fp32, self.name, p, {"boxes_normalized": True})
+            return Artifact(fp32, self.name, p, base_info)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         out = ctx.workdir / f"model_{p}.tflite"
         try:
@@ -207,21 +224,22 @@ class LiteRtBackend(Backend):
                         qt.quantize().export_model(str(out), overwrite=True)
                     info = {"quantizer": "ai-edge-quantizer float_casting (fp16 weights)"}
                 else:
-                    info = self._int8(ctx, qt, fp32, out, recipe, qtyping)
+                    info = self._int8(ctx, qt, fp32, out, recipe, qtyping, head)
             except (BackendUnavailable, ExportError):
                 raise
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
                 raise ExportError(f"ai-edge-quantizer {p} failed: {type(e).__name__}: {e}") from e
-        return Artifact(out, self.name, p, {"boxes_normalized": True, **info})
+        return Artifact(out, self.name, p, {**base_info, **info})
 
-    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any) -> dict[str, Any]:
+    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any,
+              head: Head) -> dict[str, Any]:
         sig, name = _signature_input(fp32)
         bits = ctx.option("activation_bits")
         qt.load_quantization_recipe(recipe.static_wi8_ai8() if bits == 8 else recipe.static_wi8_ai16())
         for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float in/out
             qt.update_quantization_recipe(regex=".*", operation_name=op,
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
-        kept = scope_rules(ctx.variant.options, {t.name for t in qtyping.TFLOperationName})
+        kept = scope_rules(ctx.variant.options, {t.name for t in qtyping.TFLOperationName}, head)
         for regex, op in kept:  # later rules win in ai-edge-quantizer: float scope after the int8 default
             qt.update_quantization_recipe(regex=regex, operation_name=getattr(qtyping.TFLOperationName, op),
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
@@ -229,7 +247,7 @@ class LiteRtBackend(Backend):
             fp16 = qtyping.OpQuantizationConfig(
                 weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
                 compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
-            for regex in HEAD_OUTPUTS:
+            for regex in head_patterns(head, "outputs")[1]:
                 qt.update_quantization_recipe(regex=regex, operation_name=qtyping.TFLOperationName.CONV_2D,
                                               op_config=fp16, algorithm_key=recipe.AlgorithmName.FLOAT_CASTING)
         samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
@@ -239,6 +257,34 @@ class LiteRtBackend(Backend):
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
                 "settings": dict(ctx.variant.options),
                 "kept_float": float_ops(out, [r for r, _ in kept], {op for _, op in kept if op != "ALL_SUPPORTED"})}
+
+    def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
+        """The interpreter's ops with the type they compute in and their MACs. LiteRT's Python API has no
+        per-op profiler, so no times (``time_ms`` None)."""
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        model = fu.read_model(str(artifact.path))
+        graph = model.subgraphs[0]
+        types = {0: "fp32", 1: "fp16", 9: "int8", 3: "int8", 7: "int16", 2: "int32"}  # the TFLite schema's
+        out = []
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            kind = names.get(max(code.builtinCode, getattr(code, "deprecatedBuiltinCode", 0)), "CUSTOM")
+            y = graph.tensors[op.outputs[0]] if len(op.outputs) else None
+            prec = types.get(y.type, str(y.type)) if y is not None else "?"
+            if kind in ("QUANTIZE", "DEQUANTIZE"):
+                prec = "convert"
+            macs = 0
+            if kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and y is not None and len(op.inputs) > 1:
+                w = [int(d) for d in graph.tensors[op.inputs[1]].shape]
+                ys = [int(d) for d in y.shape]
+                per = int(np.prod(w[1:])) if kind != "DEPTHWISE_CONV_2D" else int(np.prod(w[1:3]))
+                macs = int(np.prod(ys[1:])) * per if kind != "FULLY_CONNECTED" else int(np.prod(ys)) * w[-1]
+            name = fu.get_op_scope(op, graph.tensors).split(";;")[0].rstrip(";")
+            out.append(LayerRun(name, kind, prec, None, macs))
+        return out
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> LiteRtRuntime:
         rt = LiteRtRuntime(Path(artifact.path), threads)

@@ -62,16 +62,28 @@ def base_path(source: SourceModel, imgsz: int, root: Path, suffix: str) -> Path:
     return root / "_base" / f"{source.name}-{source.sha256[:8]}-{imgsz}-{tag}-{suffix}"
 
 
-def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False) -> Path:
-    """The FP32 ONNX model of ``source`` at ``imgsz``, exported once per run folder.
+def head_args(source: SourceModel, max_det: int, end2end: bool | None = None) -> tuple[str, dict[str, Any]]:
+    """The exporter arguments that select the head branch, and a file-name tag for them.
+
+    Ultralytics' exporter runs the one-to-one branch when ``nms=False`` (then its top-k keeps
+    ``max_det``), the one-to-many branch otherwise. ``end2end`` overrides the source's choice (a
+    format that cannot carry the one-to-one branch asks for ``False``).
+    """
+    e2e = source.end2end if end2end is None else end2end
+    return (f"e2e{max_det}-", {"nms": False, "max_det": max_det}) if e2e else ("", {})
+
+
+def base_onnx(source: SourceModel, imgsz: int, root: Path, dynamic: bool = False, max_det: int = 300) -> Path:
+    """The FP32 ONNX model of ``source`` at ``imgsz`` with the source's head branch, exported once per run folder.
 
     Static batch 1 by default; ``dynamic=True`` gives a dynamic batch/size graph (TensorRT profiles).
     An ``.onnx`` source is used as it is.
     """
     if source.kind == "onnx":
         return source.path
-    dest = base_path(source, imgsz, root, f"{'dyn' if dynamic else 'b1'}.onnx")
+    tag, head = head_args(source, max_det)
+    dest = base_path(source, imgsz, root, f"{tag}{'dyn' if dynamic else 'b1'}.onnx")
     if not dest.is_file():
         ultralytics_export(source, dest, format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=True,
-                           batch=32 if dynamic else 1)
+                           batch=32 if dynamic else 1, **head)
     return dest

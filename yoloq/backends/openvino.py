@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, CONTROL_OPTIONS, INT8, PREQUANTIZED, SCOPE_OPTIONS, float_scope
@@ -71,7 +71,7 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         pre = ctx.variant.options.get("prequantized")
-        onnx_path = Path(pre) if pre else base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent)
+        onnx_path = Path(pre) if pre else base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent, max_det=ctx.max_det)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         xml = ctx.workdir / "model.xml"
         p = ctx.variant.precision
@@ -94,7 +94,8 @@ class OpenVinoBackend(Backend):
         nncf_logger.setLevel(logging.WARNING)
         ops = {op.get_friendly_name() for op in model.get_ops()}
         # OpenVINO splits an ONNX Conv with bias into Convolution ("<name>/WithoutBiases") + Add ("<name>")
-        keep = [m for n in float_scope(onnx_path, ctx.variant.options) for m in (n, f"{n}/WithoutBiases") if m in ops]
+        scope = float_scope(onnx_path, ctx.variant.options, ctx.source.head)
+        keep = [m for n in scope for m in (n, f"{n}/WithoutBiases") if m in ops]
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration"))
         preset = nncf.QuantizationPreset.MIXED if ctx.option("preset") == "mixed" \
             else nncf.QuantizationPreset.PERFORMANCE
@@ -136,6 +137,44 @@ class OpenVinoBackend(Backend):
             max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE, **common)
         return q, {"heldout_images": len(validate.items), "max_drop": ctx.option("max_drop"),
                    "validations": len(scores), "heldout_maps": [round(v, 5) for v in scores]}
+
+    def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
+        """The compiled model's executed nodes (OpenVINO's per-node profiling): kernel, precision, time, MACs."""
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(Path(artifact.path) / "model.xml"))
+        macs = {}
+        for op in model.get_ops():
+            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+                w, y = op.input(1).get_partial_shape(), op.output(0).get_partial_shape()
+                if w.is_static and y.is_static:
+                    ws, ys = [d.get_length() for d in w], [d.get_length() for d in y]
+                    k = int(np.prod(ws[1:])) if op.get_type_name() == "Convolution" else \
+                        int(np.prod(ws[2:])) if op.get_type_name() == "GroupConvolution" else ws[-2]
+                    macs[op.get_friendly_name()] = int(np.prod(ys[1:])) * k
+        hint = {"INFERENCE_PRECISION_HINT": "f32"} if artifact.precision == "fp32" else {}
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                     "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True, **hint})
+        request = compiled.create_infer_request()
+        request.infer({0: batch})
+        total: dict[str, float] = {}
+        last: dict[str, Any] = {}
+        for _ in range(runs):
+            request.infer({0: batch})
+            for p in request.get_profiling_info():
+                if str(p.status).endswith("EXECUTED") and "NOT_RUN" not in str(p.status):
+                    total[p.node_name] = total.get(p.node_name, 0.0) + p.real_time.total_seconds() * 1e3
+                    last[p.node_name] = p
+        out = []
+        for name, p in last.items():
+            kind = p.exec_type.rsplit("_", 1)[-1].lower()
+            prec = {"i8": "int8", "u8": "int8", "bf16": "bf16", "f16": "fp16", "fp16": "fp16", "f32": "fp32",
+                    "fp32": "fp32"}.get(kind, kind)
+            if p.node_type in ("Reorder", "Convert", "FakeQuantize"):
+                prec = "convert"
+            out.append(LayerRun(name, f"{p.node_type} ({p.exec_type})", prec, total[name] / runs, macs.get(name, 0)))
+        return out
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.

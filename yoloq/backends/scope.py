@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from yoloq.backends.base import OptionSpec
 from yoloq.errors import ConfigError
+from yoloq.models import Head
 
 INT8 = ("int8",)
 
@@ -42,24 +43,29 @@ CONTROL_OPTIONS = {
 }
 
 
-def head_float_nodes(onnx_path: Path, keep: str = "outputs") -> list[str]:
+def head_float_nodes(onnx_path: Path, keep: str = "outputs", head: Head | None = None) -> list[str]:
     """Names of the detection head's nodes to leave in float in an ONNX graph.
 
-    The head is the scope of the graph's last Sigmoid (e.g. ``/model.23/``). ``keep="decode"`` gives
-    its decode (DFL, sigmoid, box maths, concat); ``keep="outputs"`` adds the head's bare output
-    convolutions (those outside its Conv-BN-SiLU blocks), the layers Ultralytics' own QAT also keeps
-    in float; ``keep="none"`` gives nothing.
+    The head is the model's last module, ``head.scope`` (e.g. ``/model.23/``), for every head type:
+    its branches are ``cv2``/``cv3`` (one-to-many) and ``one2one_cv2``/``one2one_cv3`` (one-to-one).
+    ``keep="decode"`` gives everything in the head outside its branches: the DFL where there is one,
+    the sigmoid, box maths, concat, and an NMS-free head's top-k and gathers; ``keep="outputs"`` adds
+    the branches' bare output convolutions (those outside their Conv-BN-SiLU blocks), the layers
+    Ultralytics' own QAT also keeps in float; ``keep="none"`` gives nothing. Without a known head (a
+    foreign graph) the scope of the graph's last Sigmoid stands in.
     """
     import onnx
 
     if keep == "none":
         return []
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
-    sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
-    if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
-        return []
-    scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
-    branches = ("cv2.", "cv3.", "one2one_cv")
+    scope = head.scope if head is not None else ""
+    if not scope or not any(n.name.startswith(scope) for n in nodes):
+        sigmoids = [n.name for n in nodes if n.op_type == "Sigmoid"]
+        if not sigmoids or "/" not in sigmoids[-1].lstrip("/"):
+            return []
+        scope = "/" + sigmoids[-1].lstrip("/").split("/", 1)[0] + "/"
+    branches = ("cv2.", "cv3.", "one2one_cv2.", "one2one_cv3.")
     out = []
     for n in nodes:
         if not n.name.startswith(scope):
@@ -70,8 +76,8 @@ def head_float_nodes(onnx_path: Path, keep: str = "outputs") -> list[str]:
     return out
 
 
-def float_scope(onnx_path: Path, options: Mapping[str, Any]) -> list[str]:
-    """Resolve the scope options against the graph: the node names to keep in float, in graph order.
+def float_scope(onnx_path: Path, options: Mapping[str, Any], head: Head | None = None) -> list[str]:
+    """Resolve the scope options against the graph of ``head``'s model: the node names kept in float, in order.
 
     Raises:
         ConfigError: When a named node does not exist or a pattern is not a valid regular expression.
@@ -80,7 +86,7 @@ def float_scope(onnx_path: Path, options: Mapping[str, Any]) -> list[str]:
 
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
     names = [n.name for n in nodes]
-    keep = set(head_float_nodes(onnx_path, options.get("keep_head_float", "outputs")))
+    keep = set(head_float_nodes(onnx_path, options.get("keep_head_float", "outputs"), head))
     missing = [n for n in options.get("float_nodes") or [] if n not in names]
     if missing:
         raise ConfigError(f"options.float_nodes: {missing[:3]} are not nodes of {onnx_path.name} "

@@ -15,14 +15,20 @@ from yoloq.errors import BackendUnavailable
 class TorchRuntime:
     """The fused Ultralytics ``DetectionModel`` in eval mode."""
 
-    def __init__(self, path: Path, threads: int, device: str, half: bool) -> None:
+    def __init__(self, path: Path, threads: int, device: str, half: bool, end2end: bool = False,
+                 max_det: int = 300) -> None:
         import torch
         from ultralytics import YOLO
 
         torch.set_num_threads(threads)
         self._torch = torch
         self.device = torch.device(device)
-        model = YOLO(str(path)).model.fuse(verbose=False).eval()  # type: ignore[union-attr]
+        model = YOLO(str(path)).model
+        if getattr(model.model[-1], "one2one_cv2", None) is not None:  # type: ignore[index,union-attr]
+            # as Ultralytics' validator: choose the branch before fusion drops the other one
+            model.end2end = end2end  # type: ignore[union-attr]
+            model.model[-1].max_det, model.model[-1].agnostic_nms = max_det, False  # type: ignore[index,union-attr]
+        model = model.fuse(verbose=False).eval()  # type: ignore[union-attr]
         self.model = (model.half() if half else model.float()).to(self.device)
         self._dtype = torch.float16 if half else torch.float32
         self.info: dict[str, Any] = {"threads": torch.get_num_threads(), "device": str(self.device),
@@ -73,7 +79,9 @@ class TorchBackend(Backend):
             raise BackendUnavailable("torch fp16 runs on CUDA only (set device: cuda:0)")
 
     def export(self, ctx: ExportContext) -> Artifact:
-        return Artifact(ctx.source.path, self.name, ctx.variant.precision)
+        return Artifact(ctx.source.path, self.name, ctx.variant.precision,
+                        {"end2end": ctx.source.end2end, "max_det": ctx.max_det})
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> TorchRuntime:
-        return TorchRuntime(Path(artifact.path), threads, device, half=artifact.precision == "fp16")
+        return TorchRuntime(Path(artifact.path), threads, device, half=artifact.precision == "fp16",
+                            end2end=bool(artifact.info.get("end2end")), max_det=int(artifact.info.get("max_det", 300)))

@@ -26,6 +26,13 @@ def _ci_text(m: dict[str, Any]) -> str:
     return f"{ci['drop']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]{star}"
 
 
+def _branch(r: Record) -> str:
+    """The head branch, when it is not the plain one-to-many + NMS: NMS-free, or a format's fallback."""
+    if r.end2end:
+        return ", NMS-free head"
+    return ", NMS (one-to-one branch not carried)" if "cannot carry" in r.head.get("reason", "") else ""
+
+
 def rows(records: list[Record]) -> list[dict[str, str]]:
     """One display row per record (strings), against the reference and the same backend's FP32."""
     ref = reference_of(records)
@@ -41,7 +48,7 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
         base_size = base.size_mb if base else None
         out.append({
             "variant": r.name + (" (ref)" if ref is not None and r.name == ref.name else ""),
-            "ran as": r.runtime.get("precision_ran", ""),
+            "ran as": r.runtime.get("precision_ran", "") + _branch(r),
             "status": r.status,
             "mAP50-95": _fmt(m.get("map50_95"), 4), "mAP50": _fmt(m.get("map50"), 4),
             "drop [95% CI]": _ci_text(m), "% of ref": _fmt(keep, 1),
@@ -140,4 +147,21 @@ def qat_table(records: list[Record]) -> list[dict[str, str]]:
                     "QAT mAP50-95": _fmt(r.map, 4),
                     "PTQ - QAT [95% CI]": f"{c['drop']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
                                           + ("*" if c.get("significant") else "")})
+    return out
+
+
+def explain_table(records: list[Record]) -> list[dict[str, str]]:
+    """INT8 variants explained (``yoloq explain``): int8 share of compute and time, what is not int8."""
+    out = []
+    for r in records:
+        e = r.explain
+        if not e:
+            continue
+        top = sorted(e.get("not_int8", {}).items(), key=lambda kv: -(kv[1]["time_ms"] or kv[1]["macs_share"]))
+        out.append({"variant": r.name, "int8 MACs": _fmt(100 * e["int8_macs_share"], 1, "%"),
+                    "int8 time": _fmt(None if e.get("int8_time_share") is None else 100 * e["int8_time_share"], 1, "%"),
+                    "model ms": _fmt(e.get("model_ms"), 1),
+                    "not int8 (layers, time ms)": "; ".join(f"{why}: {g['layers']}, {g['time_ms']:.1f}"
+                                                            for why, g in top[:3]),
+                    "details": e.get("file", "")})
     return out

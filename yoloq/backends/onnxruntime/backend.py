@@ -6,9 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
 from yoloq.backends.onnx_base import base_onnx
-from yoloq.backends.onnxruntime.graph import ort_graph
+from yoloq.backends.onnxruntime.graph import fp16_onnx, ort_graph
 from yoloq.backends.onnxruntime.runtime import OrtRuntime
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, CONTROL_OPTIONS, INT8, PREQUANTIZED, SCOPE_OPTIONS, float_scope
@@ -38,6 +38,9 @@ class OnnxRuntimeBackend(Backend):
                                        INT8),
         "activation_type": OptionSpec(str, "uint8", ("uint8", "int8"), "activation integer type", INT8),
         "calibration_images": CALIBRATION_IMAGES,
+        # tensorrt: the exact Q/DQ graph TensorRT's INT8 variant builds, evaluated here on the CPU
+        "target": OptionSpec(str, "cpu", ("cpu", "tensorrt"), "INT8 graph form: ONNX Runtime's own, or TensorRT's",
+                             INT8),
         **SCOPE_OPTIONS,
         **CONTROL_OPTIONS,
         **PREQUANTIZED,
@@ -60,7 +63,8 @@ class OnnxRuntimeBackend(Backend):
                                          "(needs an NVIDIA GPU and pip install onnxruntime-gpu)")
 
     def _fp32(self, ctx: ExportContext) -> Path:
-        return ort_graph(base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent), ctx.workdir.parent / "_base")
+        return ort_graph(base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent, max_det=ctx.max_det),
+                         ctx.workdir.parent / "_base")
 
     def export(self, ctx: ExportContext) -> Artifact:
         if ctx.variant.options.get("prequantized"):
@@ -73,32 +77,42 @@ class OnnxRuntimeBackend(Backend):
             return Artifact(fp32, self.name, p)
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         if p == "fp16":
-            import onnx
-            from onnxruntime.transformers import float16
-
-            out = ctx.workdir / "model_fp16.onnx"
             with step(f"export {ctx.variant.label}"):
-                m = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-                onnx.save(m, str(out))
+                out = fp16_onnx(fp32, ctx.workdir / "model_fp16.onnx")
             return Artifact(out, self.name, p)
-        return self._quantize(ctx, fp32)
+        return self.quantize(ctx, fp32)
 
-    def _quantize(self, ctx: ExportContext, fp32: Path) -> Artifact:
-        from yoloq.backends.onnxruntime.quantize import calibrate
+    def fp32_graph(self, ctx: ExportContext) -> Path:
+        """The FP32 ONNX every ONNX Runtime variant (and TensorRT, which reads the same graph) starts from."""
+        return self._fp32(ctx)
+
+    def quantize(self, ctx: ExportContext, fp32: Path) -> Artifact:
+        """The variant's INT8 ONNX from ``fp32``: calibrated on its images, its scope kept in float.
+
+        With ``target: tensorrt`` it is the Q/DQ form TensorRT builds (TensorRT's INT8 export calls this).
+        """
+        from yoloq.backends.onnxruntime.quantize import TENSORRT_QDQ, calibrate
 
         out = ctx.workdir / "model_int8.onnx"
-        exclude = float_scope(fp32, ctx.variant.options)
+        options = dict(ctx.variant.options)
+        if options.get("target") == "tensorrt":
+            options |= TENSORRT_QDQ
+        exclude = float_scope(fp32, options, ctx.source.head)
         calibration = ctx.calibration_images()
         info: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_static",
-                                "settings": dict(ctx.variant.options), "calibration_used": len(calibration.images)}
+                                "settings": options, "calibration_used": len(calibration.images)}
+        if options.get("target") == "tensorrt":
+            info["graph"] = "the TensorRT INT8 graph (Q/DQ, symmetric int8, bias in float), run here on the CPU"
         prep, cache = ctx.workdir / "model_prep.onnx", ctx.workdir / "ranges.json"  # where calibrate() puts them
         with step(f"quantize {ctx.variant.label}"):
             try:
-                prep, cache = calibrate(fp32, ctx.workdir, calibration, ctx.imgsz, ctx.variant.options, out, exclude)
+                prep, cache, robust = calibrate(fp32, ctx.workdir, calibration, ctx.imgsz, options, out, exclude)
+                if robust:
+                    info["calibration_fallback"] = robust
                 if ctx.option("accuracy_control"):
                     from yoloq.backends.onnxruntime.control import control
 
-                    exclude, info["accuracy_control"] = control(ctx, prep, out, cache, exclude)
+                    exclude, info["accuracy_control"] = control(ctx, prep, out, cache, exclude, options)
             except YoloqError:
                 raise
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
@@ -115,6 +129,12 @@ class OnnxRuntimeBackend(Backend):
         rt.info["precision_ran"] = artifact.precision
         return rt
 
+    def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
+        """The optimized graph's nodes as a profiling run executes them (kernel op, output type, time, MACs)."""
+        from yoloq.backends.onnxruntime.profile import profile
+
+        return profile(Path(artifact.path), batch, threads, runs)
+
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
         """Rank groups by output SQNR when each alone is INT8 (ranges from the variant's calibration images)."""
         from yoloq.backends.onnxruntime.quantize import calibrate
@@ -123,7 +143,7 @@ class OnnxRuntimeBackend(Backend):
         fp32 = self._fp32(ctx)
         with tempfile.TemporaryDirectory(prefix="yoloq-sens-") as tmp:
             t = Path(tmp)
-            prep, cache = calibrate(fp32, t, ctx.calibration_images(), ctx.imgsz, ctx.variant.options,
-                                    t / "full.onnx")
+            prep, cache, _ = calibrate(fp32, t, ctx.calibration_images(), ctx.imgsz, ctx.variant.options,
+                                       t / "full.onnx")
             batches = list(ctx.calibration.batches(ctx.imgsz, images))
             return rank_groups(prep, ctx.variant.options, cache, batches, ctx.imgsz, ctx.threads, granularity)

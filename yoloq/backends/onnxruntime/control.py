@@ -18,9 +18,11 @@ from yoloq.backends.onnxruntime.sensitivity import rank_groups
 from yoloq.errors import ExportError
 
 
-def control(ctx: ExportContext, prep: Path, out: Path, cache: Path, exclude: list[str]
-            ) -> tuple[list[str], dict[str, Any]]:
+def control(ctx: ExportContext, prep: Path, out: Path, cache: Path, exclude: list[str],
+            options: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Re-quantize ``prep`` into ``out`` keeping groups in float until the held-out drop is within budget.
+
+    ``options`` are the quantizer settings actually used (default: the variant's).
 
     Returns:
         The final float node list and a description for the record.
@@ -28,6 +30,7 @@ def control(ctx: ExportContext, prep: Path, out: Path, cache: Path, exclude: lis
     if ctx.validator is None:
         raise ExportError("accuracy control needs held-out images to judge on (run it via yoloq run)")
     used = len(ctx.calibration_images().images)
+    options = options or dict(ctx.variant.options)
     validate = ctx.validator(ctx.option("holdout_images"), used)
     max_drop = ctx.option("max_drop")
 
@@ -40,11 +43,11 @@ def control(ctx: ExportContext, prep: Path, out: Path, cache: Path, exclude: lis
     kept: list[str] = []
     if fp32_map - q_map > max_drop:
         batches = list(ctx.calibration.batches(ctx.imgsz, 8))
-        ranking = rank_groups(prep, ctx.variant.options, cache, batches, ctx.imgsz, ctx.threads, skip=set(exclude))
+        ranking = rank_groups(prep, options, cache, batches, ctx.imgsz, ctx.threads, skip=set(exclude))
         for g in ranking[: ctx.option("max_float_groups")]:
             kept.append(g.group)
             exclude = exclude + [n for n in g.nodes if n not in exclude]
-            quantize_file(prep, out, ctx.variant.options, None, cache, exclude)
+            quantize_file(prep, out, options, None, cache, exclude)
             q_map = score(out)
             steps.append({"float_groups": len(kept), "group": g.group, "heldout_map": q_map})
             print(f"  accuracy control: +{g.group} in float -> held-out mAP50-95 {q_map:.4f} "

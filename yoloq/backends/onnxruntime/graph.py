@@ -5,6 +5,10 @@ Runtime's CPU kernel is fast only over the last axis: on this 2-core machine the
 took 20.4 ms of YOLO11n's ~100 ms at 640 (profiled), in FP32 and INT8 alike. Wrapping it in two
 transposes gives the same values at ~1 ms. OpenVINO gains nothing from it, so only ONNX Runtime
 variants use the rewritten graph.
+
+The rule is structural, not a tensor name: every softmax over an inner axis is rewritten (the values
+are the same whatever the softmax is). In a DFL head (YOLOv5u to YOLO12) that is the DFL; a head
+without DFL (YOLO26, ``reg_max`` 1) has none, and its graph is used as it is.
 """
 
 from __future__ import annotations
@@ -65,5 +69,17 @@ def ort_graph(src: Path, dest_dir: Path) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".onnx.tmp")
     onnx.save(model, str(tmp))
+    os.replace(tmp, dest)
+    return dest
+
+
+def fp16_onnx(src: Path, dest: Path) -> Path:
+    """``src`` with float16 weights and compute, float32 inputs and outputs (ONNX Runtime's converter)."""
+    import onnx
+    from onnxruntime.transformers import float16
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".onnx.tmp")
+    onnx.save(float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(tmp))
     os.replace(tmp, dest)
     return dest

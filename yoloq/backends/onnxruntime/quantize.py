@@ -1,4 +1,12 @@
-"""Static INT8 quantization with ``onnxruntime.quantization`` over yoloq's calibration images."""
+"""Static INT8 quantization with ``onnxruntime.quantization`` over yoloq's calibration images.
+
+Histogram calibration (percentile, entropy) cannot bin a tensor that is (nearly) constant on the
+first calibration images: numpy refuses ``Too many bins for data range`` (a random-init YOLO26's
+SiLU sigmoid sits at 0.5 +- 1e-6), and a later outlier would stretch its tiny bins into millions.
+When that happens, :func:`robust_ranges` calibrates again with ONNX Runtime's own calibrators: such
+tensors take their range from MinMax (exact for a constant), every other tensor its histogram
+range, and the variant's record lists the tensors treated so.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +56,20 @@ def prepare_model(fp32: Path, prep: Path) -> str:
     return onnx.load(str(prep), load_external_data=False).graph.input[0].name
 
 
+METHODS = ("minmax", "entropy", "percentile")
+
+# The Q/DQ form TensorRT's explicit quantization reads (its "Working with Quantized Types"): Q/DQ
+# nodes, symmetric int8 activations, symmetric per-channel int8 weights, bias left in float.
+TENSORRT_QDQ = {"quant_format": "qdq", "activation_type": "int8", "per_channel": True, "quantize_bias": False}
+
+
+def _method(options: Mapping[str, Any]) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[options["calibrate_method"]]
+
+
 def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], reader: Any | None, cache: Path | None,
                   exclude: list[str] | None = None, only: list[str] | None = None) -> None:
     """``quantize_static`` with a variant's options.
@@ -61,12 +83,11 @@ def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], reader: Any
         exclude: Node names left in float.
         only: When given, quantize only these nodes.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[options["calibrate_method"]]
+    method = _method(options)
     s8 = options["activation_type"] == "int8"
-    extra: dict[str, Any] = {"ActivationSymmetric": s8}
+    extra: dict[str, Any] = {"ActivationSymmetric": s8, "QuantizeBias": options.get("quantize_bias", True)}
     if reader is not None:  # ranges/histograms merged stride by stride: bounded memory for every method
         extra["CalibStridedMinMax"] = _stride(len(reader))
     quantize_static(str(prep), str(out), reader,
@@ -82,14 +103,82 @@ def _stride(n: int, most: int = 16) -> int:
     return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
+def degenerate(lowest: float, highest: float) -> bool:
+    """Whether a tensor's range cannot be binned into a histogram: not finite, ~0, or |x| nearly constant."""
+    lo, hi = float(lowest), float(highest)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return True
+    top = max(abs(lo), abs(hi))
+    bottom = lo if lo >= 0 else (-hi if hi <= 0 else 0.0)
+    return top < 1e-30 or (top - bottom) <= 1e-3 * top
+
+
+def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path) -> list[str]:
+    """Histogram ranges where a histogram can be made, MinMax ranges where it cannot, written to ``cache``.
+
+    Returns:
+        The tensors whose range came from MinMax (degenerate on the first calibration stride).
+    """
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    n, stride = len(reader), _stride(len(reader))
+    method = _method(options)
+    symmetric = method == CalibrationMethod.Percentile  # ONNX Runtime's percentile default
+
+    first: dict[str, tuple[float, float]] = {}
+
+    def collect(calibrator: Any, keep_first: bool = False) -> Any:
+        for start in range(0, n, stride):
+            reader.set_range(start, start + stride)
+            calibrator.collect_data(reader)
+            if keep_first and start == 0:  # what the histogram's first binning sees
+                first.update({t: (float(np.min(d.lowest)), float(np.max(d.highest)))
+                              for t, d in calibrator.compute_data().data.items()})
+        return calibrator.compute_data()
+
+    with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
+        minmax = collect(create_calibrator(prep, [], augmented_model_path=f"{tmp}/minmax.onnx",
+                                           calibrate_method=CalibrationMethod.MinMax), keep_first=True)
+        bad = sorted(t for t, r in first.items() if degenerate(*r))
+        hist = create_calibrator(prep, [], augmented_model_path=f"{tmp}/hist.onnx", calibrate_method=method)
+        hist.tensors_to_calibrate = set(hist.tensors_to_calibrate) - set(bad)
+        data = dict(collect(hist).data)
+    for t in bad:
+        lo, hi = float(np.min(minmax.data[t].lowest)), float(np.max(minmax.data[t].highest))
+        if symmetric:
+            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+        data[t] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+    save_tensors_data(TensorsData(method, data), cache)
+    return bad
+
+
 def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int, options: Mapping[str, Any],
-              out: Path, exclude: list[str] | None = None) -> tuple[Path, Path]:
+              out: Path, exclude: list[str] | None = None) -> tuple[Path, Path, dict[str, Any]]:
     """Pre-process ``fp32`` and quantize it into ``out``, keeping the ranges cached.
 
     Returns:
-        The pre-processed model and the range cache (callers delete them when done).
+        The pre-processed model and the range cache (callers delete them when done), and what was
+        done about tensors a histogram could not bin (empty when nothing was).
     """
     prep, cache = workdir / "model_prep.onnx", workdir / "ranges.json"
     input_name = prepare_model(fp32, prep)
-    quantize_file(prep, out, options, calibration_reader(calibration, imgsz, input_name), cache, exclude)
-    return prep, cache
+    reader = calibration_reader(calibration, imgsz, input_name)
+    try:
+        quantize_file(prep, out, options, reader, cache, exclude)
+        return prep, cache, {}
+    except ValueError as e:
+        if "bins" not in str(e) or options["calibrate_method"] == "minmax":
+            raise
+        cache.unlink(missing_ok=True)
+    bad = robust_ranges(prep, reader, options, cache)
+    quantize_file(prep, out, options, None, cache, exclude)
+    return prep, cache, {"minmax_ranges": bad, "why": f"{options['calibrate_method']} histograms cannot bin these "
+                                                      f"(nearly) constant tensors; their range is their min/max"}
