@@ -14,6 +14,7 @@ from yoloq.report.table import (
     COLUMNS,
     TERMINAL,
     environment,
+    explain_table,
     markdown_table,
     notes,
     per_class_losses,
@@ -31,7 +32,7 @@ def build(store: RecordStore) -> dict[str, Any]:
     ref = reference_of(records)
     return {"run": store.run_dir.name, "records": records, "ref": ref, "table": rows(records),
             "losses": per_class_losses(records, ref), "sizes": size_table(records), "qat": qat_table(records),
-            "environment": environment(records), "notes": notes(records, ref)}
+            "environment": environment(records), "notes": notes(records, ref), "explain": explain_table(records)}
 
 
 def write_reports(store: RecordStore) -> str:
@@ -52,6 +53,9 @@ def write_reports(store: RecordStore) -> str:
     if data["qat"]:
         md += ["## QAT against PTQ (paired bootstrap over the evaluation images; * = significant)", "",
                markdown_table(data["qat"], tuple(data["qat"][0])), ""]
+    if data["explain"]:
+        md += ["## INT8 explained (yoloq explain: the runtime's executed graph)", "",
+               markdown_table(data["explain"], tuple(data["explain"][0])), ""]
     if data["losses"]:
         md += ["## Classes that lose most", "",
                markdown_table(data["losses"], tuple(data["losses"][0])), ""]

@@ -56,6 +56,9 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
     if data.get("qat"):
         parts += ["<h2>QAT against PTQ (PTQ - QAT, paired 95% interval; * = significant)</h2>",
                   _table(data["qat"], tuple(data["qat"][0]), tid="qat")]
+    if data.get("explain"):
+        parts += ["<h2>INT8 explained (yoloq explain)</h2>",
+                  _table(data["explain"], tuple(data["explain"][0]), tid="explain")]
     if data["losses"]:
         parts += ["<h2>Classes that lose most</h2>", _table(data["losses"], tuple(data["losses"][0]), tid="losses")]
     if data["sizes"]:

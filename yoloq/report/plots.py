@@ -18,6 +18,31 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _error_bar(r: Record, y: float) -> tuple[float, float] | None:
+    """Below/above ``y`` (the variant's mAP): its paired 95% interval of the drop from the reference, as
+    the range of mAP the reference minus that drop spans."""
+    ci = r.metrics.get("map_drop_ci") or {}
+    if not {"drop", "lo", "hi"} <= set(ci):
+        return None
+    return max(ci["hi"] - ci["drop"], 0.0), max(ci["drop"] - ci["lo"], 0.0)
+
+
+def _labels(fig: object, ax: object, names: list[str], pts: list[tuple[float, float]]) -> None:
+    """Label each point, moving a label to the first nearby place where it overlaps no earlier label."""
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    placed = []
+    offsets = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (5, -21), (-5, 14), (-5, -21), (5, 24), (5, -31)]
+    for name, (x, y) in zip(names, pts):
+        for i, (dx, dy) in enumerate(offsets):
+            t = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,  # type: ignore[attr-defined]
+                            ha="left" if dx > 0 else "right")
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed) or i == len(offsets) - 1:
+                placed.append(box)
+                break
+            t.remove()
+
+
 def _plot(records: list[Record], cost: str, xlabel: str, path: Path) -> Path | None:
     import matplotlib
 
@@ -31,15 +56,23 @@ def _plot(records: list[Record], cost: str, xlabel: str, path: Path) -> Path | N
     front = pareto_front(pts)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    bars = False
     for r, (x, y) in zip(ok, pts):
+        err = _error_bar(r, y)
+        if err is not None:
+            ax.errorbar(x, y, yerr=[[err[0]], [err[1]]], fmt="none", ecolor=style_of(r.format).color, elinewidth=1,
+                        capsize=3, alpha=0.8, zorder=2)
+            bars = True
         ax.scatter(x, y, s=70, c=style_of(r.format).color, marker=markers.get(r.precision, "D"),
                    edgecolors="black", linewidths=0.6, zorder=3)
-        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    _labels(fig, ax, [r.name for r in ok], pts)
     fx = sorted(pts[i] for i in front)
     ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", c="#d62728", lw=1.4, zorder=2, label="front")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50-95 (pycocotools)")
-    ax.set_title(f"Accuracy vs {cost}: front = no other variant is both better and cheaper", fontsize=9)
+    ax.set_title(f"Accuracy vs {cost}: front = no other variant is both better and cheaper" +
+                 ("\nbars: 95% paired bootstrap interval of each variant's difference from the reference" if bars
+                  else ""), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
