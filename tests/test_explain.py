@@ -40,3 +40,9 @@ def test_summary_groups_every_non_int8_layer(smoke_run):
 def test_explain_unknown_variant_is_one_line(smoke_run):
     proc = run_cli("explain", str(smoke_run["dir"]), "nope")
     assert proc.returncode == 2 and "no variant 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_explain_without_the_runs_config_is_one_line(smoke_run, tmp_path):
+    (tmp_path / "records.jsonl").write_text((smoke_run["dir"] / "records.jsonl").read_text())
+    proc = run_cli("explain", str(tmp_path), "onnxruntime-int8")
+    assert proc.returncode == 2 and "config.yaml" in proc.stderr and "Traceback" not in proc.stderr

@@ -138,3 +138,18 @@ def test_library_output_goes_to_the_log_and_progress_to_the_console(tmp_path: Pa
     assert "LIBRARY BANNER" in log and "absl noise" in log
     assert "LIBRARY BANNER" not in out + err and "absl noise" not in err
     assert "yoloq says" in err and "export something: done in" in err
+
+
+def test_onnx_head_index_from_names_that_do_not_follow_ultralytics():
+    """A foreign graph's output name gives an unknown head index (-1), not a crash."""
+    from onnx import TensorProto, helper
+
+    from yoloq.models import _onnx_head
+
+    def head(name: str) -> int:
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 84, 8]) for n in ("x", "y")]
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name=name)], "g", io[:1], io[1:])
+        return _onnx_head(helper.make_model(g), {}).index
+
+    assert head("/model.23/Concat_3") == 23
+    assert head("/model.dfl/x") == -1 and head("foo") == -1

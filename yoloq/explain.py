@@ -43,7 +43,11 @@ def _layers(run_dir: Path, rec: Record, batch: np.ndarray, threads: int, runs: i
 
 def _input(run_dir: Path) -> tuple[np.ndarray, int]:
     """One real evaluation image of the run, letterboxed, and the run's thread count."""
-    cfg = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()), Path.cwd())
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise YoloqError(f"{run_dir} has no config.yaml (the run's own config names the images to profile on); "
+                         f"give the folder 'yoloq run' wrote")
+    cfg = parse_config(yaml.safe_load(stored.read_text()), Path.cwd())
     for s in load_split(cfg.data, Path.cwd()).samples:
         try:
             return prepare([read_image(s.path)], cfg.imgsz)[0], cfg.latency.threads

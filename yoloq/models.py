@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def _onnx_head(m: object, meta: dict[str, str]) -> Head:
     nodes = m.graph.node  # type: ignore[attr-defined]
     out = m.graph.output[0].name  # type: ignore[attr-defined]
     last = next((n.name for n in nodes if out in n.output), "")
-    index = int(last.split("/")[1].split(".")[1]) if last.startswith("/model.") else -1
+    m_index = re.match(r"^/model\.(\d+)/", last)  # a foreign graph's names may not follow Ultralytics'
+    index = int(m_index.group(1)) if m_index else -1
     scope = f"/model.{index}/"
     mine = [n for n in nodes if n.name.startswith(scope)]
     end2end = meta.get("end2end", "False") == "True" or any(n.op_type == "TopK" for n in mine)
