@@ -20,10 +20,25 @@ def _config(path: str | Path) -> Any:
     return resolve_config(load_config(path))
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if args.ray is not None:
+        from yoloq.cluster.driver import run_on_ray
+
+        return run_on_ray(_config(args.config), args.ray, out, args.shard_images)
     from yoloq.pipeline import run
 
-    return run(_config(args.config), Path(args.out) if args.out else None)
+    return run(_config(args.config), out)
 
 
 def run_dir_of(path: str, prefer_other_machine: bool = False) -> Path:
@@ -227,7 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="export, evaluate and time every variant of a config")
     r.add_argument("config", help="YAML config, e.g. configs/default.yaml")
-    r.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>)")
+    r.add_argument("--out", help="output folder (default: the config's 'output'/<this machine>, or "
+                                 "'output'/ray-<this machine> with --ray)")
+    r.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run on a Ray cluster (host:port of its head; default: the one 'ray start' began here); "
+                        "needs pip install -e \".[ray]\"")
+    r.add_argument("--shard-images", type=_positive, default=250, metavar="N",
+                   help="with --ray: evaluation images per accuracy task (default 250)")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")

@@ -11,6 +11,7 @@ import difflib
 import enum
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class CalibrationConfig:
         _check(self.images >= 1, "calibration.images", self.images, ">= 1")
 
 
+_TARGET = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_RAY_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
+
+
 @dataclass(frozen=True)
 class VariantConfig:
     """One exported model to evaluate: a format, a precision, a device and backend options.
@@ -80,10 +85,14 @@ class VariantConfig:
     device: str = "cpu"
     name: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    target: str | None = None  # a Ray resource: the variant's latency pass runs on a node that has it
     resolved: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", types.MappingProxyType(dict(self.options)))
+        _check(self.target is None or (bool(_TARGET.fullmatch(self.target)) and self.target not in _RAY_BUILTIN),
+               "variant.target", self.target, "a Ray custom resource name (letters, digits, '_', '-', '.'; not "
+               f"{', '.join(_RAY_BUILTIN)}) that a node joined with: ray start --resources='{{\"NAME\": 1}}'")
         _check(self.device == "cpu" or self.device.startswith("cuda"), "variant.device", self.device,
                "'cpu' or 'cuda[:N]'")
         if not isinstance(self.precision, Precision):
@@ -269,6 +278,8 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, VariantConfig):
         d = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         d.pop("resolved")
+        if d["target"] is None:  # the default: left out, so configs and hashes from before it stay valid
+            d.pop("target")
         return d
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

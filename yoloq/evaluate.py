@@ -76,6 +76,19 @@ class CocoEvaluator:
                                   "bbox": [round(float(x), 3) for x in b], "score": round(float(s), 5)})
 
     @property
+    def image_ids(self) -> list[int]:
+        """The processed images' ids, in processing order."""
+        return list(self._image_ids)
+
+    def add(self, image_ids: Sequence[int], results: Sequence[Mapping[str, Any]]) -> None:
+        """Add images another evaluator processed (one shard of a split): ids and COCO results, in order.
+
+        Shards added in image order give the same results list, so the same ``COCOeval``, as one pass.
+        """
+        self._image_ids.extend(int(i) for i in image_ids)
+        self._results.extend(dict(r) for r in results)
+
+    @property
     def results(self) -> list[dict[str, Any]]:
         """The detections as a COCO results list (what ``--save-json`` style tools write)."""
         return list(self._results)

@@ -17,7 +17,7 @@ from yoloq.backends.base import Runtime
 from yoloq.config import EvalConfig, LatencyConfig
 from yoloq.data.types import DatasetSplit
 from yoloq.errors import DataError
-from yoloq.evaluate import CocoMetrics
+from yoloq.evaluate import CocoEvaluator, CocoMetrics
 from yoloq.latency import LatencyStats, measure, measure_interleaved
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import read_image
@@ -38,11 +38,16 @@ def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int,
         The metrics and the names of images that could not be read (skipped, not scored).
     """
     evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}")
+    return finish_accuracy(evaluator, run_dir, label), skipped
+
+
+def finish_accuracy(evaluator: CocoEvaluator, run_dir: Path, label: str) -> CocoMetrics:
+    """One ``COCOeval`` over every processed image; the per-image matches go to ``evaldata/`` (bootstrap)."""
     metrics = evaluator.evaluate()
     per_image = evaluator.per_image()
     if per_image is not None:
         per_image.save(evaldata_path(run_dir, label))
-    return metrics, skipped
+    return metrics
 
 
 def latency_images(evalset: DatasetSplit, n: int) -> list[np.ndarray]:

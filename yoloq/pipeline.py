@@ -20,7 +20,7 @@ import yaml
 
 from yoloq.accuracy import HeldOutValidator
 from yoloq.artifacts import cached_artifact, ensure_artifact, variant_key, workdir_of
-from yoloq.backends.base import MakeValidator, Runtime, Validator
+from yoloq.backends.base import Artifact, MakeValidator, Runtime, Validator
 from yoloq.backends.registry import get_backend
 from yoloq.budget import print_budget
 from yoloq.config import RunConfig, VariantConfig
@@ -107,14 +107,29 @@ def new_record(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _fail(rec: Record, e: BaseException, out_dir: Path, where: str = "") -> None:
-    if isinstance(e, BackendUnavailable):
+def fail_record(rec: Record, e: BaseException | str, out_dir: Path, where: str = "", trace: str | None = None,
+                skipped: bool = False) -> None:
+    """Mark ``rec`` failed (its traceback to ``logs/<name>.log``), or skipped for a missing backend.
+
+    ``e`` is the exception, or its one-line description when it happened elsewhere (a cluster node,
+    whose ``trace`` is given).
+    """
+    if isinstance(e, BackendUnavailable) or skipped:
         rec.status, rec.reason = "skipped", str(e)
         return
-    rec.status, rec.reason = "failed", f"{where}{type(e).__name__}: {e}".splitlines()[0][:500]
+    what = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+    rec.status, rec.reason = "failed", f"{where}{what}".splitlines()[0][:500]
     log = out_dir / "logs" / f"{rec.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(traceback.format_exc())
+    log.write_text(trace if trace is not None else traceback.format_exc())
+
+
+def apply_artifact(rec: Record, artifact: Artifact, out_dir: Path) -> None:
+    """Fill the record's export fields from ``artifact`` (a format may fall back to another head branch)."""
+    rec.artifact = _artifact_ref(Path(artifact.path), out_dir)
+    rec.size_mb = artifact.size_bytes / 1e6
+    rec.artifact_info = dict(artifact.info)
+    rec.head = dict(artifact.info.get("head") or rec.head)
 
 
 def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
@@ -131,10 +146,7 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         if reused:
             say(f"  {v.label}: reusing cached export {artifact.path.name}")
         rec.timings_s["export"] = round(time.perf_counter() - t0, 2)
-        rec.artifact = _artifact_ref(Path(artifact.path), inputs.out_dir)
-        rec.size_mb = artifact.size_bytes / 1e6
-        rec.artifact_info = dict(artifact.info)
-        rec.head = dict(artifact.info.get("head") or rec.head)  # a format may fall back to the one-to-many branch
+        apply_artifact(rec, artifact, inputs.out_dir)
         runtime = backend.load(artifact, cfg.latency.threads, v.device)
         rec.runtime = dict(runtime.info)
         t0 = time.perf_counter()
@@ -143,14 +155,14 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         rec.timings_s["evaluate"] = round(time.perf_counter() - t0, 2)
         rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
     except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
-        _fail(rec, e, inputs.out_dir)
+        fail_record(rec, e, inputs.out_dir)
     finally:
         del runtime
         gc.collect()
     return rec
 
 
-def _needs_timing(records: list[Record], cfg: RunConfig) -> list[Record]:
+def needs_timing(records: list[Record], cfg: RunConfig) -> list[Record]:
     """The ok records to time: all of them unless they already share one pass under today's settings."""
     settings = latency_settings(cfg.latency)
     if cfg.latency.interleave:
@@ -160,11 +172,22 @@ def _needs_timing(records: list[Record], cfg: RunConfig) -> list[Record]:
     return [r for r in records if r.latency.get("settings") != settings]
 
 
+def local_target_reason(target: str) -> str:
+    """Why a variant with a ``target`` is not timed by a run on one machine."""
+    return (f"target '{target}': its latency is measured only on a Ray node that has that resource "
+            f"(yoloq run CONFIG --ray ADDRESS); accuracy was measured here")
+
+
 def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
     """The latency pass over every ok variant of ``variants`` (a variant whose export is gone runs again first)."""
     cfg = inputs.cfg
     by_label = {v.label: v for v in variants}
-    todo = _needs_timing([r for r in store.all() if r.name in by_label and r.ok], cfg)
+    for r in store.all():
+        target = by_label[r.name].target if r.name in by_label else None
+        if target and r.ok:
+            r.status, r.reason = "skipped", local_target_reason(target)
+    store.save()
+    todo = needs_timing([r for r in store.all() if r.name in by_label and r.ok], cfg)
     if not todo:
         return
     runtimes: dict[str, Runtime] = {}
@@ -182,7 +205,7 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
             artifact = cached_artifact(workdir_of(inputs.out_dir, v), r.key)
             runtimes[r.name] = get_backend(v.format).load(artifact, cfg.latency.threads, v.device)
         except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
-            _fail(r, e, inputs.out_dir, "latency: ")
+            fail_record(r, e, inputs.out_dir, "latency: ")
     mode = "side by side, round-robin blocks of " + str(cfg.latency.block) if cfg.latency.interleave else "one by one"
     say(f"latency: {len(runtimes)} variants, {mode}")
     posts = {r.name: deploy_post(cfg.eval, cfg.latency, (store.get(r.name) or r).end2end) for r in todo}
@@ -193,7 +216,7 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
         lat = {}
         for r in todo:
             if r.name in runtimes:
-                _fail(r, e, inputs.out_dir, "latency: ")
+                fail_record(r, e, inputs.out_dir, "latency: ")
     for r in todo:
         r = store.get(r.name) or r
         if r.name in lat:
@@ -213,7 +236,8 @@ def _artifact_ref(path: Path, out_dir: Path) -> str:
         return display_path(path)
 
 
-def _describe(rec: Record) -> str:
+def describe(rec: Record) -> str:
+    """One line: mAP, p50 and size, or the status and reason."""
     if not rec.ok:
         return f"{rec.status.upper()}: {rec.reason}"
     lat = f"p50 {rec.p50:.1f} ms  " if rec.p50 else ""
@@ -278,7 +302,24 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
     set_library_log(out_dir / "logs" / "libraries.log")
     store = RecordStore(out_dir)
     _set_aside_other_machines(store)  # from here on, every record in the store is this machine's
+    for i, v, key, meta in plan(cfg, inputs, store, variants, pairs):
+        say(f"[{i}/{len(variants)}] {v.label}")
+        rec = run_variant(inputs, v, key)
+        rec.order, rec.reference, rec.pair = meta["order"], meta["reference"], meta["pair"]
+        store.put(rec)
+        say(f"  {v.label}: {describe(rec)}")
+    time_variants(inputs, store, variants)
+    code = finish_run(cfg, store)
+    set_library_log(None)
+    return code
+
+
+def plan(cfg: RunConfig, inputs: RunInputs, store: RecordStore, variants: list[VariantConfig],
+         pairs: dict[str, dict[str, Any]] | None = None) -> list[tuple[int, VariantConfig, str, dict[str, Any]]]:
+    """The variants to run, as ``(order, variant, key, meta)``; those already recorded ok with their key are kept
+    (their order, reference and pair brought up to date) and left out."""
     reference = cfg.reference_label
+    todo = []
     for i, v in enumerate(variants, 1):
         key = variant_key(cfg, inputs.source, inputs.calibration, v)
         prev = store.get(v.label)
@@ -289,12 +330,12 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
                 prev.order, prev.reference, prev.pair = meta["order"], meta["reference"], meta["pair"]
                 store.save()
             continue
-        say(f"[{i}/{len(variants)}] {v.label}")
-        rec = run_variant(inputs, v, key)
-        rec.order, rec.reference, rec.pair = meta["order"], meta["reference"], meta["pair"]
-        store.put(rec)
-        say(f"  {v.label}: {_describe(rec)}")
-    time_variants(inputs, store, variants)
+        todo.append((i, v, key, meta))
+    return todo
+
+
+def finish_run(cfg: RunConfig, store: RecordStore) -> int:
+    """Intervals, budget and reports for the run folder; 1 when any variant of ``cfg`` failed, else 0."""
     labels = {v.label for v in cfg.variants}
     failed = any(r.status == "failed" for r in store.all() if r.name in labels)
     done = finalize(store, cfg.budget, cfg.report)
@@ -304,6 +345,5 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
             f"{done['bootstrap_s']:.1f}s")
     if cfg.budget.active:
         print_budget(store.all())
-    say(f"\nrecords: {out_dir / 'records.jsonl'}  report: {out_dir / 'report.html'}")
-    set_library_log(None)
+    say(f"\nrecords: {store.path}  report: {store.run_dir / 'report.html'}")
     return 1 if failed else 0

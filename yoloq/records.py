@@ -53,6 +53,7 @@ class Record:
     budget: dict[str, Any] = field(default_factory=dict)
     speedup: dict[str, Any] = field(default_factory=dict)
     explain: dict[str, Any] = field(default_factory=dict)  # yoloq explain's summary: int8 shares, float layers
+    execution: dict[str, Any] = field(default_factory=dict)  # where it ran: {"engine": "ray", "node": ...}
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # fields of newer yoloq versions, kept as they were
 
