@@ -186,13 +186,19 @@ def same_backend(records: Iterable[Record], r: Record, precision: str) -> Record
                  and not x.pair), None)
 
 
+def same_place(a: Record, b: Record) -> bool:
+    """Whether two records were timed on one node (a cluster run times each target on its own device):
+    only then is a latency ratio between them a speed-up."""
+    return a.execution.get("node") == b.execution.get("node")
+
+
 def speedup(records: list[Record], r: Record) -> dict[str, Any]:
     """p50 speed-up of ``r`` against its backend's FP32 and FP16 (OpenVINO's FP16 runs BF16 on AMX CPUs),
-    and whether each pair was timed in the same side-by-side pass."""
+    and whether each pair was timed in the same side-by-side pass; none across nodes."""
     out: dict[str, Any] = {}
     for prec in ("fp32", "fp16"):
         base = same_backend(records, r, prec)
-        if base is not None and r.p50 and base.p50:
+        if base is not None and r.p50 and base.p50 and same_place(base, r):
             out[f"vs_{prec}"] = base.p50 / r.p50
             out[prec] = base.name
             out[f"{prec}_same_pass"] = (base.latency.get("group") is not None

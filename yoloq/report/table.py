@@ -6,7 +6,7 @@ from typing import Any
 
 from yoloq.budget import label
 from yoloq.provenance import describe
-from yoloq.records import Record, reference_of, same_backend
+from yoloq.records import Record, reference_of, same_backend, same_place
 
 COLUMNS = ("variant", "ran as", "status", "mAP50-95", "mAP50", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms",
            "p99 ms", "FPS", "x ref", "x fp32", "x fp16", "size MB", "compr.", "budget", "reason")
@@ -54,7 +54,7 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
             "drop [95% CI]": _ci_text(m), "% of ref": _fmt(keep, 1),
             "p50 ms": _fmt(p50, 2), "p90 ms": _fmt(lat.get("p90_ms"), 2), "p99 ms": _fmt(lat.get("p99_ms"), 2),
             "FPS": _fmt(lat.get("throughput_fps"), 1),
-            "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 else None, 2, "x"),
+            "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 and same_place(ref, r) else None, 2, "x"),
             "x fp32": _fmt(sp.get("vs_fp32"), 2, "x"),
             "x fp16": _fmt(sp.get("vs_fp16") if r.precision != "fp16" else None, 2, "x"),
             "size MB": _fmt(r.size_mb, 2),
@@ -131,6 +131,10 @@ def notes(records: list[Record], ref: Record | None) -> list[str]:
                    f"images (seed {cis[0]['seed']}); * marks a drop whose interval excludes 0 (significant).")
     out.append("x ref / x fp32 / x fp16: p50 speed-up against the reference and against the same backend's "
                "FP32 and FP16; compr.: size against the same backend's FP32.")
+    nodes = {(r.execution.get("node") or "")[:8] for r in records if r.ok and r.latency}
+    if len(nodes) > 1:
+        out.append(f"Timed on {len(nodes)} cluster nodes (each record's execution.node): a speed-up is shown only "
+                   f"between variants timed on one node.")
     return out
 
 
