@@ -224,9 +224,9 @@ def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_
     Raises:
         YoloqError: When Ray is missing, the cluster cannot be reached, or the run cannot start.
     """
-    cluster = Cluster.connect(address)
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
-    inputs = prepare_inputs(cfg, out_dir)
+    inputs = prepare_inputs(cfg, out_dir)  # a bad model, dataset or folder is one line before any cluster work
+    cluster = Cluster.connect(address)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     set_library_log(out_dir / "logs" / "libraries.log")
     say(f"yoloq: {len(cfg.variants)} variants of {inputs.source.name} on {inputs.evalset.name}/"
