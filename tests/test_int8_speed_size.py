@@ -3,6 +3,7 @@ LiteRT head kept float by tensor name, INT8 sizes, and the side-by-side latency 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from yoloq.backends.litert import head_patterns, scope_rules
+from yoloq.backends.litert import ATTENTION, head_patterns, scope_rules
 from yoloq.backends.onnxruntime import OrtRuntime
 from yoloq.backends.onnxruntime.graph import ort_graph, rewrite_softmax
 from yoloq.errors import ConfigError
@@ -76,7 +77,8 @@ def test_folding_weight_quantizers_changes_nothing_but_the_file(tmp_path: Path):
 def test_litert_scope_rules_and_errors():
     ops = {"SOFTMAX", "LOGISTIC", "CONV_2D", "ALL_SUPPORTED"}
     head = Head("Detect", 23, dfl=True)
-    assert scope_rules({"keep_head_float": "none"}, ops, head) == []
+    assert scope_rules({"keep_head_float": "none", "keep_attention_float": False}, ops, head) == []
+    assert scope_rules({"keep_head_float": "none"}, ops, head) == [(ATTENTION, "ALL_SUPPORTED")]  # the default
     decode = scope_rules({"keep_head_float": "decode"}, ops, head)
     outputs = scope_rules({"keep_head_float": "outputs", "float_types": ["SOFTMAX"]}, ops, head)
     assert len(outputs) == len(decode) + 2 and outputs[-1] == (".*", "SOFTMAX")
@@ -97,12 +99,47 @@ def test_litert_head_patterns_follow_the_head_structure():
     assert not any("DFL" in p for p in no_dfl[0]) and len(no_dfl[1]) == 1
 
 
+def test_litert_attention_pattern_covers_every_ultralytics_attention():
+    import re
+
+    block = "ultralytics.nn.modules.block"
+    seq = "torch.nn.modules.container.Sequential_m"
+    for name in (f"{block}.C2PSA_10/{seq}/{block}.PSABlock_0/{block}.Attention_attn;27",
+                 f"{block}.PSABlock_0/{block}.Attention_attn/ultralytics.nn.modules.conv.Conv_qkv/x",  # its convs
+                 f"{block}.A2C2f_6/{block}.ABlock_0/{block}.AAttn_attn;3",  # YOLO12's area attention
+                 f"{block}.PSA_10/{block}.Attention_attn;1"):  # YOLOv10's PSA
+        assert re.search(ATTENTION, name), name
+    for name in (f"{block}.C2PSA_10/ultralytics.nn.modules.conv.Conv_cv1/x", f"{block}.C3k2_2;4"):
+        assert not re.search(ATTENTION, name), name
+
+
+def test_an_option_added_later_keeps_older_runs_as_they_ran():
+    """A stored config without ``keep_attention_float`` predates it: it means False, and an explicit False
+    keeps the older records' keys (so `yoloq reproduce` and resume re-run nothing)."""
+    from yoloq.artifacts import _keyed_options
+    from yoloq.backends.registry import backend_class, resolve_options
+    from yoloq.config import VariantConfig
+
+    cls = backend_class("litert")
+    assert resolve_options(cls, "int8", {}, "v")["keep_attention_float"] is True
+    assert resolve_options(cls, "int8", {}, "v", stored=True)["keep_attention_float"] is False
+    assert resolve_options(cls, "fp32", {}, "v", stored=True).get("keep_attention_float") is None
+    old = {k: x for k, x in resolve_options(cls, "int8", {"keep_attention_float": False}, "v").items()
+           if k != "keep_attention_float"}
+    explicit = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": False})
+    assert _keyed_options(explicit) == old
+    new = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": True})
+    assert _keyed_options(new) != old
+
+
 def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
     r = smoke_run["records"]["litert-int8"]
     kept = r["artifact_info"]["kept_float"]
     kinds = {k.split(":")[0] for k in kept}
     assert {"SOFTMAX", "LOGISTIC", "CONCATENATION", "CONV_2D"} <= kinds, kept
-    assert len(kept) < 60  # the head's tail only, not the network
+    attention = [k for k in kept if re.search(r"Attention_attn|Conv_(qkv|proj|pe)/", k)]
+    assert attention, kept  # keep_attention_float, the default
+    assert len(kept) - len(attention) < 60  # otherwise the head's tail only, not the network
     assert r["artifact_info"]["settings"]["calibrate_method"] == "mean"
 
 

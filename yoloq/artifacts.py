@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from yoloq.backends.base import Artifact, ExportContext, MakeValidator
-from yoloq.backends.registry import get_backend
+from yoloq.backends.registry import backend_class, get_backend
 from yoloq.config import RunConfig, VariantConfig
 from yoloq.data.calibration import CalibrationSet
 from yoloq.models import SourceModel
@@ -25,6 +25,14 @@ from yoloq.records import write_atomic
 _NOT_IN_KEY = ("variants", "output", "reference", "budget", "report", "qat", "latency")
 
 
+def _keyed_options(v: VariantConfig) -> dict:
+    """The options that go into the key: an option set to what its absence meant before it existed
+    (``OptionSpec.before``) is left out, so the exports and records made then keep their keys."""
+    specs = backend_class(v.format).options
+    return {k: x for k, x in v.options.items()
+            if not (k in specs and specs[k].before != "<default>" and x == specs[k].before)}
+
+
 def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet, v: VariantConfig) -> str:
     """A hash of everything that determines one variant's export and accuracy."""
     d = cfg.to_dict()
@@ -32,7 +40,7 @@ def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet
         d.pop(k, None)
     d["threads"] = cfg.latency.threads
     blob = {"cfg": d, "variant": {"format": v.format, "precision": str(v.precision), "device": v.device,
-                                  "options": dict(v.options)},
+                                  "options": _keyed_options(v)},
             "model": source.sha256, "calibration": calibration.sha256, "versions": versions()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
