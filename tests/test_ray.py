@@ -98,7 +98,9 @@ def test_cluster_run_matches_local_times_on_target_and_resumes_after_driver_cras
     recs = _records(out)
     assert set(recs) == set(NAMES)
     for name, r in before.items():  # nothing already recorded is lost or redone
-        assert recs[name]["created"] == r["created"] and recs[name]["metrics"] == r["metrics"], name
+        measured = {k: v for k, v in r["metrics"].items() if k != "map_drop_ci"}  # the bootstrap comes at the end
+        assert recs[name]["created"] == r["created"], name
+        assert {k: v for k, v in recs[name]["metrics"].items() if k != "map_drop_ci"} == measured, name
         assert f"{name}: already recorded, kept" in log
     assert "export submitted" in "".join(head)
 
