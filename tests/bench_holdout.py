@@ -49,15 +49,17 @@ def select(folds: list[tuple[str, Path, dict]]) -> dict:
     """Each candidate's retention per fold and pooled; the best per backend."""
     rows = {}
     for fold, _, recs in folds:
-        ref = next(r for r in recs.values() if r.format == "torch")
+        ref = next((r for r in recs.values() if r.format == "torch" and r.ok), None)
+        if ref is None:
+            raise SystemExit(f"bench_holdout: fold {fold} has no ok torch FP32 record to measure retention against")
         ref_map = ref.metrics["map50_95"]
         fp32 = {r.format: r.size_mb for r in recs.values() if r.precision == "fp32" and r.ok}
         for r in recs.values():
             if r.precision != "int8":
                 continue
             specs = backend_class(r.format).options
-            meant = {k: r.options.get(k, spec.before if spec.before != "<default>" else spec.default)
-                     for k, spec in specs.items() if k in r.options or spec.before != "<default>"}
+            meant = {k: r.options.get(k, spec.absent(stored=True)) for k, spec in specs.items()
+                     if k in r.options or spec.predates}
             changed = {k: v for k, v in meant.items() if v != specs[k].default}
             row = rows.setdefault(r.name, {"format": r.format, "options": changed, "folds": {},
                                            "size": r.size_mb / fp32[r.format] if fp32.get(r.format) else None})

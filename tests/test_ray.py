@@ -183,3 +183,9 @@ def test_target_is_validated_and_left_untimed_by_a_local_run(tmp_path):
     edge = recs["torch-on-edge"]
     assert edge["status"] == "skipped" and "target 'edge'" in edge["reason"] and "--ray" in edge["reason"]
     assert edge["metrics"]["map50_95"] == recs["torch-fp32"]["metrics"]["map50_95"] and not edge["latency"]
+    # run again: the targeted variant waits for its node, its accuracy is not measured again
+    proc = run_cli("run", str(conf), "--out", str(tmp_path / "run"), cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch-on-edge: already recorded, kept" in proc.stdout + proc.stderr
+    again = _records(tmp_path / "run")["torch-on-edge"]
+    assert again["created"] == edge["created"] and again["status"] == "skipped"

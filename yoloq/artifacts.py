@@ -29,8 +29,7 @@ def _keyed_options(v: VariantConfig) -> dict:
     """The options that go into the key: an option set to what its absence meant before it existed
     (``OptionSpec.before``) is left out, so the exports and records made then keep their keys."""
     specs = backend_class(v.format).options
-    return {k: x for k, x in v.options.items()
-            if not (k in specs and specs[k].before != "<default>" and x == specs[k].before)}
+    return {k: x for k, x in v.options.items() if not (k in specs and specs[k].as_before(x))}
 
 
 def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet, v: VariantConfig) -> str:

@@ -178,6 +178,12 @@ def local_target_reason(target: str) -> str:
             f"(yoloq run CONFIG --ray ADDRESS); accuracy was measured here")
 
 
+def awaits_target(rec: Record, v: VariantConfig) -> bool:
+    """Whether ``rec`` is complete but for its target's latency: its accuracy is measured, and a run that
+    reaches the target's node times it without exporting or scoring it again."""
+    return bool(v.target) and rec.status == "skipped" and bool(rec.metrics)
+
+
 def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
     """The latency pass over every ok variant of ``variants`` (a variant whose export is gone runs again first)."""
     cfg = inputs.cfg
@@ -324,7 +330,7 @@ def plan(cfg: RunConfig, inputs: RunInputs, store: RecordStore, variants: list[V
         key = variant_key(cfg, inputs.source, inputs.calibration, v)
         prev = store.get(v.label)
         meta = {"order": i, "reference": v.label == reference, "pair": (pairs or {}).get(v.label, {})}
-        if prev and prev.key == key and prev.ok:
+        if prev and prev.key == key and (prev.ok or awaits_target(prev, v)):
             say(f"[{i}/{len(variants)}] {v.label}: already recorded, kept")
             if (prev.order, prev.reference, prev.pair) != tuple(meta.values()):
                 prev.order, prev.reference, prev.pair = meta["order"], meta["reference"], meta["pair"]

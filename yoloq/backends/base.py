@@ -36,6 +36,19 @@ class OptionSpec:
     # default must not change what `yoloq reproduce` re-runs; "<default>": the default
     before: Any = "<default>"
 
+    def absent(self, stored: bool = False) -> Any:
+        """The value of a config that does not set this option (``stored``: a run folder's config)."""
+        return self.before if stored and self.predates else self.default
+
+    @property
+    def predates(self) -> bool:
+        """Whether configs written before this option existed meant another value than its default."""
+        return not (isinstance(self.before, str) and self.before == "<default>")
+
+    def as_before(self, value: Any) -> bool:
+        """Whether ``value`` is what configs meant before this option existed (it then stays out of keys)."""
+        return self.predates and value == self.before
+
 
 class Validator(Protocol):
     """Scores a predict function on held-out train images (never calibration or evaluation images).

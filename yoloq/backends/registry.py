@@ -108,10 +108,8 @@ def resolve_options(cls: type[Backend], precision: str, given: Mapping[str, Any]
             raise ConfigError(f"config key '{key}.options.{k}': applies to {cls.name} "
                               f"{'/'.join(spec.precisions)} variants, not {precision}")
         _check_value(spec, val, f"{key}.options.{k}")
-    def absent(spec: OptionSpec) -> Any:  # a stored config without the key predates the option
-        return spec.before if stored and spec.before != "<default>" else spec.default
-
-    return {k: given[k] if k in given else absent(spec) for k, spec in specs.items() if precision in spec.precisions}
+    return {k: given[k] if k in given else spec.absent(stored) for k, spec in specs.items()
+            if precision in spec.precisions}
 
 
 def resolve_variant(v: VariantConfig, key: str, stored: bool = False) -> VariantConfig:

@@ -28,6 +28,7 @@ from yoloq.passes import finish_accuracy, latency_images
 from yoloq.pipeline import (
     RunInputs,
     apply_artifact,
+    awaits_target,
     describe,
     fail_record,
     finish_run,
@@ -158,7 +159,7 @@ class RayRun:
         by_label = {v.label: v for v in variants}
         groups: dict[str | None, list[Record]] = {}
         for r in self.store.all():
-            if r.name in by_label and r.ok:
+            if r.name in by_label and (r.ok or awaits_target(r, by_label[r.name])):
                 groups.setdefault(by_label[r.name].target, []).append(r)
         for target, recs in groups.items():
             todo = needs_timing(recs, self.cfg)
@@ -206,6 +207,7 @@ class RayRun:
                                                "runtime": out["runtime"].get(r.name, {})}
             r.machine = node["machine"]
             if r.name in out["latency"]:
+                r.status, r.reason = "ok", ""  # a variant that waited for its target's node
                 r.latency = out["latency"][r.name]
                 r.timings_s["latency"] = round(r.latency["seconds"], 2)
                 say(f"  {r.name}: p50 {r.p50:.1f} ms on {node['host']} ({node['node'][:8]}, "
