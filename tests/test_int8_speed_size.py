@@ -147,7 +147,8 @@ def test_litert_range_updates_are_order_free():
     from yoloq.backends.litert import _extreme_update, _mean_update
 
     rng = np.random.default_rng(0)
-    per_image = [{"min": rng.normal(size=4), "max": rng.normal(size=4) + 3} for _ in range(7)]
+    per_image = [{"min": rng.normal(size=4).astype(np.float32), "max": rng.normal(size=4).astype(np.float32) + 3}
+                 for _ in range(7)]  # float32, as TFLite tensors are
     for order in (per_image, per_image[::-1]):
         mean, ext = {}, {}
         for q in order:
@@ -206,3 +207,35 @@ def test_a_fresh_clone_rerun_keeps_committed_records(smoke_run, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "latency:" not in proc.stderr and "failed" not in (out / "summary.csv").read_text()
     assert (out / "records.jsonl").read_text() == before
+
+
+def test_litert_fast_calibration_gives_the_default_modes_model(smoke_run):
+    """The profiler-based ranges quantize to the same bytes as ai-edge-quantizer's default calibration."""
+    import hashlib
+
+    from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
+
+    from yoloq.backends.litert import _calibrate, _extreme_update, _mean_update, _signature_input
+
+    fp32 = next((smoke_run["dir"] / "artifacts" / "_base").glob("*-fp32.tflite"))
+    sig, name = _signature_input(fp32)
+    rng = np.random.default_rng(0)
+    data = {sig: [{name: rng.uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)} for _ in range(3)]}
+
+    def quantize(method: str, slow: bool) -> str:
+        qt = quantizer.Quantizer(str(fp32))
+        qt.load_quantization_recipe(recipe.static_wi8_ai8())
+        if slow:  # the library's default mode (every tensor copied to Python)
+            rm = recipe_manager.RecipeManager()
+            rm.load_quantization_recipe(qt.get_quantization_recipe())
+            c = calibrator.Calibrator(fp32.read_bytes(), qsv_update_func=_mean_update if method == "mean"
+                                      else _extreme_update)
+            c.calibrate(data, rm)
+            ranges = {k: {f: np.asarray(v[f], np.float32) for f in ("min", "max")}
+                      for k, v in c.get_model_qsvs().items()}
+        else:
+            ranges = _calibrate(qt, fp32, data, method)
+        return hashlib.sha256(qt.quantize(calibration_result=ranges).quantized_model).hexdigest()
+
+    for method in ("mean", "minmax"):
+        assert quantize(method, slow=False) == quantize(method, slow=True), method
