@@ -85,3 +85,17 @@ def test_weighted_map_reproduces_cocoeval_and_counts_duplicates():
     assert weighted_map(pe, np.array([1, 2]))[0] == pytest.approx(ev2.evaluate().map50_95, abs=1e-9)
     same = paired_bootstrap(pe, pe, n=200)
     assert same["lo"] == same["hi"] == same["drop"] == 0.0 and not same["significant"]
+
+
+def test_resampled_maps_on_threads_equal_one_pass():
+    from yoloq.bootstrap import resample_weights, resampled_maps, weighted_map
+
+    ev = CocoEvaluator(GT, CATS)
+    ev.process(1, dets([[10, 20, 100, 200], [300, 50, 120, 80]], [0, 1], 6.0, [0.9, 0.5]))
+    ev.process(2, dets([[50, 60, 200, 150], [400, 300, 50, 50]], [1, 1], 3.0, [0.7, 0.8]))
+    ev.evaluate()
+    pe = ev.per_image()
+    w = resample_weights(2, 300, seed=3)
+    chunked = resampled_maps(pe, w, chunk=7)  # 43 chunks over the threads, order kept
+    assert np.array_equal(chunked, weighted_map(pe, w))
+    assert len(np.unique(chunked)) > 1  # the resamples differ, so order matters
