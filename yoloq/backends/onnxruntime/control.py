@@ -47,7 +47,7 @@ def control(ctx: ExportContext, prep: Path, out: Path, cache: Path, exclude: lis
         for g in ranking[: ctx.option("max_float_groups")]:
             kept.append(g.group)
             exclude = exclude + [n for n in g.nodes if n not in exclude]
-            quantize_file(prep, out, options, None, cache, exclude)
+            quantize_file(prep, out, options, cache, exclude)
             q_map = score(out)
             steps.append({"float_groups": len(kept), "group": g.group, "heldout_map": q_map})
             print(f"  accuracy control: +{g.group} in float -> held-out mAP50-95 {q_map:.4f} "

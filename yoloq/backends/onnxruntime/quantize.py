@@ -10,6 +10,7 @@ range, and the variant's record lists the tensors treated so.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,32 +71,93 @@ def _method(options: Mapping[str, Any]) -> Any:
             "percentile": CalibrationMethod.Percentile}[options["calibrate_method"]]
 
 
-def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], reader: Any | None, cache: Path | None,
+def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], cache: Path,
                   exclude: list[str] | None = None, only: list[str] | None = None) -> None:
-    """``quantize_static`` with a variant's options.
+    """``quantize_static`` with a variant's options and the ranges :func:`collect_ranges` cached.
 
     Args:
         prep: The pre-processed FP32 model.
         out: Where the INT8 model goes.
         options: The variant's (resolved) options.
-        reader: A calibration reader, or None to reuse the ranges cached at ``cache``.
-        cache: ONNX Runtime's calibration cache (ranges computed once, reused by later calls).
+        cache: ONNX Runtime's calibration cache (ranges computed once, reused by every later call).
         exclude: Node names left in float.
         only: When given, quantize only these nodes.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    method = _method(options)
     s8 = options["activation_type"] == "int8"
     extra: dict[str, Any] = {"ActivationSymmetric": s8, "QuantizeBias": options.get("quantize_bias", True)}
-    if reader is not None:  # ranges/histograms merged stride by stride: bounded memory for every method
-        extra["CalibStridedMinMax"] = _stride(len(reader))
-    quantize_static(str(prep), str(out), reader,
+    quantize_static(str(prep), str(out), None,
                     quant_format=QuantFormat.QDQ if options["quant_format"] == "qdq" else QuantFormat.QOperator,
                     per_channel=options["per_channel"], activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=exclude or [],
-                    nodes_to_quantize=only or [], extra_options=extra,
-                    calibration_cache_path=str(cache) if cache else None)
+                    weight_type=QuantType.QInt8, calibrate_method=_method(options), nodes_to_exclude=exclude or [],
+                    nodes_to_quantize=only or [], extra_options=extra, calibration_cache_path=str(cache))
+
+
+def _threads() -> int:
+    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _calibrator(prep: Path, augmented: str, method: Any) -> Any:
+    """ONNX Runtime's calibrator, made as ``quantize_static`` makes it; a histogram method's tensors are
+    binned on threads, one tensor per task, by ONNX Runtime's own code (so the same histograms)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default op types
+    calibrator = create_calibrator(prep, ops, augmented_model_path=augmented, calibrate_method=method)
+    if method == CalibrationMethod.MinMax:
+        return calibrator
+
+    class Collector(HistogramCollector):
+        def collect(self, name_to_arr: dict[str, Any]) -> None:
+            absolute = self.method == "percentile" and self.symmetric  # HistogramCollector.collect's choice
+            one = self.collect_absolute_value if absolute else self.collect_value
+            with ThreadPoolExecutor(_threads()) as pool:  # numpy releases the GIL while it sorts and bins
+                list(pool.map(lambda item: one(dict([item])), name_to_arr.items()))
+
+    calibrator.collector = Collector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                     num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+                                     percentile=calibrator.percentile, scenario=calibrator.scenario)
+    return calibrator
+
+
+def _collect(calibrator: Any, reader: Any, first: dict[str, tuple[float, float]] | None = None) -> Any:
+    """Run ``reader``'s images through ``calibrator`` stride by stride (bounded memory), as
+    ``quantize_static``'s ``CalibStridedMinMax`` does; ``first`` gets each tensor's range on the first stride."""
+    n = len(reader)
+    stride = _stride(n)
+    for start in range(0, n, stride):
+        reader.set_range(start, start + stride)
+        calibrator.collect_data(reader)
+        if first is not None and start == 0:  # what a histogram's first binning sees
+            first.update({t: (float(np.min(d.lowest)), float(np.max(d.highest)))
+                          for t, d in calibrator.compute_data().data.items()})
+    return calibrator.compute_data()
+
+
+def collect_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path) -> dict[str, Any]:
+    """Calibrate ``prep`` over ``reader``'s images and write the ranges to ``cache``.
+
+    Returns:
+        What was done about tensors a histogram could not bin (empty when nothing was).
+    """
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
+            save_tensors_data(_collect(_calibrator(prep, f"{tmp}/aug.onnx", _method(options)), reader), cache)
+        return {}
+    except ValueError as e:
+        if "bins" not in str(e) or options["calibrate_method"] == "minmax":
+            raise
+    bad = robust_ranges(prep, reader, options, cache)
+    return {"minmax_ranges": bad, "why": f"{options['calibrate_method']} histograms cannot bin these "
+                                         f"(nearly) constant tensors; their range is their min/max"}
 
 
 def _stride(n: int, most: int = 16) -> int:
@@ -121,36 +183,17 @@ def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Pa
     """
     import tempfile
 
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        TensorData,
-        TensorsData,
-        create_calibrator,
-        save_tensors_data,
-    )
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
-    n, stride = len(reader), _stride(len(reader))
     method = _method(options)
     symmetric = method == CalibrationMethod.Percentile  # ONNX Runtime's percentile default
-
     first: dict[str, tuple[float, float]] = {}
-
-    def collect(calibrator: Any, keep_first: bool = False) -> Any:
-        for start in range(0, n, stride):
-            reader.set_range(start, start + stride)
-            calibrator.collect_data(reader)
-            if keep_first and start == 0:  # what the histogram's first binning sees
-                first.update({t: (float(np.min(d.lowest)), float(np.max(d.highest)))
-                              for t, d in calibrator.compute_data().data.items()})
-        return calibrator.compute_data()
-
     with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
-        minmax = collect(create_calibrator(prep, [], augmented_model_path=f"{tmp}/minmax.onnx",
-                                           calibrate_method=CalibrationMethod.MinMax), keep_first=True)
+        minmax = _collect(_calibrator(prep, f"{tmp}/minmax.onnx", CalibrationMethod.MinMax), reader, first)
         bad = sorted(t for t, r in first.items() if degenerate(*r))
-        hist = create_calibrator(prep, [], augmented_model_path=f"{tmp}/hist.onnx", calibrate_method=method)
+        hist = _calibrator(prep, f"{tmp}/hist.onnx", method)
         hist.tensors_to_calibrate = set(hist.tensors_to_calibrate) - set(bad)
-        data = dict(collect(hist).data)
+        data = dict(_collect(hist, reader).data)
     for t in bad:
         lo, hi = float(np.min(minmax.data[t].lowest)), float(np.max(minmax.data[t].highest))
         if symmetric:
@@ -162,7 +205,7 @@ def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Pa
 
 def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int, options: Mapping[str, Any],
               out: Path, exclude: list[str] | None = None) -> tuple[Path, Path, dict[str, Any]]:
-    """Pre-process ``fp32`` and quantize it into ``out``, keeping the ranges cached.
+    """Pre-process ``fp32``, calibrate it and quantize it into ``out``, keeping the ranges cached.
 
     Returns:
         The pre-processed model and the range cache (callers delete them when done), and what was
@@ -170,15 +213,7 @@ def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int
     """
     prep, cache = workdir / "model_prep.onnx", workdir / "ranges.json"
     input_name = prepare_model(fp32, prep)
-    reader = calibration_reader(calibration, imgsz, input_name)
-    try:
-        quantize_file(prep, out, options, reader, cache, exclude)
-        return prep, cache, {}
-    except ValueError as e:
-        if "bins" not in str(e) or options["calibrate_method"] == "minmax":
-            raise
-        cache.unlink(missing_ok=True)
-    bad = robust_ranges(prep, reader, options, cache)
-    quantize_file(prep, out, options, None, cache, exclude)
-    return prep, cache, {"minmax_ranges": bad, "why": f"{options['calibrate_method']} histograms cannot bin these "
-                                                      f"(nearly) constant tensors; their range is their min/max"}
+    cache.unlink(missing_ok=True)  # ranges of this calibration only
+    robust = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache)
+    quantize_file(prep, out, options, cache, exclude)
+    return prep, cache, robust

@@ -72,7 +72,7 @@ def rank_groups(prep: Path, options: Mapping[str, Any], cache: Path, batches: li
             nodes = [n for n in nodes if n not in (skip or set())]
             if not nodes:
                 continue
-            quantize_file(prep, out, options, None, cache, only=nodes)
+            quantize_file(prep, out, options, cache, only=nodes)
             y = session_outputs(out, batches, imgsz, threads)
             noise, signal = float(((reference - y) ** 2).sum()), float((reference ** 2).sum())
             db = 10 * np.log10(signal / noise) if noise > 0 else float("inf")

@@ -1,0 +1,58 @@
+"""Calibration speed-ups give the ranges the libraries' own calibration gives, value for value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from yoloq.paths import shared_root
+
+
+def _model(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 8, 3, 3)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig"),
+         helper.make_node("Mul", ["c1", "s1"], ["a1"], name="silu"),
+         helper.make_node("Conv", ["a1", "w2"], ["out"], name="conv2", pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 48, 48])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 48, 48])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_ort_ranges_equal_quantize_statics_own(tmp_path: Path, method: str):
+    """yoloq calibrates with ONNX Runtime's calibrator and its histogram code (tensors binned on threads);
+    the cached ranges equal those of ``quantize_static`` calibrating by itself, stride by stride."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from yoloq.backends.onnxruntime.quantize import calibration_reader, collect_ranges, prepare_model
+    from yoloq.data.calibration import CalibrationSet
+
+    images = tuple(sorted((shared_root() / "datasets" / "coco-mini" / "train2017").glob("*.jpg"))[:18])
+    cal = CalibrationSet(images=images, sources=("test",), seed=0, requested=18, sha256="", pool=18,
+                         hashes=tuple(str(i) for i in range(18)))  # two strides of 9: histograms grow
+    prep = tmp_path / "prep.onnx"
+    name = prepare_model(_model(tmp_path / "m.onnx"), prep)
+    theirs, ours = tmp_path / "theirs.json", tmp_path / "ours.json"
+    quantize_static(str(prep), str(tmp_path / "q.onnx"), calibration_reader(cal, 48, name),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, {"percentile": "Percentile", "entropy": "Entropy",
+                                                                 "minmax": "MinMax"}[method]),
+                    extra_options={"CalibStridedMinMax": 9}, calibration_cache_path=str(theirs))
+    assert collect_ranges(prep, calibration_reader(cal, 48, name), {"calibrate_method": method}, ours) == {}
+    a, b = load_tensors_data(theirs).data, load_tensors_data(ours).data
+    assert set(a) == set(b) and len(a) >= 4
+    for t in a:
+        assert np.array_equal(a[t].range_value, b[t].range_value), t
