@@ -144,6 +144,24 @@ def _extreme_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {"min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
 
+def _all_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Every image's min and max kept (for a quantile over images, taken at the end)."""
+    new = _f32(new)
+    if not qsv:
+        return {"_mins": [new["min"]], "_maxs": [new["max"]]}
+    if "_mins" not in qsv:  # the first image, stored by the calibrator as it came
+        qsv = {"_mins": [_f32(qsv)["min"]], "_maxs": [_f32(qsv)["max"]]}
+    return {"_mins": qsv["_mins"] + [new["min"]], "_maxs": qsv["_maxs"] + [new["max"]]}
+
+
+def _quantile(qsv: dict[str, Any], q: float) -> dict[str, Any]:
+    """The ``q`` quantile over images of the per-image maxima, and the ``1 - q`` one of the minima."""
+    if "_mins" not in qsv:
+        return _f32(qsv)
+    return {"min": np.quantile(np.stack(qsv["_mins"]), 1 - q, axis=0).astype(np.float32),
+            "max": np.quantile(np.stack(qsv["_maxs"]), q, axis=0).astype(np.float32)}
+
+
 # ai-edge-quantizer's range filter for activations (its ``min_max_calibrate`` ignores values beyond it)
 VALID_RANGE = 3e38
 
@@ -168,14 +186,17 @@ def _calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]]
     # the default mode's ranges are shaped (1,) * the tensor's rank, and the quantizer reads that shape
     rank = {t.name.decode() if isinstance(t.name, bytes) else t.name: len(t.shape)
             for g in fu.read_model(str(fp32)).subgraphs for t in g.tensors}
-    update = _mean_update if method == "mean" else _extreme_update
+    update = {"mean": _mean_update, "minmax": _extreme_update}.get(method, _all_update)
+    share = float(method[1:]) / 100 if method.startswith("p") else None
     result: dict[str, Any] = {}
     for mode in (calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
                  calibrator.CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS):
         calib = calibrator.Calibrator(fp32.read_bytes(), num_threads=16, mode=mode, qsv_update_func=update)
         calib.calibrate(data, rm)
-        result = {name: {k: np.reshape(v, (1,) * rank.get(name, np.ndim(v))) for k, v in _f32(q).items() if k != "_n"}
-                  for name, q in calib.get_model_qsvs().items()}
+        qsvs = {name: _quantile(v, share) if share is not None else _f32(v)
+                for name, v in calib.get_model_qsvs().items()}
+        result = {name: {k: np.reshape(v, (1,) * rank.get(name, np.ndim(v))) for k, v in qsv.items() if k != "_n"}
+                  for name, qsv in qsvs.items()}
         if all(np.all(np.abs(q[k]) < VALID_RANGE) for q in result.values() for k in ("min", "max")):
             break
     return result
@@ -212,9 +233,11 @@ class LiteRtBackend(Backend):
         "activation_bits": OptionSpec(int, 8, (8, 16), "INT8 weights with int8 or int16 activations", INT8),
         # how per-image activation ranges combine: ai-edge-quantizer's own is an exponential moving
         # average (0.95), so the last ~20 images decide and the result moves with the image order;
-        # "mean" averages every image's min/max (order-free), "minmax" takes the extremes.
-        "calibrate_method": OptionSpec(str, "mean", ("mean", "minmax", "ema"), "activation ranges over images",
-                                       INT8),
+        # "mean" averages every image's min/max (order-free), "minmax" takes the extremes, "p75"/"p90" the
+        # 75th/90th percentile over images of each image's max (and 25th/10th of its min): less clipping
+        # than the mean, less sway from one outlier image than the extremes.
+        "calibrate_method": OptionSpec(str, "mean", ("mean", "p75", "p90", "minmax", "ema"),
+                                       "activation ranges over images", INT8),
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_attention_float": KEEP_ATTENTION_FLOAT,
         "float_patterns": OptionSpec(list, None, None, "regular expressions of TFLite tensor names kept in float",
