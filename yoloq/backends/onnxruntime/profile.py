@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from yoloq.backends.base import LayerRun
+from yoloq.backends.onnxruntime.runtime import no_spinning
 
 INT8_OPS = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm", "QAttention")
 CONVERT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast", "MemcpyToHost",
@@ -71,6 +72,7 @@ def profile(path: Path, batch: np.ndarray, threads: int, runs: int = 5) -> list[
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        no_spinning(so)  # as the timed runtime
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ort")
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
