@@ -144,7 +144,7 @@ def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
 
 
 def test_litert_range_updates_are_order_free():
-    from yoloq.backends.litert import _extreme_update, _mean_update
+    from yoloq.backends.litert import _all_update, _extreme_update, _mean_update, _quantile
 
     rng = np.random.default_rng(0)
     per_image = [{"min": rng.normal(size=4).astype(np.float32), "max": rng.normal(size=4).astype(np.float32) + 3}
@@ -155,6 +155,12 @@ def test_litert_range_updates_are_order_free():
             mean, ext = _mean_update(mean, q), _extreme_update(ext, q)
         assert np.allclose(mean["max"], np.mean([q["max"] for q in per_image], axis=0)) and mean["_n"] == 7
         assert np.array_equal(ext["min"], np.min([q["min"] for q in per_image], axis=0))
+        kept = order[0]  # the calibrator stores the first image as it came, then updates
+        for q in order[1:]:
+            kept = _all_update(kept, q)
+        p90 = _quantile(kept, 0.9)
+        assert np.array_equal(p90["max"], np.quantile([q["max"] for q in per_image], 0.9, axis=0).astype(np.float32))
+        assert np.array_equal(p90["min"], np.quantile([q["min"] for q in per_image], 0.1, axis=0).astype(np.float32))
 
 
 @pytest.mark.parametrize("fmt", ["onnxruntime", "litert"])
