@@ -8,12 +8,13 @@ pycocotools' accumulate step with per-image weights: sort once, weighted cumulat
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from yoloq.provenance import worker_threads
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def resampled_maps(pe: PerImageEval, weights: np.ndarray, chunk: int = 50) -> np
     from concurrent.futures import ThreadPoolExecutor
 
     starts = range(0, len(weights), chunk)
-    workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = worker_threads()
     if workers < 2 or len(starts) < 2:
         return np.concatenate([weighted_map(pe, weights[i:i + chunk]) for i in starts])
     with ThreadPoolExecutor(workers) as pool:

@@ -73,15 +73,25 @@ def _gpu() -> tuple[str | None, str | None]:
     return name, driver
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_threads(most: int = 4) -> int:
+    """Threads for numpy work that releases the GIL: one per usable core, at most ``most``."""
+    return min(most, usable_cores())
+
+
 @lru_cache(maxsize=1)
 def machine() -> dict[str, Any]:
     """CPU model, cores, the instruction sets kernels depend on, GPU and driver, OS and Python."""
     model, flags = _cpuinfo()
     gpu, driver = _gpu()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = usable_cores()
     isa = sorted(f for f in ISA_FLAGS if f in flags)
     return {
         "cpu": model,

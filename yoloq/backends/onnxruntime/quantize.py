@@ -10,13 +10,13 @@ range, and the variant's record lists the tensors treated so.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from yoloq.data.calibration import CalibrationSet
+from yoloq.provenance import worker_threads
 
 
 def calibration_reader(calibration: CalibrationSet, imgsz: int, input_name: str) -> Any:
@@ -94,10 +94,6 @@ def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], cache: Path
                     nodes_to_quantize=only or [], extra_options=extra, calibration_cache_path=str(cache))
 
 
-def _threads() -> int:
-    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
 def _calibrator(prep: Path, augmented: str, method: Any) -> Any:
     """ONNX Runtime's calibrator, made as ``quantize_static`` makes it; a histogram method's tensors are
     binned on threads, one tensor per task, by ONNX Runtime's own code (so the same histograms)."""
@@ -115,7 +111,7 @@ def _calibrator(prep: Path, augmented: str, method: Any) -> Any:
         def collect(self, name_to_arr: dict[str, Any]) -> None:
             absolute = self.method == "percentile" and self.symmetric  # HistogramCollector.collect's choice
             one = self.collect_absolute_value if absolute else self.collect_value
-            with ThreadPoolExecutor(_threads()) as pool:  # numpy releases the GIL while it sorts and bins
+            with ThreadPoolExecutor(worker_threads()) as pool:  # numpy releases the GIL while it sorts and bins
                 list(pool.map(lambda item: one(dict([item])), name_to_arr.items()))
 
     calibrator.collector = Collector(method=calibrator.method, symmetric=calibrator.symmetric,
