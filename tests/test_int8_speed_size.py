@@ -75,10 +75,14 @@ def test_folding_weight_quantizers_changes_nothing_but_the_file(tmp_path: Path):
 
 
 def test_litert_scope_rules_and_errors():
+    from yoloq.backends.litert import stem_pattern
+
     ops = {"SOFTMAX", "LOGISTIC", "CONV_2D", "ALL_SUPPORTED"}
     head = Head("Detect", 23, dfl=True)
-    assert scope_rules({"keep_head_float": "none", "keep_attention_float": False}, ops, head) == []
-    assert scope_rules({"keep_head_float": "none"}, ops, head) == [(ATTENTION, "ALL_SUPPORTED")]  # the default
+    assert scope_rules({"keep_head_float": "none", "keep_attention_float": False, "keep_stem_float": 0}, ops,
+                       head) == []
+    assert scope_rules({"keep_head_float": "none"}, ops, head) == [  # the defaults: attention and 2-layer stem
+        (ATTENTION, "ALL_SUPPORTED"), (stem_pattern(2)[0], "ALL_SUPPORTED")]
     decode = scope_rules({"keep_head_float": "decode"}, ops, head)
     outputs = scope_rules({"keep_head_float": "outputs", "float_types": ["SOFTMAX"]}, ops, head)
     assert len(outputs) == len(decode) + 2 and outputs[-1] == (".*", "SOFTMAX")
@@ -113,6 +117,22 @@ def test_litert_attention_pattern_covers_every_ultralytics_attention():
         assert not re.search(ATTENTION, name), name
 
 
+def test_litert_stem_pattern_takes_the_first_top_level_modules_only():
+    from yoloq.backends.litert import stem_pattern
+
+    assert stem_pattern(0) == []
+    (pat,) = stem_pattern(3)
+    top = "ultralytics.nn.tasks.DetectionModel_model/ultralytics.nn.modules"
+    for name in (f"{top}.conv.Conv_0/torch.nn.modules.conv.Conv2d_conv;3;",
+                 f"{top}.block.C3k2_2/ultralytics.nn.modules.block.Bottleneck_0/x",  # inside module 2
+                 "ultralytics.nn.tasks.YOLOv10DetectionModel_model/ultralytics.nn.modules.block.C2f_2;1"):
+        assert re.search(pat, name), name
+    for name in (f"{top}.conv.Conv_3/torch.nn.modules.conv.Conv2d_conv;2;",
+                 f"{top}.block.C3k2_4/ultralytics.nn.modules.block.Bottleneck_0/x",  # a nested _0: not module 0
+                 f"{top}.block.C3k2_13/x", f"{top}.head.Detect_23/torch.nn.modules.container.Sequential_0/x"):
+        assert not re.search(pat, name), name
+
+
 def test_an_option_added_later_keeps_older_runs_as_they_ran():
     """A stored config without ``keep_attention_float`` predates it: it means False, and an explicit False
     keeps the older records' keys (so `yoloq reproduce` and resume re-run nothing)."""
@@ -125,7 +145,7 @@ def test_an_option_added_later_keeps_older_runs_as_they_ran():
     assert resolve_options(cls, "int8", {}, "v", stored=True)["keep_attention_float"] is False
     assert resolve_options(cls, "fp32", {}, "v", stored=True).get("keep_attention_float") is None
     old = {k: x for k, x in resolve_options(cls, "int8", {"keep_attention_float": False}, "v").items()
-           if k != "keep_attention_float"}
+           if k not in ("keep_attention_float", "keep_stem_float")}  # keep_stem_float: 0 predates too
     explicit = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": False})
     assert _keyed_options(explicit) == old
     new = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": True})
