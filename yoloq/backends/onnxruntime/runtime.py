@@ -12,7 +12,7 @@ def no_spinning(so: object) -> None:
     """Workers that sleep when a run ends. ONNX Runtime's default keeps them spinning on the cores
     (its "Thread management" docs: ``session.intra_op.allow_spinning``), which takes the CPU from the
     application's own letterbox and NMS and, with several sessions loaded (yoloq's side-by-side latency
-    pass), from every other model: on the README's 2-core AMD EPYC a LiteRT INT8 run took 14.6 ms beside
+    pass), from every other model: on the 2-core AMD EPYC amd-epyc-2c-acddd7 a LiteRT INT8 run took 14.6 ms beside
     a spinning ORT session and 9.7 ms beside a sleeping one (model only, 2026-11-23)."""
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # type: ignore[attr-defined]
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")  # type: ignore[attr-defined]
