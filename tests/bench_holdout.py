@@ -9,10 +9,10 @@ reads their records only and writes ``OUT/<machine>/selection.{md,json}``: per c
 (those that differ from the backend's defaults), mAP50-95, retention and paired-bootstrap drop interval
 in each fold, its worst fold and its retention over all folds (mean weighted by each fold's image
 count). Per backend the candidate whose *worst* fold keeps the most is chosen (a setting must hold on
-every held-out set, not on average) among those whose file is at most ``MAX_SIZE`` of the same backend's
-FP32 (yoloq's INT8 size bar; a backend none of whose candidates meets it: its smallest file); one that
-failed in any fold is not eligible. Every figure names
-this machine.
+every held-out set, not on average; of equal ones, the one with the fewest settings changed) among those
+whose file is at most ``MAX_SIZE`` of the same backend's FP32 (yoloq's INT8 size bar; a backend none of
+whose candidates meets it: its smallest file); one that failed in any fold is not eligible. Every figure
+names this machine.
 """
 
 from __future__ import annotations
@@ -83,8 +83,11 @@ def select(folds: list[tuple[str, Path, dict]]) -> dict:
         smallest = min((x["size"] for x in rows.values() if x["format"] == row["format"] and x["size"]), default=0)
         if row["size"] is not None and row["size"] > max(MAX_SIZE, smallest) + 5e-4:
             continue
-        if row["worst_retention"] is not None and (best is None
-                                                  or row["worst_retention"] > rows[best]["worst_retention"]):
+        if row["worst_retention"] is None:
+            continue
+        # ties (the same setting written two ways scores the same): the one with fewer non-default options
+        if best is None or (row["worst_retention"], -len(row["options"])) > \
+                (rows[best]["worst_retention"], -len(rows[best]["options"])):
             chosen[row["format"]] = name
     return {"candidates": rows, "chosen": chosen}
 

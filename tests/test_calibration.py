@@ -30,10 +30,12 @@ def _model(path: Path) -> Path:
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
-def test_ort_ranges_equal_quantize_statics_own(tmp_path: Path, method: str):
+@pytest.mark.parametrize(("method", "options"), [("percentile", {}), ("entropy", {}), ("minmax", {}),
+                                                 ("percentile", {"symmetric_ranges": False, "percentile": 99.99})])
+def test_ort_ranges_equal_quantize_statics_own(tmp_path: Path, method: str, options: dict):
     """yoloq calibrates with ONNX Runtime's calibrator and its histogram code (tensors binned on threads);
-    the cached ranges equal those of ``quantize_static`` calibrating by itself, stride by stride."""
+    the cached ranges equal those of ``quantize_static`` calibrating by itself, stride by stride, with
+    yoloq's ``percentile`` and ``symmetric_ranges`` as ``quantize_static``'s own extra options."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
@@ -50,9 +52,31 @@ def test_ort_ranges_equal_quantize_statics_own(tmp_path: Path, method: str):
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, {"percentile": "Percentile", "entropy": "Entropy",
                                                                  "minmax": "MinMax"}[method]),
-                    extra_options={"CalibStridedMinMax": 9}, calibration_cache_path=str(theirs))
-    assert collect_ranges(prep, calibration_reader(cal, 48, name), {"calibrate_method": method}, ours) == {}
+                    extra_options={"CalibStridedMinMax": 9, **({"CalibPercentile": options["percentile"]}
+                                                               if "percentile" in options else {}),
+                                   **({"CalibTensorRangeSymmetric": options["symmetric_ranges"]}
+                                      if "symmetric_ranges" in options else {})},
+                    calibration_cache_path=str(theirs))
+    ranges = calibration_reader(cal, 48, name)
+    assert collect_ranges(prep, ranges, {"calibrate_method": method, **options}, ours) == {}
     a, b = load_tensors_data(theirs).data, load_tensors_data(ours).data
     assert set(a) == set(b) and len(a) >= 4
     for t in a:
         assert np.array_equal(a[t].range_value, b[t].range_value), t
+    if options:  # and the options changed the ranges
+        default = tmp_path / "default.json"
+        collect_ranges(prep, calibration_reader(cal, 48, name), {"calibrate_method": method}, default)
+        c = load_tensors_data(default).data
+        assert any(not np.array_equal(b[t].range_value, c[t].range_value) for t in b)
+
+
+def test_ort_percentile_options_are_validated():
+    """A percentile outside (50, 100] or a symmetric_ranges that is not a bool is one config error."""
+    from yoloq.backends.registry import backend_class, resolve_options
+    from yoloq.errors import ConfigError
+
+    cls = backend_class("onnxruntime")
+    assert resolve_options(cls, "int8", {"percentile": 99.99}, "v")["percentile"] == 99.99
+    for bad in ({"percentile": 100.5}, {"percentile": 10}, {"symmetric_ranges": "no"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            resolve_options(cls, "int8", bad, "v")

@@ -133,6 +133,28 @@ def test_litert_stem_pattern_takes_the_first_top_level_modules_only():
         assert not re.search(pat, name), name
 
 
+def test_ort_keep_stem_float_is_the_first_top_level_modules(tmp_path: Path):
+    """ONNX Runtime's keep_stem_float keeps the nodes of ``/model.0/``..``/model.N-1/`` in float (the float
+    scope its held-out candidate wrote as a pattern); stored configs predate it and mean 0."""
+    from conftest import SHARED
+
+    from yoloq.backends.registry import backend_class, resolve_options
+    from yoloq.backends.scope import float_scope
+
+    onnx_path = SHARED / "models" / "yolo11n.onnx"
+    head = float_scope(onnx_path, {"keep_stem_float": 0})
+    stem = float_scope(onnx_path, {"keep_stem_float": 3})
+    assert stem == float_scope(onnx_path, {"keep_stem_float": 0, "float_patterns": [r"^/model\.[0-2]/"]})
+    added = set(stem) - set(head)
+    assert {n.split("/")[1] for n in added} == {"model.0", "model.1", "model.2"} and len(added) >= 9
+    assert "/model.2/cv2/conv/Conv" in added and not any(n.startswith("/model.20/") for n in added)
+    cls = backend_class("onnxruntime")
+    assert resolve_options(cls, "int8", {}, "v")["keep_stem_float"] == 3
+    assert resolve_options(cls, "int8", {}, "v", stored=True)["keep_stem_float"] == 0
+    with pytest.raises(ConfigError, match="keep_stem_float"):
+        resolve_options(cls, "int8", {"keep_stem_float": -1}, "v")
+
+
 def test_an_option_added_later_keeps_older_runs_as_they_ran():
     """A stored config without ``keep_attention_float`` predates it: it means False, and an explicit False
     keeps the older records' keys (so `yoloq reproduce` and resume re-run nothing)."""

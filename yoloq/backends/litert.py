@@ -13,7 +13,7 @@ import numpy as np
 from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
-from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT
+from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.models import Head
 from yoloq.progress import step
@@ -83,10 +83,8 @@ KEEP_ATTENTION_FLOAT = OptionSpec(bool, True, None, "attention blocks (PSA Atten
 # stem, at the highest resolutions, computed in float (weights stored int8). Chosen on held-out train images,
 # never evaluation ones (configs/int8-holdout-*.yaml, results/int8-holdout/amd-epyc-2c-792874): with the
 # backbone in float the boxes moved least from FP32's, most of that gain from layers 0-4; of 2, 3 and 5 layers,
-# 2 kept the most on the worse fold (100.0%, against 99.0% with none). Runs stored before the option existed
-# kept none (``before``: 0, which stays out of variant keys, so their records and exports keep their keys).
-KEEP_STEM_FLOAT = OptionSpec(int, 2, None, "the model's first N layers (its stem) computed in float", INT8,
-                             minimum=0, before=0)
+# 2 kept the most on the worse fold (100.0%, against 99.0% with none).
+KEEP_STEM_FLOAT = keep_stem_float(2)
 
 
 def stem_pattern(n: int) -> list[str]:

@@ -80,6 +80,8 @@ def _check_value(spec: OptionSpec, val: Any, key: str) -> None:
         raise ConfigError(f"config key '{key}': got {val!r}, expected {spec.type.__name__}")
     if spec.minimum is not None and val is not None and val < spec.minimum:
         raise ConfigError(f"config key '{key}': got {val!r}, expected >= {spec.minimum:g}")
+    if spec.maximum is not None and val is not None and val > spec.maximum:
+        raise ConfigError(f"config key '{key}': got {val!r}, expected <= {spec.maximum:g}")
     if spec.choices is not None and val not in spec.choices:
         raise ConfigError(f"config key '{key}': got {val!r}, expected one of {list(spec.choices)}")
 

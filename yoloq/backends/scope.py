@@ -21,6 +21,22 @@ CALIBRATION_IMAGES = OptionSpec(int, None, None, "use only the first N calibrati
 KEEP_HEAD_FLOAT = OptionSpec(str, "outputs", ("outputs", "decode", "none"),
                              "head left in float: decode + output convs / decode only / nothing", INT8)
 
+
+
+def keep_stem_float(default: int) -> OptionSpec:
+    """The ``keep_stem_float`` option with a backend's default: the model's first N top-level modules (its
+    stem, at the highest resolutions) computed in float. Runs stored before it existed kept none (``before``:
+    0, which stays out of variant keys, so their records and exports keep their keys)."""
+    return OptionSpec(int, default, None, "the model's first N layers (its stem) computed in float", INT8,
+                      minimum=0, before=0)
+
+
+def stem_nodes(names: list[str], n: int) -> set[str]:
+    """The ONNX nodes of the model's first ``n`` top-level modules (Ultralytics' ``/model.<i>/`` scopes)."""
+    rx = re.compile(rf"^/model\.(?:{'|'.join(str(i) for i in range(n))})/") if n > 0 else None
+    return {x for x in names if rx and rx.match(x)}
+
+
 SCOPE_OPTIONS = {
     "keep_head_float": KEEP_HEAD_FLOAT,
     "float_nodes": OptionSpec(list, None, None, "ONNX node names kept in float", INT8),
@@ -92,6 +108,7 @@ def float_scope(onnx_path: Path, options: Mapping[str, Any], head: Head | None =
         raise ConfigError(f"options.float_nodes: {missing[:3]} are not nodes of {onnx_path.name} "
                           f"(see 'yoloq sensitivity' for the names)")
     keep |= set(options.get("float_nodes") or [])
+    keep |= stem_nodes(names, options.get("keep_stem_float") or 0)
     for pat in options.get("float_patterns") or []:
         try:
             rx = re.compile(pat)

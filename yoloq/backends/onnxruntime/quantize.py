@@ -94,16 +94,26 @@ def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], cache: Path
                     nodes_to_quantize=only or [], extra_options=extra, calibration_cache_path=str(cache))
 
 
-def _calibrator(prep: Path, augmented: str, method: Any) -> Any:
-    """ONNX Runtime's calibrator, made as ``quantize_static`` makes it; a histogram method's tensors are
-    binned on threads, one tensor per task, by ONNX Runtime's own code (so the same histograms)."""
+def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The calibrator's ``extra_options`` a variant sets (the rest are ONNX Runtime's defaults)."""
+    extra = {"percentile": float(options.get("percentile", 99.999))}
+    if options.get("symmetric_ranges") is not None:
+        extra["symmetric"] = bool(options["symmetric_ranges"])
+    return extra
+
+
+def _calibrator(prep: Path, augmented: str, method: Any, options: Mapping[str, Any] | None = None) -> Any:
+    """ONNX Runtime's calibrator, made as ``quantize_static`` makes it (with the variant's percentile and
+    range symmetry); a histogram method's tensors are binned on threads, one tensor per task, by ONNX
+    Runtime's own code (so the same histograms)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default op types
-    calibrator = create_calibrator(prep, ops, augmented_model_path=augmented, calibrate_method=method)
+    calibrator = create_calibrator(prep, ops, augmented_model_path=augmented, calibrate_method=method,
+                                   extra_options=_settings(options or {}))
     if method == CalibrationMethod.MinMax:
         return calibrator
 
@@ -146,7 +156,7 @@ def collect_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: P
 
     try:
         with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
-            save_tensors_data(_collect(_calibrator(prep, f"{tmp}/aug.onnx", _method(options)), reader), cache)
+            save_tensors_data(_collect(_calibrator(prep, f"{tmp}/aug.onnx", _method(options), options), reader), cache)
         return {}
     except ValueError as e:
         if "bins" not in str(e) or options["calibrate_method"] == "minmax":
@@ -182,12 +192,12 @@ def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Pa
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
     method = _method(options)
-    symmetric = method == CalibrationMethod.Percentile  # ONNX Runtime's percentile default
     first: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
         minmax = _collect(_calibrator(prep, f"{tmp}/minmax.onnx", CalibrationMethod.MinMax), reader, first)
         bad = sorted(t for t, r in first.items() if degenerate(*r))
-        hist = _calibrator(prep, f"{tmp}/hist.onnx", method)
+        hist = _calibrator(prep, f"{tmp}/hist.onnx", method, options)
+        symmetric = hist.symmetric
         hist.tensors_to_calibrate = set(hist.tensors_to_calibrate) - set(bad)
         data = dict(_collect(hist, reader).data)
     for t in bad:
