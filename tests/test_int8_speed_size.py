@@ -182,7 +182,7 @@ def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
     attention = [k for k in kept if re.search(r"Attention_attn|Conv_(qkv|proj|pe)/", k)]
     assert attention, kept  # keep_attention_float, the default
     assert len(kept) - len(attention) < 60  # otherwise the head's tail only, not the network
-    assert r["artifact_info"]["settings"]["calibrate_method"] == "mean"
+    assert r["artifact_info"]["settings"]["calibrate_method"] == "p90"  # the held-out choice
 
 
 def test_litert_range_updates_are_order_free():
@@ -258,12 +258,20 @@ def test_a_fresh_clone_rerun_keeps_committed_records(smoke_run, tmp_path: Path):
 
 
 def test_litert_fast_calibration_gives_the_default_modes_model(smoke_run):
-    """The profiler-based ranges quantize to the same bytes as ai-edge-quantizer's default calibration."""
+    """The profiler-based ranges quantize to the same bytes as ai-edge-quantizer's default calibration
+    (mean and min-max of per-image ranges, and p90, the default: a quantile over the images' ranges)."""
     import hashlib
 
     from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
 
-    from yoloq.backends.litert import _calibrate, _extreme_update, _mean_update, _signature_input
+    from yoloq.backends.litert import (
+        _all_update,
+        _calibrate,
+        _extreme_update,
+        _mean_update,
+        _quantile,
+        _signature_input,
+    )
 
     fp32 = next((smoke_run["dir"] / "artifacts" / "_base").glob("*-fp32.tflite"))
     sig, name = _signature_input(fp32)
@@ -276,14 +284,14 @@ def test_litert_fast_calibration_gives_the_default_modes_model(smoke_run):
         if slow:  # the library's default mode (every tensor copied to Python)
             rm = recipe_manager.RecipeManager()
             rm.load_quantization_recipe(qt.get_quantization_recipe())
-            c = calibrator.Calibrator(fp32.read_bytes(), qsv_update_func=_mean_update if method == "mean"
-                                      else _extreme_update)
+            c = calibrator.Calibrator(fp32.read_bytes(), qsv_update_func={"mean": _mean_update, "minmax":
+                                                                          _extreme_update}.get(method, _all_update))
             c.calibrate(data, rm)
-            ranges = {k: {f: np.asarray(v[f], np.float32) for f in ("min", "max")}
-                      for k, v in c.get_model_qsvs().items()}
+            qsvs = {k: _quantile(v, 0.9) if method == "p90" else v for k, v in c.get_model_qsvs().items()}
+            ranges = {k: {f: np.asarray(v[f], np.float32) for f in ("min", "max")} for k, v in qsvs.items()}
         else:
             ranges = _calibrate(qt, fp32, data, method)
         return hashlib.sha256(qt.quantize(calibration_result=ranges).quantized_model).hexdigest()
 
-    for method in ("mean", "minmax"):
+    for method in ("mean", "minmax", "p90"):
         assert quantize(method, slow=False) == quantize(method, slow=True), method

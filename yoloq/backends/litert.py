@@ -249,8 +249,10 @@ class LiteRtBackend(Backend):
         # average (0.95), so the last ~20 images decide and the result moves with the image order;
         # "mean" averages every image's min/max (order-free), "minmax" takes the extremes, "p75"/"p90" the
         # 75th/90th percentile over images of each image's max (and 25th/10th of its min): less clipping
-        # than the mean, less sway from one outlier image than the extremes.
-        "calibrate_method": OptionSpec(str, "mean", ("mean", "p75", "p90", "minmax", "ema"),
+        # than the mean, less sway from one outlier image than the extremes. p90 chosen on held-out train images
+        # (configs/int8-holdout-*.yaml, results/int8-holdout/amd-epyc-2c-792874): with the stem in float its
+        # worst fold kept 100.6% of torch FP32, against 100.0% for the mean and 99.9% for p75.
+        "calibrate_method": OptionSpec(str, "p90", ("mean", "p75", "p90", "minmax", "ema"),
                                        "activation ranges over images", INT8),
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_attention_float": KEEP_ATTENTION_FLOAT,
