@@ -22,7 +22,6 @@ KEEP_HEAD_FLOAT = OptionSpec(str, "outputs", ("outputs", "decode", "none"),
                              "head left in float: decode + output convs / decode only / nothing", INT8)
 
 
-
 def keep_stem_float(default: int) -> OptionSpec:
     """The ``keep_stem_float`` option with a backend's default: the model's first N top-level modules (its
     stem, at the highest resolutions) computed in float. Runs stored before it existed kept none (``before``:

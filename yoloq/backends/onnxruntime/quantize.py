@@ -96,7 +96,9 @@ def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], cache: Path
 
 def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
     """The calibrator's ``extra_options`` a variant sets (the rest are ONNX Runtime's defaults)."""
-    extra = {"percentile": float(options.get("percentile", 99.999))}
+    extra: dict[str, Any] = {}
+    if options.get("percentile") is not None:
+        extra["percentile"] = float(options["percentile"])
     if options.get("symmetric_ranges") is not None:
         extra["symmetric"] = bool(options["symmetric_ranges"])
     return extra
