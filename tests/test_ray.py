@@ -31,6 +31,8 @@ CONFIG = "configs/ray-smoke.yaml"
 NAMES = ("torch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
 TARGETED = ("onnxruntime-int8", "openvino-int8")
 
+AT_THE_END = ("map_drop_ci", "agreement")  # computed by finalize, once every variant has run
+
 
 @pytest.fixture
 def cluster():
@@ -98,9 +100,9 @@ def test_cluster_run_matches_local_times_on_target_and_resumes_after_driver_cras
     recs = _records(out)
     assert set(recs) == set(NAMES)
     for name, r in before.items():  # nothing already recorded is lost or redone
-        measured = {k: v for k, v in r["metrics"].items() if k != "map_drop_ci"}  # the bootstrap comes at the end
+        measured = {k: v for k, v in r["metrics"].items() if k not in AT_THE_END}
         assert recs[name]["created"] == r["created"], name
-        assert {k: v for k, v in recs[name]["metrics"].items() if k != "map_drop_ci"} == measured, name
+        assert {k: v for k, v in recs[name]["metrics"].items() if k not in AT_THE_END} == measured, name
         assert f"{name}: already recorded, kept" in log
     assert "export submitted" in "".join(head)
 
@@ -139,7 +141,9 @@ def test_worker_node_killed_mid_run_finishes_with_nothing_lost(cluster, smoke_ru
     recs = _records(out)
     assert set(recs) == set(NAMES), log[-4000:]
     for name, r in before.items():
-        assert recs[name]["created"] == r["created"] and recs[name]["metrics"] == r["metrics"], name
+        assert recs[name]["created"] == r["created"], name
+        assert {k: v for k, v in recs[name]["metrics"].items() if k not in AT_THE_END} == \
+            {k: v for k, v in r["metrics"].items() if k not in AT_THE_END}, name
     local = smoke_run["records"]
     for name, r in recs.items():
         # export and accuracy tasks on the dead node were re-run on the head: the same figure

@@ -1,4 +1,5 @@
-"""After the variants: paired bootstrap intervals, budget verdicts and speed-ups go into the records."""
+"""After the variants: paired bootstrap intervals, agreement with the reference, budget verdicts and speed-ups
+go into the records."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from yoloq.agreement import AGREE_CONF, StoredDetections, agreement
 from yoloq.bootstrap import PerImageEval, interval, paired_bootstrap, resample_weights, resampled_maps, weighted_map
 from yoloq.budget import verdict
 from yoloq.config import BudgetConfig, ReportConfig
-from yoloq.passes import evaldata_path
+from yoloq.passes import detections_path, evaldata_path
 from yoloq.progress import bar
 from yoloq.records import Record, RecordStore, reference_of, speedup
 
@@ -39,6 +41,30 @@ def _pairs(store: RecordStore, report: ReportConfig) -> int:
     return n
 
 
+def _agreements(store: RecordStore, ref: Record | None) -> int:
+    """Each ok record's agreement with the reference's confident detections (``metrics.agreement``), where both
+    detections are kept and the record does not already hold it for this pair. Returns how many."""
+    ref_file = detections_path(store.run_dir, ref.name) if ref else None
+    if ref is None or ref_file is None or not ref_file.is_file():
+        return 0
+    reference = None
+    n = 0
+    for r in store.all():
+        f = detections_path(store.run_dir, r.name)
+        old = r.metrics.get("agreement") or {}
+        if not r.ok or r.name == ref.name or not f.is_file() or \
+                (old.get("reference_key"), old.get("key"), old.get("conf")) == (ref.key, r.key, AGREE_CONF):
+            continue
+        reference = reference or StoredDetections.load(ref_file)
+        try:
+            a = agreement(reference, StoredDetections.load(f))
+        except ValueError:
+            continue  # evaluated on other images (an older run's record): no agreement
+        r.metrics["agreement"] = a | {"reference": ref.name, "reference_key": ref.key, "key": r.key}
+        n += 1
+    return n
+
+
 def _current(r: Record, ref: Record, report: ReportConfig) -> bool:
     """Whether ``r`` already holds the interval for this exact pair and setting."""
     ci = r.metrics.get("map_drop_ci") or {}
@@ -47,10 +73,11 @@ def _current(r: Record, ref: Record, report: ReportConfig) -> bool:
 
 
 def finalize(store: RecordStore, budget: BudgetConfig, report: ReportConfig) -> dict[str, Any]:
-    """Attach ``metrics.map_drop_ci``, ``budget`` and ``speedup`` to every record (one atomic rewrite).
+    """Attach ``metrics.map_drop_ci``, ``metrics.agreement``, ``budget`` and ``speedup`` to every record (one
+    atomic rewrite).
 
     Returns:
-        What was done: the reference's name, how many intervals, and the bootstrap's seconds.
+        What was done: the reference's name, how many intervals and agreements, and the bootstrap's seconds.
     """
     run_dir = store.run_dir
     records = store.all()
@@ -79,10 +106,11 @@ def finalize(store: RecordStore, budget: BudgetConfig, report: ReportConfig) -> 
             n += 1
     n += _pairs(store, report)
     seconds = time.perf_counter() - t0
+    agreed = _agreements(store, ref)
     for r in records:
         r.budget = verdict(r, ref, budget)
         r.speedup = speedup(records, r) if r.ok else {}
     store.save()
     kept = sum(1 for r in records if ref and r.metrics.get("map_drop_ci") and _current(r, ref, report)) - n
-    return {"reference": ref.name if ref else None, "intervals": n, "kept": max(kept, 0),
+    return {"reference": ref.name if ref else None, "intervals": n, "agreements": agreed, "kept": max(kept, 0),
             "bootstrap_s": seconds, "resamples": report.bootstrap}

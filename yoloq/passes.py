@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from yoloq.accuracy import score
+from yoloq.agreement import StoredDetections
 from yoloq.backends.base import Runtime
 from yoloq.config import EvalConfig, LatencyConfig
 from yoloq.data.types import DatasetSplit
@@ -28,11 +29,17 @@ def evaldata_path(run_dir: Path, name: str) -> Path:
     return run_dir / "evaldata" / f"{name}.npz"
 
 
+def detections_path(run_dir: Path, name: str) -> Path:
+    """Where a variant's detections on the evaluation images are kept (for its agreement with the reference)."""
+    return run_dir / "evaldata" / f"{name}.detections.npz"
+
+
 def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int, ...], imgsz: int,
                   cfg: EvalConfig, end2end: bool, run_dir: Path, label: str) -> tuple[CocoMetrics, list[str]]:
     """Predict every evaluation image (batch 1) and score the detections with pycocotools.
 
-    The per-image matches are kept in ``evaldata/`` for the report's bootstrap intervals.
+    The per-image matches and the detections are kept in ``evaldata/`` for the report's bootstrap
+    intervals and agreement with the reference.
 
     Returns:
         The metrics and the names of images that could not be read (skipped, not scored).
@@ -42,11 +49,13 @@ def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int,
 
 
 def finish_accuracy(evaluator: CocoEvaluator, run_dir: Path, label: str) -> CocoMetrics:
-    """One ``COCOeval`` over every processed image; the per-image matches go to ``evaldata/`` (bootstrap)."""
+    """One ``COCOeval`` over every processed image; the per-image matches (bootstrap) and the detections
+    (agreement) go to ``evaldata/``."""
     metrics = evaluator.evaluate()
     per_image = evaluator.per_image()
     if per_image is not None:
         per_image.save(evaldata_path(run_dir, label))
+    StoredDetections.from_results(evaluator.image_ids, evaluator.results).save(detections_path(run_dir, label))
     return metrics
 
 

@@ -8,10 +8,10 @@ from yoloq.budget import label
 from yoloq.provenance import describe
 from yoloq.records import Record, reference_of, same_backend, same_place
 
-COLUMNS = ("variant", "ran as", "status", "mAP50-95", "mAP50", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms",
-           "p99 ms", "FPS", "x ref", "x fp32", "x fp16", "size MB", "compr.", "budget", "reason")
-TERMINAL = ("variant", "ran as", "status", "mAP50-95", "drop [95% CI]", "% of ref", "p50 ms", "p90 ms", "x fp32",
-            "size MB", "budget", "reason")
+COLUMNS = ("variant", "ran as", "status", "mAP50-95", "mAP50", "drop [95% CI]", "% of ref", "agrees", "p50 ms",
+           "p90 ms", "p99 ms", "FPS", "x ref", "x fp32", "x fp16", "size MB", "compr.", "budget", "reason")
+TERMINAL = ("variant", "ran as", "status", "mAP50-95", "drop [95% CI]", "% of ref", "agrees", "p50 ms", "p90 ms",
+            "x fp32", "size MB", "budget", "reason")
 
 
 def _fmt(x: Any, nd: int, suffix: str = "") -> str:
@@ -52,6 +52,7 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
             "status": r.status,
             "mAP50-95": _fmt(m.get("map50_95"), 4), "mAP50": _fmt(m.get("map50"), 4),
             "drop [95% CI]": _ci_text(m), "% of ref": _fmt(keep, 1),
+            "agrees": _fmt((m.get("agreement") or {}).get("map50_95"), 3),
             "p50 ms": _fmt(p50, 2), "p90 ms": _fmt(lat.get("p90_ms"), 2), "p99 ms": _fmt(lat.get("p99_ms"), 2),
             "FPS": _fmt(lat.get("throughput_fps"), 1),
             "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 and same_place(ref, r) else None, 2, "x"),
@@ -129,6 +130,11 @@ def notes(records: list[Record], ref: Record | None) -> list[str]:
         n_img = ref.metrics.get("images") if ref else None
         out.append(f"95% intervals: paired bootstrap, {cis[0]['resamples']} resamples of the {n_img} evaluation "
                    f"images (seed {cis[0]['seed']}); * marks a drop whose interval excludes 0 (significant).")
+    agree = next((r.metrics["agreement"] for r in records if r.ok and r.metrics.get("agreement")), None)
+    if agree:
+        out.append(f"agrees: mAP50-95 of the variant's detections scored against the reference's own detections "
+                   f"with score >= {agree['conf']} ({agree['boxes']} boxes) as ground truth: 1.0 reproduces them; "
+                   f"it measures what quantization moved, with far less image-to-image noise than mAP.")
     out.append("x ref / x fp32 / x fp16: p50 speed-up against the reference and against the same backend's "
                "FP32 and FP16; compr.: size against the same backend's FP32.")
     nodes = {(r.execution.get("node") or "")[:8] for r in records if r.ok and r.latency}
