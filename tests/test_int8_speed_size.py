@@ -182,7 +182,8 @@ def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
     attention = [k for k in kept if re.search(r"Attention_attn|Conv_(qkv|proj|pe)/", k)]
     assert attention, kept  # keep_attention_float, the default
     assert len(kept) - len(attention) < 60  # otherwise the head's tail only, not the network
-    assert r["artifact_info"]["settings"]["calibrate_method"] == "p90"  # the held-out choice
+    settings = r["artifact_info"]["settings"]
+    assert (settings["calibrate_method"], settings["keep_stem_float"]) == ("mean", 3)  # the held-out choice
 
 
 def test_litert_range_updates_are_order_free():
@@ -259,7 +260,7 @@ def test_a_fresh_clone_rerun_keeps_committed_records(smoke_run, tmp_path: Path):
 
 def test_litert_fast_calibration_gives_the_default_modes_model(smoke_run):
     """The profiler-based ranges quantize to the same bytes as ai-edge-quantizer's default calibration
-    (mean and min-max of per-image ranges, and p90, the default: a quantile over the images' ranges)."""
+    (mean, the default, and min-max of per-image ranges, and p90, a quantile over the images' ranges)."""
     import hashlib
 
     from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
