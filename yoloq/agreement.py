@@ -12,13 +12,13 @@ dataset's own ground truth.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from yoloq.evaluate import CocoEvaluator
 
 AGREE_CONF = 0.25
 
@@ -67,31 +67,21 @@ def agreement(reference: StoredDetections, variant: StoredDetections, conf: floa
     Raises:
         ValueError: When the two were not made on the same images.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if not np.array_equal(np.sort(reference.image_ids), np.sort(variant.image_ids)):
         raise ValueError("the variant and the reference were evaluated on different images")
     keep = reference.score >= conf
     cats = sorted(set(reference.category[keep].tolist()))
-    gt = COCO()
-    gt.dataset = {
-        "images": [{"id": int(i)} for i in reference.image_ids],
-        "categories": [{"id": c} for c in cats],
-        "annotations": [{"id": k + 1, "image_id": int(i), "category_id": int(c), "bbox": [float(x) for x in b],
-                         "area": float(b[2] * b[3]), "iscrowd": 0}
-                        for k, (i, c, b) in enumerate(zip(reference.det_image[keep], reference.category[keep],
-                                                          reference.bbox[keep]))]}
+    gt = {"images": [{"id": int(i)} for i in reference.image_ids],
+          "categories": [{"id": c, "name": str(c)} for c in cats],
+          "annotations": [{"id": k + 1, "image_id": int(i), "category_id": int(c), "bbox": [float(x) for x in b],
+                           "area": float(b[2] * b[3]), "iscrowd": 0}
+                          for k, (i, c, b) in enumerate(zip(reference.det_image[keep], reference.category[keep],
+                                                            reference.bbox[keep]))]}
     out = {"conf": conf, "boxes": int(keep.sum()), "map50_95": 0.0, "map50": 0.0}
-    known = set(cats)
-    dets = [r for r in variant.results() if r["category_id"] in known]
-    if not cats or not dets:
+    if not cats:
         return out
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.params.imgIds = sorted(int(i) for i in reference.image_ids)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return out | {"map50_95": float(ev.stats[0]), "map50": float(ev.stats[1])}
+    known = set(cats)
+    ev = CocoEvaluator(gt, cats)
+    ev.add(variant.image_ids.tolist(), [r for r in variant.results() if r["category_id"] in known])
+    m = ev.evaluate()
+    return out | {"map50_95": m.map50_95, "map50": m.map50}
