@@ -39,6 +39,25 @@ def test_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
     assert sqnr == sorted(sqnr)  # worst first
 
 
+def test_litert_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
+    """LiteRT: each top-level module alone in int8 (the variant's ranges and float scope), SQNR of the raw output
+    against FP32 on calibration images; the stem the default keeps in float adds no error."""
+    proc = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "litert-int8", "--images", "2",
+                   "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [r.split(",") for r in (tmp_path / "sensitivity-litert-int8-block" / "sensitivity.csv").read_text()
+            .splitlines()[1:]]
+    sqnr = {r[1]: float(r[3]) for r in rows}
+    assert set(sqnr) == {f"model.{i}" for i in range(24)}  # YOLO11n: 23 modules and the Detect head
+    assert all(sqnr[f"model.{i}"] == float("inf") for i in range(3))  # keep_stem_float: 3, the default
+    finite = [v for v in sqnr.values() if v != float("inf")]
+    assert len(finite) == 21 and all(10 < v < 90 for v in finite)  # int8 adds error, far below the signal
+    assert [float(r[3]) for r in rows] == sorted(sqnr.values())  # worst first
+    layer = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "litert-int8", "--granularity", "layer",
+                    "--out", str(tmp_path))
+    assert layer.returncode == 2 and "ranks blocks" in layer.stderr and "Traceback" not in layer.stderr
+
+
 def test_sensitivity_refuses_a_float_variant():
     proc = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "onnxruntime-fp32")
     assert proc.returncode == 2 and "int8 variant" in proc.stderr

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
@@ -217,6 +217,22 @@ def _calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]]
     return result
 
 
+def _raw_outputs(model: bytes, batches: list[np.ndarray], threads: int) -> np.ndarray:
+    """A TFLite model's raw outputs on ``batches``, stacked (boxes as the export gives them: divided by the input
+    size, so boxes and scores weigh alike in an SQNR)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model, num_threads=threads)
+    it.allocate_tensors()
+    x_in, y_out = it.get_input_details()[0], it.get_output_details()[0]
+    out = []
+    for x in batches:
+        it.set_tensor(x_in["index"], np.ascontiguousarray(x, dtype=x_in["dtype"]))
+        it.invoke()
+        out.append(it.get_tensor(y_out["index"]).astype(np.float64))
+    return np.concatenate(out)
+
+
 @contextlib.contextmanager
 def _quiet_bars() -> Iterator[None]:
     """Silence ai-edge-quantizer's progress bars (one tqdm update per tensor per image: tens of
@@ -241,6 +257,7 @@ class LiteRtBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     sources = ("pt",)
     install_hint = "pip install litert-torch ai-edge-litert ai-edge-quantizer"
+    supports_sensitivity = True
     libraries = ("ai-edge-litert", "ai-edge-quantizer", "litert-torch")
     style = Style(color="#ff7f0e")
     options = {
@@ -275,10 +292,12 @@ class LiteRtBackend(Backend):
         except PackageNotFoundError:
             return "unknown"
 
-    def export(self, ctx: ExportContext) -> Artifact:
-        p = ctx.variant.precision
+    @staticmethod
+    def _fp32(ctx: ExportContext) -> tuple[Head, Path]:
+        """The head this variant carries and the FP32 LiteRT file its FP16/INT8 forms are made from (exported
+        once per model, size and head branch)."""
         head = ctx.source.head
-        if head.end2end and p == "int8":  # as Ultralytics' exporter: int8 activations collapse the top-k's class
+        if head.end2end and ctx.variant.precision == "int8":  # as Ultralytics' exporter: int8 activations collapse
             head = replace(head, end2end=False, reason="LiteRT INT8 cannot carry the one-to-one branch (static int8 "
                                                        "activations collapse its class index; Ultralytics' exporter "
                                                        "falls back the same way): one-to-many branch + NMS")
@@ -286,6 +305,11 @@ class LiteRtBackend(Backend):
         fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}fp32.tflite")
         if not fp32.is_file():
             ultralytics_export(ctx.source, fp32, format="litert", imgsz=ctx.imgsz, batch=1, **args)
+        return head, fp32
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        p = ctx.variant.precision
+        head, fp32 = self._fp32(ctx)
         base_info = {"boxes_normalized": True, "head": head.describe()}
         if p == "fp32":
             return Artifact(fp32, self.name, p, base_info)
@@ -317,18 +341,29 @@ class LiteRtBackend(Backend):
                 raise ExportError(f"ai-edge-quantizer {p} failed: {type(e).__name__}: {e}") from e
         return Artifact(out, self.name, p, {**base_info, **info})
 
-    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any,
-              head: Head) -> dict[str, Any]:
-        sig, name = _signature_input(fp32)
+    @staticmethod
+    def _static_recipe(ctx: ExportContext, qt: Any, head: Head, only: str = ".*") -> list[tuple[str, str]]:
+        """Load the variant's static INT8 recipe into ``qt`` for the ops whose tensor names match ``only``, its float
+        scope after it (later rules win in ai-edge-quantizer), float input and output; returns the scope's rules."""
+        from ai_edge_quantizer import qtyping, recipe
+
         bits = ctx.option("activation_bits")
-        qt.load_quantization_recipe(recipe.static_wi8_ai8() if bits == 8 else recipe.static_wi8_ai16())
+        qt.load_quantization_recipe([dict(r, regex=only) for r in (recipe.static_wi8_ai8() if bits == 8
+                                                                   else recipe.static_wi8_ai16())])
         for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float in/out
             qt.update_quantization_recipe(regex=".*", operation_name=op,
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
         kept = scope_rules(ctx.variant.options, {t.name for t in qtyping.TFLOperationName}, head)
-        for regex, op in kept:  # later rules win in ai-edge-quantizer: float scope after the int8 default
+        for regex, op in kept:
             qt.update_quantization_recipe(regex=regex, operation_name=getattr(qtyping.TFLOperationName, op),
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+        return kept
+
+    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any,
+              head: Head) -> dict[str, Any]:
+        sig, name = _signature_input(fp32)
+        bits = ctx.option("activation_bits")
+        kept = self._static_recipe(ctx, qt, head)
         # float compute, weights stored as fp16: the head's output convolutions (0.30x -> 0.296x) and the
         # attention's convolutions (int8-stored weights kept less on both held-out folds)
         fp16 = qtyping.OpQuantizationConfig(
@@ -360,6 +395,43 @@ class LiteRtBackend(Backend):
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
                 "settings": dict(ctx.variant.options),
                 "kept_float": float_ops(out, [r for r, _ in kept], {op for _, op in kept if op != "ALL_SUPPORTED"})}
+
+    def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
+        """Rank the model's top-level modules by the output SQNR of the FP32 model with that module alone in INT8
+        (the variant's ranges from its calibration images, its float scope and activation bits), measured on
+        ``images`` calibration images, never evaluation ones: where LiteRT INT8 loses, block by block.
+
+        Raises:
+            ConfigError: For ``granularity`` "layer" (LiteRT ranks blocks: one quantized model per group).
+        """
+        if granularity != "block":
+            raise ConfigError("LiteRT sensitivity ranks blocks (--granularity block): each group is one quantized "
+                              "model")
+        from ai_edge_quantizer import quantizer
+
+        from yoloq.progress import bar
+
+        head, fp32 = self._fp32(ctx)
+        sig, name = _signature_input(fp32)
+        qt = quantizer.Quantizer(str(fp32))
+        self._static_recipe(ctx, qt, head)
+        samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
+        with _quiet_bars():
+            ranges = _calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
+        batches = [s[name] for s in samples[:images]]
+        reference = _raw_outputs(fp32.read_bytes(), batches, ctx.threads)
+        results = []
+        for i in bar(range(head.index + 1), desc="  sensitivity"):
+            group = rf"_model/[\w.]+_{i}[/;]"
+            qt = quantizer.Quantizer(str(fp32))
+            self._static_recipe(ctx, qt, head, only=group)
+            with _quiet_bars():
+                model = qt.quantize(calibration_result=ranges).quantized_model
+            y = _raw_outputs(bytes(model), batches, ctx.threads)
+            noise, signal = float(((reference - y) ** 2).sum()), float((reference ** 2).sum())
+            results.append(GroupError(f"model.{i}", (group,), 10 * np.log10(signal / noise) if noise > 0
+                                      else float("inf"), (noise / signal) ** 0.5))
+        return sorted(results, key=lambda g: g.sqnr_db)
 
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
         """The interpreter's ops with the type they compute in and their MACs. LiteRT's Python API has no
