@@ -21,7 +21,8 @@ FP32's detections; of equal ones, the one with the fewest settings changed. Wher
 retention on ~100 images moves by about a point between settings whose outputs differ only by
 quantization noise, so the earlier rule (the best worst-fold retention) picked settings that the next
 evaluation set did not confirm; agreement measures what quantization moved, over every confident box, and
-ranked the candidates the same way on both folds. Every figure names this machine.
+ranks the candidates far more alike on the two folds (Spearman 0.84 against retention's 0.52, 30
+candidates). Every figure names this machine.
 """
 
 from __future__ import annotations
