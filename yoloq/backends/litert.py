@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
+from yoloq.backends.litert_ranges import calibrate, quiet_bars, raw_outputs
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
@@ -137,110 +136,6 @@ def float_ops(path: Path, patterns: list[str], types: set[str]) -> list[str]:
     return out
 
 
-def _f32(qsv: dict[str, Any]) -> dict[str, Any]:
-    return {k: (np.asarray(v, np.float32) if k in ("min", "max") else v) for k, v in qsv.items()}
-
-
-def _mean_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Running mean of per-image min/max in float32 (the count rides along under ``_n``; stripped afterwards)."""
-    if not qsv:
-        return dict(_f32(new), _n=1)
-    qsv, new = _f32(qsv), _f32(new)
-    n = qsv.get("_n", 1)
-    return {"min": (qsv["min"] * n + new["min"]) / (n + 1), "max": (qsv["max"] * n + new["max"]) / (n + 1),
-            "_n": n + 1}
-
-
-def _extreme_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Global min and max over all images."""
-    if not qsv:
-        return _f32(new)
-    qsv, new = _f32(qsv), _f32(new)
-    return {"min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
-
-
-def _all_update(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Every image's min and max kept (for a quantile over images, taken at the end)."""
-    new = _f32(new)
-    if not qsv:
-        return {"_mins": [new["min"]], "_maxs": [new["max"]]}
-    if "_mins" not in qsv:  # the first image, stored by the calibrator as it came
-        qsv = {"_mins": [_f32(qsv)["min"]], "_maxs": [_f32(qsv)["max"]]}
-    return {"_mins": qsv["_mins"] + [new["min"]], "_maxs": qsv["_maxs"] + [new["max"]]}
-
-
-def _quantile(qsv: dict[str, Any], q: float) -> dict[str, Any]:
-    """The ``q`` quantile over images of the per-image maxima, and the ``1 - q`` one of the minima."""
-    if "_mins" not in qsv:
-        return _f32(qsv)
-    return {"min": np.quantile(np.stack(qsv["_mins"]), 1 - q, axis=0).astype(np.float32),
-            "max": np.quantile(np.stack(qsv["_maxs"]), q, axis=0).astype(np.float32)}
-
-
-# ai-edge-quantizer's range filter for activations (its ``min_max_calibrate`` ignores values beyond it)
-VALID_RANGE = 3e38
-
-
-def _calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]], method: str) -> dict[str, Any]:
-    """Activation ranges for ai-edge-quantizer, combined over the images as ``method`` says.
-
-    "mean" and "minmax" run the quantizer's profiler-based calibration (TFLite's C++ interpreter tracks
-    every tensor's min and max while it runs): about 4x faster than its default, which copies every
-    tensor to Python, and the same ranges, so the same model, byte for byte (checked on YOLO11n). A
-    range it cannot give as the default would (an infinite padding value reaching a tensor) falls back
-    to the default mode.
-    """
-    if method == "ema":
-        return qt.calibrate(data)
-    from ai_edge_quantizer import calibrator, recipe_manager
-
-    rm = recipe_manager.RecipeManager()  # the recipe the quantizer holds (its public copy)
-    rm.load_quantization_recipe(qt.get_quantization_recipe())
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
-
-    # the default mode's ranges are shaped (1,) * the tensor's rank, and the quantizer reads that shape
-    rank = {t.name.decode() if isinstance(t.name, bytes) else t.name: len(t.shape)
-            for g in fu.read_model(str(fp32)).subgraphs for t in g.tensors}
-    update = {"mean": _mean_update, "minmax": _extreme_update}.get(method, _all_update)
-    share = float(method[1:]) / 100 if method.startswith("p") else None
-    result: dict[str, Any] = {}
-    for mode in (calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
-                 calibrator.CalibrationMode.CALIBRATION_PRESERVE_ALL_TENSORS):
-        calib = calibrator.Calibrator(fp32.read_bytes(), num_threads=16, mode=mode, qsv_update_func=update)
-        calib.calibrate(data, rm)
-        qsvs = {name: _quantile(v, share) if share is not None else _f32(v)
-                for name, v in calib.get_model_qsvs().items()}
-        result = {name: {k: np.reshape(v, (1,) * rank.get(name, np.ndim(v))) for k, v in qsv.items() if k != "_n"}
-                  for name, qsv in qsvs.items()}
-        if all(np.all(np.abs(q[k]) < VALID_RANGE) for q in result.values() for k in ("min", "max")):
-            break
-    return result
-
-
-def _raw_outputs(model: bytes, batches: list[np.ndarray], threads: int) -> np.ndarray:
-    """A TFLite model's raw outputs on ``batches``, stacked (boxes as the export gives them: divided by the input
-    size, so boxes and scores weigh alike in an SQNR)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=model, num_threads=threads)
-    it.allocate_tensors()
-    x_in, y_out = it.get_input_details()[0], it.get_output_details()[0]
-    out = []
-    for x in batches:
-        it.set_tensor(x_in["index"], np.ascontiguousarray(x, dtype=x_in["dtype"]))
-        it.invoke()
-        out.append(it.get_tensor(y_out["index"]).astype(np.float64))
-    return np.concatenate(out)
-
-
-@contextlib.contextmanager
-def _quiet_bars() -> Iterator[None]:
-    """Silence ai-edge-quantizer's progress bars (one tqdm update per tensor per image: tens of
-    thousands of lines in a log). tqdm reads ``TQDM_DISABLE`` only at import, so stderr is muted."""
-    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-        yield
-
-
 def _signature_input(path: Path) -> tuple[str, str]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -330,7 +225,7 @@ class LiteRtBackend(Backend):
                         rm.add_weight_only_config(regex=".*", operation_name=op, num_bits=16,
                                                   algorithm_key=AlgorithmName.FLOAT_CASTING)
                     qt.load_quantization_recipe(rm.get_quantization_recipe())
-                    with _quiet_bars():
+                    with quiet_bars():
                         qt.quantize().export_model(str(out), overwrite=True)
                     info = {"quantizer": "ai-edge-quantizer float_casting (fp16 weights)"}
                 else:
@@ -389,8 +284,8 @@ class LiteRtBackend(Backend):
                 qt.update_quantization_recipe(regex=regex, operation_name=op, op_config=w8,
                                               algorithm_key=recipe.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
         samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
-        with _quiet_bars():
-            result = _calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
+        with quiet_bars():
+            result = calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
             qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)
         return {"quantizer": f"ai-edge-quantizer static_wi8_ai{bits}", "calibration_used": len(samples),
                 "settings": dict(ctx.variant.options),
@@ -416,18 +311,18 @@ class LiteRtBackend(Backend):
         qt = quantizer.Quantizer(str(fp32))
         self._static_recipe(ctx, qt, head)
         samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
-        with _quiet_bars():
-            ranges = _calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
+        with quiet_bars():
+            ranges = calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
         batches = [s[name] for s in samples[:images]]
-        reference = _raw_outputs(fp32.read_bytes(), batches, ctx.threads)
+        reference = raw_outputs(fp32.read_bytes(), batches, ctx.threads)
         results = []
         for i in bar(range(head.index + 1), desc="  sensitivity"):
             group = rf"_model/[\w.]+_{i}[/;]"
             qt = quantizer.Quantizer(str(fp32))
             self._static_recipe(ctx, qt, head, only=group)
-            with _quiet_bars():
+            with quiet_bars():
                 model = qt.quantize(calibration_result=ranges).quantized_model
-            y = _raw_outputs(bytes(model), batches, ctx.threads)
+            y = raw_outputs(bytes(model), batches, ctx.threads)
             noise, signal = float(((reference - y) ** 2).sum()), float((reference ** 2).sum())
             results.append(GroupError(f"model.{i}", (group,), 10 * np.log10(signal / noise) if noise > 0
                                       else float("inf"), (noise / signal) ** 0.5))
