@@ -358,6 +358,7 @@ class LiteRtBackend(Backend):
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> LiteRtRuntime:
         rt = LiteRtRuntime(Path(artifact.path), threads)
+        int16 = "ai16" in str(artifact.info.get("quantizer", ""))  # activation_bits: 16
         rt.info["precision_ran"] = {"fp32": "fp32", "fp16": "fp32 compute (fp16 weights)",
-                                    "int8": "int8"}[artifact.precision]
+                                    "int8": "int16 activations, int8 weights" if int16 else "int8"}[artifact.precision]
         return rt
