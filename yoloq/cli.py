@@ -183,6 +183,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
                          f"not {variant.label}")
     out_dir = Path(args.out) if args.out else default_out(cfg)
     inputs = prepare_inputs(cfg, out_dir)
+    backend.check(variant, inputs.source)  # its packages and a source model it reads, as a run checks
     ctx = ExportContext(inputs.source, variant, cfg.imgsz, inputs.calibration, out_dir / "artifacts" / variant.label,
                         threads=cfg.latency.threads)
     set_library_log(out_dir / "logs" / "libraries.log")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
-from yoloq.backends.litert_ranges import calibrate, quiet_bars, raw_outputs
+from yoloq.backends.litert_ranges import calibrate, quiet_bars
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
@@ -25,10 +25,11 @@ class LiteRtRuntime:
     resolution); ``predict`` multiplies them back so the output matches every other backend.
     """
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path | bytes, threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        model = {"model_content": path} if isinstance(path, bytes) else {"model_path": str(path)}
+        self.interpreter = Interpreter(**model, num_threads=threads)
         self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
@@ -37,12 +38,17 @@ class LiteRtRuntime:
         self._imgsz = shape[2] if self._nchw else shape[1]
         self.info: dict[str, Any] = {"threads": threads, "input_shape": [int(x) for x in self._in["shape"]]}
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Run the interpreter on one NCHW batch (transposed to NHWC when the model wants it)."""
+    def raw(self, batch: np.ndarray) -> np.ndarray:
+        """The model's own output for one NCHW batch (transposed to NHWC when the model wants it): boxes
+        divided by the input size, as the export gives them."""
         x = batch if self._nchw else batch.transpose(0, 2, 3, 1)
         self.interpreter.set_tensor(self._in["index"], np.ascontiguousarray(x, dtype=self._in["dtype"]))
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self._out["index"]).astype(np.float32)
+        return self.interpreter.get_tensor(self._out["index"]).astype(np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The raw head output with boxes in input pixels, as every backend gives it."""
+        y = self.raw(batch)
         if y.ndim == 3 and y.shape[1] < y.shape[2]:  # [B, 4+nc, N]: denormalise xywh
             y[:, :4] *= self._imgsz
         return y
@@ -314,7 +320,11 @@ class LiteRtBackend(Backend):
         with quiet_bars():
             ranges = calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
         batches = [s[name] for s in samples[:images]]
-        reference = raw_outputs(fp32.read_bytes(), batches, ctx.threads)
+        def outputs(model: Path | bytes) -> np.ndarray:  # boxes stay divided by the input size: they weigh as scores
+            rt = LiteRtRuntime(model, ctx.threads)
+            return np.concatenate([rt.raw(x) for x in batches]).astype(np.float64)
+
+        reference = outputs(fp32)
         results = []
         for i in bar(range(head.index + 1), desc="  sensitivity"):
             group = rf"_model/[\w.]+_{i}[/;]"
@@ -322,7 +332,7 @@ class LiteRtBackend(Backend):
             self._static_recipe(ctx, qt, head, only=group)
             with quiet_bars():
                 model = qt.quantize(calibration_result=ranges).quantized_model
-            y = raw_outputs(bytes(model), batches, ctx.threads)
+            y = outputs(bytes(model))
             noise, signal = float(((reference - y) ** 2).sum()), float((reference ** 2).sum())
             results.append(GroupError(f"model.{i}", (group,), 10 * np.log10(signal / noise) if noise > 0
                                       else float("inf"), (noise / signal) ** 0.5))

@@ -1,5 +1,5 @@
 """LiteRT INT8 activation ranges: how per-image ranges combine over the calibration images (ai-edge-quantizer's
-calibrator with yoloq's update functions), and running a TFLite model to compare raw outputs."""
+calibrator with yoloq's update functions)."""
 
 from __future__ import annotations
 
@@ -89,22 +89,6 @@ def calibrate(qt: Any, fp32: Path, data: dict[str, list[dict[str, np.ndarray]]],
         if all(np.all(np.abs(q[k]) < VALID_RANGE) for q in result.values() for k in ("min", "max")):
             break
     return result
-
-
-def raw_outputs(model: bytes, batches: list[np.ndarray], threads: int) -> np.ndarray:
-    """A TFLite model's raw outputs on ``batches``, stacked (boxes as the export gives them: divided by the input
-    size, so boxes and scores weigh alike in an SQNR)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=model, num_threads=threads)
-    it.allocate_tensors()
-    x_in, y_out = it.get_input_details()[0], it.get_output_details()[0]
-    out = []
-    for x in batches:
-        it.set_tensor(x_in["index"], np.ascontiguousarray(x, dtype=x_in["dtype"]))
-        it.invoke()
-        out.append(it.get_tensor(y_out["index"]).astype(np.float64))
-    return np.concatenate(out)
 
 
 @contextlib.contextmanager
