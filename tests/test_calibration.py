@@ -80,3 +80,29 @@ def test_ort_percentile_options_are_validated():
     for bad in ({"percentile": 100.5}, {"percentile": 10}, {"symmetric_ranges": "no"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             resolve_options(cls, "int8", bad, "v")
+
+
+def test_bin_counts_equal_numpys_histogram():
+    """The linear-time binning of ONNX Runtime's later calibration strides counts what ``np.histogram`` counts
+    with the same edges: grown as ONNX Runtime grows them (first ``num_bins`` edges, then more of the same
+    width), values on and one float below edges, beyond them, NaN and inf, of |x| and of x."""
+    from yoloq.backends.onnxruntime.quantize import bin_counts
+
+    rng = np.random.default_rng(0)
+    grown = 0
+    for _ in range(200):
+        first = np.abs(rng.normal(size=int(rng.integers(2, 3000))).astype(np.float32)) * rng.uniform(0.01, 50)
+        _, edges = np.histogram(first, bins=int(rng.integers(1, 2049)))
+        edges = edges.astype(np.float32)
+        x = rng.normal(size=int(rng.integers(0, 20000))).astype(np.float32) * np.float32(rng.uniform(0.01, 80))
+        on = edges[rng.integers(0, len(edges), 100)]
+        x = np.concatenate([x, on, -np.nextafter(on, np.float32(0)), np.float32([np.nan, np.inf, -np.inf])])
+        top = np.max(np.abs(x[np.isfinite(x)]))
+        if top > edges[-1]:  # as ONNX Runtime's HistogramCollector grows its edges
+            width = edges[1] - edges[0]
+            edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
+            grown += 1
+        block = 1 << int(rng.integers(4, 12))
+        assert np.array_equal(bin_counts(x, edges, absolute=True, block=block), np.histogram(np.abs(x), bins=edges)[0])
+        assert np.array_equal(bin_counts(x, edges, block=block), np.histogram(x, bins=edges)[0])
+    assert grown > 50
