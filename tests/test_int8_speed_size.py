@@ -155,6 +155,27 @@ def test_ort_keep_stem_float_is_the_first_top_level_modules(tmp_path: Path):
         resolve_options(cls, "int8", {"keep_stem_float": -1}, "v")
 
 
+def test_ort_keep_stem_float_says_when_the_graph_has_no_stem_by_that_name(tmp_path: Path):
+    """On a graph whose nodes are not named as Ultralytics' exports name them, keep_stem_float finds nothing:
+    one note says so (the export records it and prints it) instead of the stem silently running in int8."""
+    from conftest import SHARED
+
+    from yoloq.backends.scope import float_scope, stem_missing
+
+    assert stem_missing(SHARED / "models" / "yolo11n.onnx", 3) is None
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["images", "w"], ["y"], name="backbone_conv_0")], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 14, 14])], [w])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(foreign))
+    note = stem_missing(foreign, 3)
+    assert note and "keep_stem_float: 3" in note and "foreign.onnx" in note and "float_patterns" in note
+    assert stem_missing(foreign, 0) is None
+    assert float_scope(foreign, {"keep_stem_float": 3}) == []  # what it means: nothing kept
+
+
 def test_an_option_added_later_keeps_older_runs_as_they_ran():
     """A stored config without ``keep_attention_float`` predates it: it means False, and an explicit False
     keeps the older records' keys (so `yoloq reproduce` and resume re-run nothing)."""

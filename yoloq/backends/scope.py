@@ -36,6 +36,21 @@ def stem_nodes(names: list[str], n: int) -> set[str]:
     return {x for x in names if rx and rx.match(x)}
 
 
+def stem_missing(onnx_path: Path, n: int) -> str | None:
+    """A note when ``keep_stem_float: n`` finds none of its modules in the graph (its nodes are not named
+    ``/model.<i>/...``, as Ultralytics' exports name them), so the stem runs in int8: None when it found them."""
+    import onnx
+
+    if n <= 0:
+        return None
+    names = [x.name for x in onnx.load(str(onnx_path), load_external_data=False).graph.node]
+    if stem_nodes(names, n):
+        return None
+    return (f"keep_stem_float: {n} found no /model.0/ .. /model.{n - 1}/ nodes in {onnx_path.name} (not named as "
+            f"Ultralytics exports name them): the stem runs in int8; name its nodes with float_nodes or "
+            f"float_patterns to keep them in float")
+
+
 SCOPE_OPTIONS = {
     "keep_head_float": KEEP_HEAD_FLOAT,
     "float_nodes": OptionSpec(list, None, None, "ONNX node names kept in float", INT8),

@@ -19,9 +19,10 @@ from yoloq.backends.scope import (
     SCOPE_OPTIONS,
     float_scope,
     keep_stem_float,
+    stem_missing,
 )
 from yoloq.errors import BackendUnavailable, ExportError, YoloqError
-from yoloq.progress import step
+from yoloq.progress import say, step
 
 
 @register
@@ -119,6 +120,10 @@ class OnnxRuntimeBackend(Backend):
         calibration = ctx.calibration_images()
         info: dict[str, Any] = {"quantizer": "onnxruntime.quantization.quantize_static",
                                 "settings": options, "calibration_used": len(calibration.images)}
+        note = stem_missing(fp32, options.get("keep_stem_float") or 0)
+        if note:
+            info["stem_float"] = note
+            say(f"  {ctx.variant.label}: {note}")
         if options.get("target") == "tensorrt":
             info["graph"] = "the TensorRT INT8 graph (Q/DQ, symmetric int8, bias in float), run here on the CPU"
         prep, cache = ctx.workdir / "model_prep.onnx", ctx.workdir / "ranges.json"  # where calibrate() puts them
