@@ -40,8 +40,9 @@ def test_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
 
 
 def test_litert_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
-    """LiteRT: each top-level module alone in int8 (the variant's ranges and float scope), SQNR of the raw output
-    against FP32 on calibration images; the stem the default keeps in float adds no error."""
+    """LiteRT: each top-level module alone as the variant builds it (its ranges, float scope and stored weights),
+    SQNR of the raw output against FP32 on calibration images; the stem the default computes in float still
+    loses to its int8-stored weights, as the variant does."""
     proc = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "litert-int8", "--images", "2",
                    "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -49,9 +50,12 @@ def test_litert_sensitivity_ranks_blocks_on_calibration_images(tmp_path: Path):
             .splitlines()[1:]]
     sqnr = {r[1]: float(r[3]) for r in rows}
     assert set(sqnr) == {f"model.{i}" for i in range(24)}  # YOLO11n: 23 modules and the Detect head
-    assert all(sqnr[f"model.{i}"] == float("inf") for i in range(3))  # keep_stem_float: 3, the default
-    finite = [v for v in sqnr.values() if v != float("inf")]
-    assert len(finite) == 21 and all(10 < v < 90 for v in finite)  # int8 adds error, far below the signal
+    # every block loses something, far below the signal: the stem (keep_stem_float: 3, the default) through its
+    # int8-stored weights only, the rest through int8 weights and activations
+    assert all(10 < v < 90 for v in sqnr.values())
+    # the stem's weight rules reach only the stem's groups: were they in every group's model, no block could
+    # lose less than the stem blocks do
+    assert max(sqnr.values()) > max(sqnr[f"model.{i}"] for i in range(3)) + 6
     assert [float(r[3]) for r in rows] == sorted(sqnr.values())  # worst first
     layer = run_cli("sensitivity", "configs/smoke.yaml", "--variant", "litert-int8", "--granularity", "layer",
                     "--out", str(tmp_path))

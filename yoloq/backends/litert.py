@@ -217,7 +217,7 @@ class LiteRtBackend(Backend):
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         out = ctx.workdir / f"model_{p}.tflite"
         try:
-            from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+            from ai_edge_quantizer import qtyping, quantizer, recipe_manager
             from ai_edge_quantizer.algorithm_manager import AlgorithmName
         except ImportError:
             raise BackendUnavailable("ai-edge-quantizer is not installed (pip install ai-edge-quantizer)") from None
@@ -235,7 +235,7 @@ class LiteRtBackend(Backend):
                         qt.quantize().export_model(str(out), overwrite=True)
                     info = {"quantizer": "ai-edge-quantizer float_casting (fp16 weights)"}
                 else:
-                    info = self._int8(ctx, qt, fp32, out, recipe, qtyping, head)
+                    info = self._int8(ctx, qt, fp32, out, head)
             except (BackendUnavailable, ExportError):
                 raise
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
@@ -244,9 +244,15 @@ class LiteRtBackend(Backend):
 
     @staticmethod
     def _static_recipe(ctx: ExportContext, qt: Any, head: Head, only: str = ".*") -> list[tuple[str, str]]:
-        """Load the variant's static INT8 recipe into ``qt`` for the ops whose tensor names match ``only``, its float
-        scope after it (later rules win in ai-edge-quantizer), float input and output; returns the scope's rules."""
+        """Load the variant's whole static INT8 recipe into ``qt``, for the ops whose tensor names match ``only``
+        (the rest stays FP32: what sensitivity quantizes one block at a time): the int8 default, its float scope
+        after it (later rules win in ai-edge-quantizer), float input and output, and the float-compute ops'
+        stored weights (fp16 for the head's output convolutions and the attention, int8 for the stem). Returns
+        the float scope's rules."""
         from ai_edge_quantizer import qtyping, recipe
+
+        def within(regex: str) -> str:  # ai-edge-quantizer matches with re.search: both must match the name
+            return regex if only == ".*" else rf"^(?=.*{only})(?=.*{regex})"
 
         bits = ctx.option("activation_bits")
         qt.load_quantization_recipe([dict(r, regex=only) for r in (recipe.static_wi8_ai8() if bits == 8
@@ -258,13 +264,6 @@ class LiteRtBackend(Backend):
         for regex, op in kept:
             qt.update_quantization_recipe(regex=regex, operation_name=getattr(qtyping.TFLOperationName, op),
                                           algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
-        return kept
-
-    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, recipe: Any, qtyping: Any,
-              head: Head) -> dict[str, Any]:
-        sig, name = _signature_input(fp32)
-        bits = ctx.option("activation_bits")
-        kept = self._static_recipe(ctx, qt, head)
         # float compute, weights stored as fp16: the head's output convolutions (0.30x -> 0.296x) and the
         # attention's convolutions (int8-stored weights kept less on both held-out folds)
         fp16 = qtyping.OpQuantizationConfig(
@@ -275,7 +274,7 @@ class LiteRtBackend(Backend):
             else []
         halves += [(ATTENTION, conv), (ATTENTION, dw)] if ctx.option("keep_attention_float") else []
         for regex, op in halves:
-            qt.update_quantization_recipe(regex=regex, operation_name=op, op_config=fp16,
+            qt.update_quantization_recipe(regex=within(regex), operation_name=op, op_config=fp16,
                                           algorithm_key=recipe.AlgorithmName.FLOAT_CASTING)
         # the stem: float compute, weights stored int8 (per channel), so the file does not grow. On held-out
         # train images its error is the activations' (a scratch measurement on amd-epyc-2c-792874, 3 layers
@@ -287,8 +286,14 @@ class LiteRtBackend(Backend):
             compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
         for regex in stem_pattern(ctx.option("keep_stem_float")):
             for op in (conv, dw):
-                qt.update_quantization_recipe(regex=regex, operation_name=op, op_config=w8,
+                qt.update_quantization_recipe(regex=within(regex), operation_name=op, op_config=w8,
                                               algorithm_key=recipe.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+        return kept
+
+    def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, head: Head) -> dict[str, Any]:
+        sig, name = _signature_input(fp32)
+        bits = ctx.option("activation_bits")
+        kept = self._static_recipe(ctx, qt, head)
         samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
         with quiet_bars():
             result = calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
