@@ -106,3 +106,6 @@ def test_bin_counts_equal_numpys_histogram():
         assert np.array_equal(bin_counts(x, edges, absolute=True, block=block), np.histogram(np.abs(x), bins=edges)[0])
         assert np.array_equal(bin_counts(x, edges, block=block), np.histogram(x, bins=edges)[0])
     assert grown > 50
+    flat = np.float32([0.5, 0.5, 0.5])  # edges without width (a constant tensor): numpy's answer, not a crash
+    ours = bin_counts(np.float32([0.5, 0.5, -0.5]), flat, absolute=True)
+    assert np.array_equal(ours, np.histogram([0.5] * 3, flat)[0])

@@ -170,6 +170,8 @@ def bin_counts(x: np.ndarray, edges: np.ndarray, absolute: bool = False, block: 
     """
     n = len(edges) - 1
     lo, hi = edges[0], edges[-1]
+    if not float(hi) > float(lo):  # no width to divide by: numpy's own way
+        return np.histogram(np.absolute(x) if absolute else x, bins=edges)[0]
     scale = np.float32(n / (float(hi) - float(lo)))
     grid = (edges.astype(np.float64) - float(lo)) * float(scale) - np.arange(n + 1)
     near = np.float32(np.abs(grid).max() + 3e-7 * n + 1e-3)  # in bins
