@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from yoloq.bootstrap import PerImageEval
 from yoloq.evaluate import CocoEvaluator
 
 AGREE_CONF = 0.25
@@ -67,6 +68,17 @@ def agreement(reference: StoredDetections, variant: StoredDetections, conf: floa
     Raises:
         ValueError: When the two were not made on the same images.
     """
+    return agreement_eval(reference, variant, conf)[0]
+
+
+def agreement_eval(reference: StoredDetections, variant: StoredDetections, conf: float = AGREE_CONF
+                   ) -> tuple[dict[str, Any], PerImageEval | None]:
+    """:func:`agreement` and its per-image matches (for paired intervals between two variants' agreements;
+    None when the reference has no confident box).
+
+    Raises:
+        ValueError: When the two were not made on the same images.
+    """
     if not np.array_equal(np.sort(reference.image_ids), np.sort(variant.image_ids)):
         raise ValueError("the variant and the reference were evaluated on different images")
     keep = reference.score >= conf
@@ -79,9 +91,9 @@ def agreement(reference: StoredDetections, variant: StoredDetections, conf: floa
                                                             reference.bbox[keep]))]}
     out = {"conf": conf, "boxes": int(keep.sum()), "map50_95": 0.0, "map50": 0.0}
     if not cats:
-        return out
+        return out, None
     known = set(cats)
     ev = CocoEvaluator(gt, cats)
     ev.add(variant.image_ids.tolist(), [r for r in variant.results() if r["category_id"] in known])
     m = ev.evaluate()
-    return out | {"map50_95": m.map50_95, "map50": m.map50}
+    return out | {"map50_95": m.map50_95, "map50": m.map50}, ev.per_image()

@@ -1,4 +1,5 @@
-"""The ``yoloq`` command: run (the main job), report, check, compare, reproduce, qat, sensitivity, export, explain."""
+"""The ``yoloq`` command: run (the main job), tune, report, check, compare, reproduce, qat, sensitivity, export,
+explain."""
 
 from __future__ import annotations
 
@@ -226,6 +227,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from yoloq.tune import tune
+
+    torch.set_num_threads(2)
+    result = tune(args.config, args.variant, args.out, args.minutes, args.budget)
+    print(result.files["md"].read_text())
+    for name, t in result.chosen.items():
+        print(f"{name}: " + (f"chose {t.candidate} {dict(t.options) or '(defaults)'}" if t else
+                             "nothing recommended (no INT8 setting is faster here than its float variant)"))
+    print(f"written: {result.files['tuned']}, {result.files['md']} ({result.minutes:.1f} min); evaluate with: "
+          f"yoloq run {result.files['tuned']}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from yoloq.report.compare import compare
 
@@ -287,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--variant", required=True, help="the variant's name, e.g. tensorrt-int8")
     exp.add_argument("--out", required=True, help="the bundle folder")
     exp.set_defaults(func=_cmd_export)
+    tun = sub.add_parser("tune", help="choose each INT8 variant's settings on the config's tuning split (tune.data), "
+                                      "for this model, data and machine; writes tuned.yaml and tune.md")
+    tun.add_argument("config")
+    tun.add_argument("--variant", action="append", help="an int8 variant to tune (repeatable; default: all)")
+    tun.add_argument("--budget", type=float, help="retention to keep (default: tune.min_retention, 0.99)")
+    tun.add_argument("--minutes", type=float, help="time budget of the search (default: tune.minutes, none)")
+    tun.add_argument("--out", help="output folder (default: the config's 'output'-tune/<this machine>)")
+    tun.set_defaults(func=_cmd_tune)
     cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")

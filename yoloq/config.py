@@ -7,13 +7,11 @@ the value and what is allowed (with the closest valid key when one is near).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import hashlib
 import json
 import re
 import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -21,11 +19,20 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from yoloq.errors import ConfigError
+from yoloq.schema import from_mapping
+
+__all__ = ["from_mapping"]  # the one YAML-to-dataclass converter, re-exported for callers of the config
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+def _at_least(obj: Any, section: str, **least: float) -> None:
+    """Check that each named field of ``obj`` is at least its given minimum."""
+    for k, m in least.items():
+        _check(getattr(obj, k) >= m, f"{section}.{k}", getattr(obj, k), f">= {m:g}")
 
 
 class Precision(str, enum.Enum):
@@ -46,6 +53,11 @@ class DataRef:
     dataset: str
     split: str = "val2017"
     max_images: int | None = None
+
+    @classmethod
+    def shorthand(cls, text: str) -> dict[str, Any]:
+        """What a bare string means where a split is expected: that dataset's default split."""
+        return {"dataset": text}
 
     def __post_init__(self) -> None:
         _check(self.max_images is None or self.max_images >= 1, "max_images", self.max_images, ">= 1 or null")
@@ -157,13 +169,7 @@ class LatencyConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.conf < 1.0, "latency.conf", self.conf, "0 <= conf < 1")
-        _check(self.block >= 1, "latency.block", self.block, ">= 1")
-        _check(self.warmup >= 0, "latency.warmup", self.warmup, ">= 0")
-        _check(self.min_runs >= 1, "latency.min_runs", self.min_runs, ">= 1")
-        _check(self.min_seconds >= 0, "latency.min_seconds", self.min_seconds, ">= 0")
-        _check(self.threads >= 1, "latency.threads", self.threads, ">= 1")
-        _check(self.batch >= 1, "latency.batch", self.batch, ">= 1")
-        _check(self.images >= 1, "latency.images", self.images, ">= 1")
+        _at_least(self, "latency", block=1, warmup=0, min_runs=1, min_seconds=0, threads=1, batch=1, images=1)
 
 
 @dataclass(frozen=True)
@@ -209,11 +215,33 @@ class QatConfig:
     formats: tuple[str, ...] = ()  # empty: every format that runs a Q/DQ ONNX (the registry resolves it)
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "qat.epochs", self.epochs, ">= 1")
-        _check(self.images >= 4, "qat.images", self.images, ">= 4")
-        _check(self.batch >= 1, "qat.batch", self.batch, ">= 1")
+        _at_least(self, "qat", epochs=1, images=4, batch=1)
         _check(0 < self.lr0 < 1, "qat.lr0", self.lr0, "0 < lr0 < 1")
         _check(0 <= self.mosaic <= 1, "qat.mosaic", self.mosaic, "0 <= mosaic <= 1")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``yoloq tune``: where INT8 settings are chosen and how the search spends its time.
+
+    ``data`` is the tuning split (never the evaluation split, never calibration images); candidates are
+    scored on its first ``first_images`` images (seeded order), the better ``keep`` share of each
+    backend's candidates then on all of them (successive halving); ``minutes`` bounds the search.
+    """
+
+    data: DataRef | None = None
+    min_retention: float = 0.99
+    first_images: int = 125
+    keep: float = 0.5
+    minutes: float | None = None
+    seed: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(0 < self.min_retention <= 1, "tune.min_retention", self.min_retention, "0 < x <= 1")
+        _at_least(self, "tune", first_images=1, bootstrap=100)
+        _check(0 < self.keep <= 1, "tune.keep", self.keep, "0 < keep <= 1")
+        _check(self.minutes is None or self.minutes > 0, "tune.minutes", self.minutes, "> 0 or null")
 
 
 @dataclass(frozen=True)
@@ -232,6 +260,7 @@ class RunConfig:
     budget: BudgetConfig = BudgetConfig()
     report: ReportConfig = ReportConfig()
     qat: QatConfig = QatConfig()
+    tune: TuneConfig = TuneConfig()
     base_dir: str = "."
 
     def __post_init__(self) -> None:
@@ -263,12 +292,15 @@ class RunConfig:
         d.pop("base_dir", None)
         if d["eval"].get("nms") is None:  # the default: left out, so configs and keys from before it stay valid
             d["eval"].pop("nms", None)
+        if d["tune"] == _plain(TuneConfig()):  # the same for a config without a tune section
+            d.pop("tune")
         return d
 
     def hash(self) -> str:
         """A short hash of everything that changes results (the output folder excluded)."""
         d = self.to_dict()
         d.pop("output", None)
+        d.pop("tune", None)  # where settings are chosen never changes what a run measures
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -288,74 +320,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and tp is DataRef and isinstance(value, str):
-            value = {"dataset": value}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
-        return from_mapping(tp, value, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected a list")
-        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict) or tp in (Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected a mapping")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected a number")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected an integer")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected true or false")
-        return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(str(value))
-        except ValueError:
-            raise ConfigError(f"config key '{key}': got {value!r}, expected one of "
-                              f"{', '.join(str(m.value) for m in tp)}") from None
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': got {value!r}, expected a string")
-        return str(value)
-    return value
-
-
-def from_mapping(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, refusing unknown keys and converting types."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in ("base_dir", "resolved")]
-    kwargs: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{where}.{k}" if where else str(k)
-        if k not in names:
-            near = difflib.get_close_matches(str(k), names, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{key}'{hint}")
-        kwargs[k] = _convert(hints[k], v, key)
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.name in names and f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"config is missing required key '{(where + '.') if where else ''}{missing[0]}'")
-    return cls(**kwargs)
 
 
 def parse_config(data: Mapping[str, Any], base_dir: str | Path = ".") -> RunConfig:

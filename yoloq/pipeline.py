@@ -56,8 +56,9 @@ def default_out(cfg: RunConfig) -> Path:
     return Path(cfg.output) / machine()["id"]
 
 
-def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
-    """Resolve the model and data and check the output folder before any variant runs.
+def prepare_inputs(cfg: RunConfig, out_dir: Path, role: str = "evaluation") -> RunInputs:
+    """Resolve the model and data and check the output folder before any variant runs (``role``: what the
+    scored split is, for errors).
 
     Raises:
         YoloqError: Model, data, calibration overlap or output folder problems (the run cannot start).
@@ -68,7 +69,7 @@ def prepare_inputs(cfg: RunConfig, out_dir: Path) -> RunInputs:
     if not evalset.samples:
         raise DataError(f"dataset '{evalset.name}' split '{evalset.split}' has no readable images")
     class_map = evalset.category_map(source.names)
-    pool = ImagePool.build(cfg.calibration, evalset, base)
+    pool = ImagePool.build(cfg.calibration, evalset, base, role)
     calibration = calibration_from_pool(pool, cfg.calibration.images)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,24 @@ class LayerRun:
 
 
 @dataclass(frozen=True)
+class TuneCandidate:
+    """One INT8 setting a backend offers ``yoloq tune``: a short name, the options it sets on top of the
+    backend's defaults, and why it may help. A backend's first candidate is its baseline (the simplest)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    why: str = ""
+
+
+def lacks_vnni(machine: Mapping[str, Any]) -> bool:
+    """Whether an x86 machine (its recorded fingerprint) has no int8 dot-product instruction (AVX-512 VNNI or
+    AVX-VNNI): its u8s8 kernels multiply-add pairs into int16 and can saturate."""
+    isa = set(machine.get("isa") or [])
+    x86 = str(machine.get("arch", "x86_64")) in ("x86_64", "AMD64", "i686")
+    return x86 and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & isa) and not machine.get("avx512_vnni")
+
+
+@dataclass(frozen=True)
 class Style:
     """How plots draw a format's points."""
 
@@ -215,6 +233,11 @@ class Backend(ABC):
             NotImplementedError: When the backend cannot show its executed graph.
         """
         raise NotImplementedError(f"{self.name} cannot show the layers it runs")
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """The INT8 settings ``yoloq tune`` tries for this backend on ``machine`` (a fingerprint), baseline
+        first. The default: the backend's defaults alone."""
+        return [TuneCandidate("default", {}, f"{self.name}'s defaults")]
 
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
         """Rank layer groups by the output error their INT8 quantization alone adds (worst first).

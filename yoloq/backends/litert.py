@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
+from yoloq.backends.base import (
+    Artifact,
+    Backend,
+    ExportContext,
+    GroupError,
+    LayerRun,
+    OptionSpec,
+    Style,
+    TuneCandidate,
+)
 from yoloq.backends.litert_ranges import calibrate, quiet_bars
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
@@ -192,6 +201,16 @@ class LiteRtBackend(Backend):
             return version("ai-edge-litert")
         except PackageNotFoundError:
             return "unknown"
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """Range estimators, the stem and head scope, and fewer calibration images."""
+        return [TuneCandidate(n, o, w) for n, o, w in (
+            ("default", {}, "LiteRT's defaults in yoloq"),
+            ("p90", {"calibrate_method": "p90"}, "ranges from the 90th percentile of images' extremes"),
+            ("stem2", {"keep_stem_float": 2}, "one layer fewer in float (faster, if accuracy holds)"),
+            ("stem4", {"keep_stem_float": 4}, "one layer more in float"),
+            ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
+            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's 200 needed?"))]
 
     @staticmethod
     def _fp32(ctx: ExportContext) -> tuple[Head, Path]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style, TuneCandidate, lacks_vnni
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, CONTROL_OPTIONS, INT8, PREQUANTIZED, SCOPE_OPTIONS, float_scope
@@ -58,6 +58,10 @@ class OpenVinoBackend(Backend):
         **CONTROL_OPTIONS,
         **PREQUANTIZED,
         "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)", INT8),
+        # NNCF's fix for int8 saturation on CPUs without VNNI: the first layer's weights (its default), every
+        # layer's, or none; yoloq tune makes "enable" the baseline on such machines
+        "overflow_fix": OptionSpec(str, "first_layer", ("first_layer", "enable", "disable"),
+                                   "NNCF overflow fix (7-bit weights) where it applies", INT8, before="first_layer"),
     }
 
     def version(self) -> str:
@@ -66,6 +70,22 @@ class OpenVinoBackend(Backend):
         except ImportError:
             raise BackendUnavailable(f"openvino is not installed ({self.install_hint})") from None
         return openvino.__version__
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """NNCF's presets and algorithms and the head's scope; without VNNI, NNCF's overflow fix on every layer."""
+        safe = lacks_vnni(machine)
+        base = {"overflow_fix": "enable"} if safe else {}
+        why = "; overflow fix on every layer, since this CPU has no VNNI" if safe else ""
+        out = [TuneCandidate(n, base | o, w + why) for n, o, w in (
+            ("default", {}, "NNCF's mixed preset (asymmetric activations), fast bias correction"),
+            ("performance", {"preset": "performance"}, "symmetric activations (NNCF's performance preset)"),
+            ("full-bias-correction", {"fast_bias_correction": False}, "NNCF's full bias correction"),
+            ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"))]
+        out.append(TuneCandidate("first-layer-fix", {}, "NNCF's default overflow fix (first layer only) although "
+                                 "this CPU has no VNNI, for evidence") if safe else
+                   TuneCandidate("overflow-fix", {"overflow_fix": "enable"}, "7-bit weights everywhere (NNCF's "
+                                 "overflow fix), which CPUs without VNNI need"))
+        return out
 
     def export(self, ctx: ExportContext) -> Artifact:
         import openvino as ov
@@ -99,7 +119,12 @@ class OpenVinoBackend(Backend):
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration"))
         preset = nncf.QuantizationPreset.MIXED if ctx.option("preset") == "mixed" \
             else nncf.QuantizationPreset.PERFORMANCE
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        fix = {"first_layer": OverflowFix.FIRST_LAYER, "enable": OverflowFix.ENABLE,
+               "disable": OverflowFix.DISABLE}[ctx.variant.options.get("overflow_fix", "first_layer")]
         common = {"preset": preset, "subset_size": len(images),
+                  "advanced_parameters": AdvancedQuantizationParameters(overflow_fix=fix),
                   "fast_bias_correction": ctx.option("fast_bias_correction"),
                   "ignored_scope": nncf.IgnoredScope(names=keep, validate=False) if keep else None}
         info: dict[str, Any] = {"quantizer": f"nncf {nncf.__version__} quantize", "kept_float": keep,

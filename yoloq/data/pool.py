@@ -44,9 +44,10 @@ class ImagePool:
     seed: int
 
     @classmethod
-    def build(cls, cfg: CalibrationConfig, evaluation: DatasetSplit | None, base_dir: Path | None = None
-              ) -> ImagePool:
-        """Pool the configured sources, drop duplicates, refuse overlap with ``evaluation``, order by seed.
+    def build(cls, cfg: CalibrationConfig, evaluation: DatasetSplit | None, base_dir: Path | None = None,
+              role: str = "evaluation") -> ImagePool:
+        """Pool the configured sources, drop duplicates, refuse overlap with ``evaluation`` (the split the run
+        scores: its ``role`` names it in the error), order by seed.
 
         Raises:
             DataError: When a source cannot be read, or shares images with the evaluation split.
@@ -61,7 +62,7 @@ class ImagePool:
                 h = content_hash(s.path)
                 if h in eval_hashes:
                     raise DataError(
-                        f"calibration source '{split.name}/{split.split}' overlaps the evaluation images "
+                        f"calibration source '{split.name}/{split.split}' overlaps the {role} images "
                         f"({s.path.name} is also {eval_hashes[h]} in '{evaluation.name}/{evaluation.split}'); "
                         f"calibrate on a train split")
                 pool.setdefault(h, PoolImage(h, split, s))

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
+from yoloq.backends.base import (
+    Artifact,
+    Backend,
+    ExportContext,
+    GroupError,
+    LayerRun,
+    OptionSpec,
+    Style,
+    TuneCandidate,
+    lacks_vnni,
+)
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.onnxruntime.graph import fp16_onnx, ort_graph
 from yoloq.backends.onnxruntime.runtime import OrtRuntime
@@ -52,6 +62,10 @@ class OnnxRuntimeBackend(Backend):
         "symmetric_ranges": OptionSpec(bool, None, None, "ranges symmetric about 0 (unset: ONNX Runtime's choice "
                                        "per method: percentile yes, minmax and entropy no)", INT8, before=None),
         "activation_type": OptionSpec(str, "uint8", ("uint8", "int8"), "activation integer type", INT8),
+        # ONNX Runtime's u8s8 kernels on x86 without VNNI (AVX2, AVX-512F) add pairs of products in int16 and can
+        # saturate; 7-bit weights avoid it (its quantization docs): yoloq tune makes it the baseline there
+        "reduce_range": OptionSpec(bool, False, None, "7-bit weights (no u8s8 saturation on CPUs without VNNI)",
+                                   INT8, before=False),
         "calibration_images": CALIBRATION_IMAGES,
         # tensorrt: the exact Q/DQ graph TensorRT's INT8 variant builds, evaluated here on the CPU
         "target": OptionSpec(str, "cpu", ("cpu", "tensorrt"), "INT8 graph form: ONNX Runtime's own, or TensorRT's",
@@ -80,6 +94,22 @@ class OnnxRuntimeBackend(Backend):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("onnxruntime has no CUDA execution provider here "
                                          "(needs an NVIDIA GPU and pip install onnxruntime-gpu)")
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """Scope, range and calibration candidates; without VNNI, 7-bit weights in every one (the baseline)."""
+        safe = lacks_vnni(machine)
+        base = {"reduce_range": True} if safe else {}
+        why = "; 7-bit weights, since this CPU has no VNNI and u8s8 kernels can saturate" if safe else ""
+        out = [TuneCandidate(n, base | o, w + why) for n, o, w in (
+            ("default", {}, "ONNX Runtime's defaults in yoloq"),
+            ("stem0", {"keep_stem_float": 0}, "the stem in int8 too (faster, if accuracy holds)"),
+            ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
+            ("p99.99", {"percentile": 99.99}, "tighter activation ranges: finer steps, more clipping"),
+            ("minmax", {"calibrate_method": "minmax"}, "full activation ranges: no clipping"))]
+        if safe:
+            out.append(TuneCandidate("8bit-weights", {}, "8-bit weights although this CPU has no VNNI (the "
+                                     "saturation-prone form, for evidence)"))
+        return out
 
     def _fp32(self, ctx: ExportContext) -> Path:
         return ort_graph(base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent, max_det=ctx.max_det),

@@ -92,7 +92,8 @@ def quantize_file(prep: Path, out: Path, options: Mapping[str, Any], cache: Path
     extra: dict[str, Any] = {"ActivationSymmetric": s8, "QuantizeBias": options.get("quantize_bias", True)}
     quantize_static(str(prep), str(out), None,
                     quant_format=QuantFormat.QDQ if options["quant_format"] == "qdq" else QuantFormat.QOperator,
-                    per_channel=options["per_channel"], activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
+                    per_channel=options["per_channel"], reduce_range=bool(options.get("reduce_range")),
+                    activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=_method(options), nodes_to_exclude=exclude or [],
                     nodes_to_quantize=only or [], extra_options=extra, calibration_cache_path=str(cache))
 

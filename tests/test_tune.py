@@ -1,0 +1,166 @@
+"""yoloq tune: the noise-aware rule on hand-made figures, the machine rule on recorded fingerprints, the refusal
+of a tuning split that overlaps the evaluation or calibration images, bad input, and a real small search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+from yoloq.backends.base import lacks_vnni
+from yoloq.backends.registry import get_backend, resolve_config
+from yoloq.config import load_config
+from yoloq.tune.rule import Trial, choose
+
+# recorded fingerprints (records.jsonl 'machine' fields): an AVX2-only EPYC and an AVX-512 VNNI+BF16 EPYC
+AVX2_ONLY = {"cpu": "AMD EPYC", "arch": "x86_64", "isa": ["avx2"], "cores": 2, "id": "amd-epyc-2c-f7df18"}
+VNNI = {"cpu": "AMD EPYC", "arch": "x86_64", "isa": ["avx2", "avx512_bf16", "avx512_vnni", "avx512f"], "cores": 2,
+        "id": "amd-epyc-2c-792874"}
+ARM = {"cpu": "Cortex-A76", "arch": "aarch64", "isa": ["asimddp"], "cores": 4}
+
+
+def _ci(drop: float, lo: float, hi: float) -> dict:
+    return {"drop": drop, "lo": lo, "hi": hi, "significant": lo > 0 or hi < 0}
+
+
+def _trial(name: str, changed: int, agreement: float, retention: float, p50: float = 10.0, float_p50: float = 20.0,
+           vs_agree: tuple[float, float, float] | None = None, vs_map: tuple[float, float, float] | None = None
+           ) -> Trial:
+    t = Trial(f"v@{name}", "v", "fmt", name, {}, "", changed, status="ok", images=500, map50_95=0.4 * retention,
+              retention=retention, agreement=agreement, p50_ms=p50, float_p50_ms=float_p50, float_name="fmt-fp32",
+              size_mb=3.0)
+    if vs_agree:
+        t.vs_leader["agreement"] = _ci(*vs_agree)
+    if vs_map:
+        t.vs_leader["map"] = _ci(*vs_map)
+    return t
+
+
+def test_a_candidate_that_cannot_be_told_from_a_simpler_one_loses_to_it():
+    base = _trial("default", 0, 0.960, 0.995, vs_agree=(0.004, -0.002, 0.010), vs_map=(0.001, -0.004, 0.006))
+    best = _trial("stem4", 1, 0.964, 0.998)
+    won = choose([base, best], 0.99)
+    assert won is base and base.chosen and not best.chosen
+    assert "cannot be told" in best.verdict and base.verdict.startswith("chosen")
+
+
+def test_the_best_wins_when_its_interval_excludes_the_simpler_one():
+    base = _trial("default", 0, 0.940, 0.990, vs_agree=(0.025, 0.012, 0.038), vs_map=(0.001, -0.004, 0.006))
+    best = _trial("stem4", 1, 0.965, 0.998)
+    assert choose([base, best], 0.99) is best
+    assert base.verdict.startswith("worse than") and "agreement" in base.verdict
+
+
+def test_speed_then_size_break_ties_among_equally_simple_candidates():
+    a = _trial("p90", 1, 0.960, 0.995, p50=12.0, vs_agree=(0.0, -0.01, 0.01), vs_map=(0.0, -0.01, 0.01))
+    b = _trial("stem2", 1, 0.961, 0.996, p50=9.0)
+    c = _trial("stem4", 1, 0.958, 0.994, p50=8.0, vs_agree=(0.003, -0.01, 0.01), vs_map=(0.0, -0.01, 0.01))
+    assert choose([a, b, c], 0.99) is c
+
+
+def test_never_an_int8_setting_slower_than_the_float_variant():
+    slow = _trial("default", 0, 0.99, 1.0, p50=30.0, float_p50=20.0)
+    fast = _trial("stem0", 1, 0.90, 0.97, p50=15.0, float_p50=20.0)
+    assert choose([slow, fast], 0.99) is fast
+    assert "slower here" in slow.verdict
+    only_slow = _trial("default", 0, 0.99, 1.0, p50=30.0, float_p50=20.0)
+    assert choose([only_slow], 0.99) is None and "never recommended" in only_slow.verdict
+
+
+def test_the_budget_comes_before_agreement():
+    keeps = _trial("default", 0, 0.95, 0.992)
+    agrees = _trial("stem0", 1, 0.97, 0.985, vs_agree=(-0.02, -0.03, -0.01), vs_map=(-0.007, -0.01, 0.0))
+    assert choose([keeps, agrees], 0.99) is keeps
+    assert "keeps 98.5%" in agrees.verdict
+
+
+def test_the_search_space_follows_the_machine():
+    """Without VNNI, ONNX Runtime's 7-bit weights and NNCF's overflow fix on every layer are the baseline (its
+    u8s8 kernels can saturate there), with the saturation-prone form kept as a candidate for evidence; with
+    VNNI (or on Arm) they are not forced."""
+    assert lacks_vnni(AVX2_ONLY) and not lacks_vnni(VNNI) and not lacks_vnni(ARM)
+    ort, ov = get_backend("onnxruntime"), get_backend("openvino")
+    plain, safe = ort.tune_space(VNNI), ort.tune_space(AVX2_ONLY)
+    assert all(not c.options.get("reduce_range") for c in plain)
+    assert safe[0].options == {"reduce_range": True} and "no VNNI" in safe[0].why
+    assert any(not c.options.get("reduce_range") for c in safe[1:])
+    assert ov.tune_space(AVX2_ONLY)[0].options == {"overflow_fix": "enable"}
+    assert ov.tune_space(VNNI)[0].options == {}
+    for fmt in ("onnxruntime", "openvino", "litert"):  # every candidate is a valid variant of its backend
+        for c in get_backend(fmt).tune_space(AVX2_ONLY):
+            cfg = load_config("configs/smoke.yaml")
+            v = next(v for v in cfg.variants if v.format == fmt and str(v.precision) == "int8")
+            import dataclasses
+
+            resolve_config(dataclasses.replace(cfg, variants=(dataclasses.replace(v, options=dict(c.options)),)))
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    cfg["variants"] = [{"format": "torch", "precision": "fp32"}, {"format": "onnxruntime", "precision": "int8"}]
+    cfg["tune"] = {"data": {"dataset": "coco1k", "split": "tune", "max_images": 12}, "first_images": 6,
+                   "bootstrap": 200}
+    cfg["output"] = str(tmp_path / "out")
+    for k, v in changes.items():
+        cfg[k] = v
+    p = tmp_path / "tune.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("tune, words", [
+    ({"data": {"dataset": "coco-mini", "split": "val2017"}}, "shares an image with the evaluation split"),
+    ({"data": {"dataset": "coco-mini", "split": "train2017"}}, "overlaps the tuning images"),
+    ({}, "tune.data"),
+    ({"data": {"dataset": "coco1k", "split": "tune"}, "keep": 2}, "tune.keep"),
+])
+def test_bad_tune_input_is_one_line(tmp_path, tune, words):
+    """The evaluation split, or a split of the calibration pool, is refused as a tuning split (one line, exit 2)."""
+    proc = run_cli("tune", str(_config(tmp_path, tune=tune)), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3
+
+
+@pytest.mark.shared
+def test_bad_tune_flags_are_one_line(tmp_path):
+    cfg = _config(tmp_path)
+    for args, words in ((["--variant", "nope"], "not an int8 variant"), (["--budget", "1.5"], "tune.min_retention"),
+                        (["--minutes", "0"], "tune.minutes")):
+        proc = run_cli("tune", str(cfg), *args, timeout=300)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.shared
+def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
+    """A real search (ONNX Runtime INT8 candidates, imgsz 320, 12 tuning images in two rounds): every candidate
+    kept with its figures and verdict, one chosen, a tuned.yaml that is a valid config carrying the choice."""
+    out = tmp_path / "search"
+    proc = run_cli("tune", str(_config(tmp_path)), "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "tune.json").read_text())
+    trials = data["trials"]
+    names = [c.name for c in get_backend("onnxruntime").tune_space(data["machine"])]
+    assert [t["candidate"] for t in trials] == names
+    assert sum(t["chosen"] for t in trials) == 1
+    assert {t["status"] for t in trials} <= {"ok", "pruned"} and any(t["status"] == "pruned" for t in trials)
+    for t in trials:
+        assert t["verdict"] and t["rounds"] and t["rounds"][0]["images"] == 6
+        if t["status"] == "ok":
+            assert t["images"] == 12 and 0 < t["agreement"] <= 1 and t["p50_ms"] > 0 and t["float_p50_ms"] > 0
+            assert t["drop"]["lo"] <= t["drop"]["drop"] <= t["drop"]["hi"]
+    assert data["machine"]["id"] and data["images"] == 12
+    won = next(t for t in trials if t["chosen"])
+    md = (out / "tune.md").read_text()
+    assert f"**Chosen: {won['candidate']}**" in md and all(f"| {n} |" in md for n in names)
+    tuned = resolve_config(load_config(out / "tuned.yaml"))
+    v = next(v for v in tuned.variants if v.label == "onnxruntime-int8")
+    assert all(v.options[k] == x for k, x in won["options"].items())
+    assert "tune chose" in (out / "tuned.yaml").read_text()
+    records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["name"] for r in records} >= {t["name"] for t in trials if t["status"] == "ok"}
+    assert all(r["machine"]["id"] == data["machine"]["id"] for r in records)

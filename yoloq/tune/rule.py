@@ -1,0 +1,130 @@
+"""How ``yoloq tune`` chooses among one variant's candidates, noise-aware, from their measured figures only.
+
+1. Only a candidate faster on this machine than its backend's fastest float variant (FP32 or FP16, timed in
+   the same side-by-side pass) may be chosen; where none is, nothing is recommended, and the output says so.
+2. The *leader* is the best of those: keeping the retention budget first, then the highest agreement with
+   the reference's detections, then retention.
+3. A candidate *ties* the leader when neither paired interval says the leader is better: the 95% interval of
+   leader - candidate excludes 0 from above neither for agreement nor for mAP50-95 against ground truth (and
+   it keeps the budget when the leader does).
+4. Of the ties the simplest wins: fewest settings changed from the baseline, then the faster, then the
+   smaller file. A candidate that cannot be told from a simpler one loses to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Trial:
+    """One candidate setting of one variant: what it sets, what it measured, and the verdict.
+
+    ``status``: ``pending``, ``ok`` (scored in the final round), ``pruned`` (after a round), ``failed``,
+    ``not tried`` (the time budget ran out). Figures are of the last round it was scored in.
+    """
+
+    name: str
+    variant: str
+    format: str
+    candidate: str
+    options: dict[str, Any]
+    why: str
+    changed: int
+    status: str = "pending"
+    reason: str = ""
+    images: int = 0
+    map50_95: float | None = None
+    retention: float | None = None
+    drop: dict[str, Any] = field(default_factory=dict)  # paired interval of reference - candidate mAP50-95
+    agreement: float | None = None
+    vs_leader: dict[str, Any] = field(default_factory=dict)  # {"agreement": interval, "map": interval}
+    p50_ms: float | None = None
+    float_p50_ms: float | None = None
+    float_name: str | None = None
+    size_mb: float | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    export_s: float = 0.0
+    verdict: str = ""
+    chosen: bool = False
+
+    def meets(self, min_retention: float) -> bool:
+        """Whether it keeps the retention budget."""
+        return self.retention is not None and self.retention >= min_retention
+
+    @property
+    def faster(self) -> bool | None:
+        """Whether it ran faster than its backend's fastest float variant (None: not timed)."""
+        if self.p50_ms is None or self.float_p50_ms is None:
+            return None
+        return self.p50_ms < self.float_p50_ms
+
+
+def _fmt(ci: dict[str, Any]) -> str:
+    return f"{ci['drop']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+
+
+def eligible(trials: list[Trial]) -> list[Trial]:
+    """The scored candidates that may be chosen: faster than the backend's float (or not timed at all)."""
+    return [t for t in trials if t.status == "ok" and t.faster is not False]
+
+
+def leader_of(trials: list[Trial], min_retention: float) -> Trial | None:
+    """The best eligible candidate: the budget kept, then agreement, then retention."""
+    pool = eligible(trials)
+    if not pool:
+        return None
+    return max(pool, key=lambda t: (t.meets(min_retention), t.agreement or 0.0, t.retention or 0.0))
+
+
+def ties(t: Trial, leader: Trial, min_retention: float) -> bool:
+    """Whether ``t`` cannot be told from the leader: neither interval says the leader is better."""
+    if t is leader:
+        return True
+    if leader.meets(min_retention) and not t.meets(min_retention):
+        return False
+    return all(ci.get("lo", 1.0) <= 0 for ci in (t.vs_leader.get("agreement") or {"lo": 1.0},
+                                                  t.vs_leader.get("map") or {"lo": 1.0}))
+
+
+def choose(trials: list[Trial], min_retention: float) -> Trial | None:
+    """Choose among one variant's trials (rule in the module docstring); every trial gets its ``verdict``.
+
+    Returns:
+        The chosen trial, or None when no candidate is faster than the backend's float variant here.
+    """
+    for t in trials:
+        if t.status == "ok" and t.faster is False:
+            t.verdict = (f"slower here than {t.float_name} ({t.p50_ms:.1f} ms against {t.float_p50_ms:.1f} ms "
+                         f"p50): never recommended")
+        elif t.status != "ok":
+            t.verdict = f"{t.status}: {t.reason}"
+    leader = leader_of(trials, min_retention)
+    if leader is None:
+        return None
+    tied = sorted((t for t in eligible(trials) if ties(t, leader, min_retention)),
+                  key=lambda t: (t.changed, t.p50_ms if t.p50_ms is not None else float("inf"),
+                                 t.size_mb if t.size_mb is not None else float("inf")))
+    winner = tied[0]
+    winner.chosen = True
+    why = "the simplest candidate the best one cannot be told from" if winner is not leader else \
+        "the best candidate, and no simpler one ties it"
+    if not winner.meets(min_retention):
+        why += f"; no candidate keeps {100 * min_retention:.0f}% of the reference here"
+    winner.verdict = f"chosen: {why}"
+    for t in eligible(trials):
+        if t is winner:
+            continue
+        if t is leader:
+            t.verdict = f"the best, but the simpler or faster {winner.name} cannot be told from it"
+            continue
+        if t in tied:
+            t.verdict = f"cannot be told from the best ({leader.name}); {winner.name} is simpler or faster"
+            continue
+        if leader.meets(min_retention) and not t.meets(min_retention):
+            t.verdict = f"keeps {100 * (t.retention or 0):.1f}% < {100 * min_retention:.0f}% of the reference"
+            continue
+        worse = [f"{k} {_fmt(ci)}" for k, ci in sorted(t.vs_leader.items()) if ci and ci.get("lo", 0) > 0]
+        t.verdict = f"worse than {leader.name}: " + ("; ".join(worse) or "not compared")
+    return winner
