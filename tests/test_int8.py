@@ -90,7 +90,8 @@ def test_accuracy_control_records_what_stayed_float(tmp_path: Path, fmt: str):
 def test_tiny_qat_end_to_end(tmp_path: Path):
     cfg = write(tmp_path, variants=[{"format": "onnxruntime", "precision": "int8"},
                                     {"format": "openvino", "precision": "int8"}],
-                qat={"epochs": 1, "images": 16, "batch": 4, "imgsz": 320}, report={"bootstrap": 200})
+                qat={"epochs": 1, "images": 16, "batch": 4, "imgsz": 320, "start": "yolo11n-train.pt"},
+                report={"bootstrap": 200})
     out = tmp_path / "out"
     proc = run_cli("qat", str(cfg), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,7 +99,10 @@ def test_tiny_qat_end_to_end(tmp_path: Path):
     for name in ("onnxruntime-int8-qat", "openvino-int8-qat"):
         assert recs[name]["status"] == "ok", recs[name]["reason"]
         assert "quantization-aware" in recs[name]["artifact_info"]["quantizer"]
-        assert recs[name]["metrics"]["map50_95"] > 0.05  # 1 epoch on 13 images: a sanity band, not a target
+        # 1 epoch on 16 images from the trainable checkpoint: a sanity band, not a target (from yolo11n.pt,
+        # whose BatchNorms do not train, it fell to 0.026)
+        assert recs[name]["metrics"]["map50_95"] > 0.15
+        assert recs[name]["pair"]["start"] == "yolo11n-train.pt"
     assert "onnxruntime-int8-qat" in (out / "report.md").read_text()
     for name in ("onnxruntime-int8", "openvino-int8"):  # PTQ - QAT, paired interval, in the record and report
         c = recs[f"{name}-qat"]["metrics"]["qat_vs_ptq"]

@@ -213,6 +213,7 @@ class QatConfig:
     imgsz: int | None = None
     mosaic: float = 0.0
     formats: tuple[str, ...] = ()  # empty: every format that runs a Q/DQ ONNX (the registry resolves it)
+    start: str | None = None  # the checkpoint training starts from (default: the model): one whose BatchNorms train
 
     def __post_init__(self) -> None:
         _at_least(self, "qat", epochs=1, images=4, batch=1)
@@ -292,6 +293,8 @@ class RunConfig:
         d.pop("base_dir", None)
         if d["eval"].get("nms") is None:  # the default: left out, so configs and keys from before it stay valid
             d["eval"].pop("nms", None)
+        if d["qat"].get("start") is None:
+            d["qat"].pop("start")
         if d["tune"] == _plain(TuneConfig()):  # the same for a config without a tune section
             d.pop("tune")
         return d

@@ -27,7 +27,7 @@ from yoloq.backends.registry import backend_class, resolve_variant
 from yoloq.config import Precision, RunConfig, VariantConfig
 from yoloq.data.pool import ImagePool
 from yoloq.errors import BackendUnavailable, ExportError
-from yoloq.models import file_sha256
+from yoloq.models import file_sha256, resolve_model
 from yoloq.progress import say, set_library_log, step
 
 
@@ -159,12 +159,16 @@ def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
     say(f"yoloq qat: {cfg.qat.epochs} epoch(s) on {min(cfg.qat.images, len(inputs.pool))} train images at "
         f"{cfg.qat.imgsz or cfg.imgsz}")
     set_library_log(out_dir / "logs" / "libraries.log")
+    start = resolve_model(cfg.qat.start, Path(cfg.base_dir)) if cfg.qat.start else inputs.source.path
+    say(f"  training starts from {start.name}")
     with step("QAT training (Ultralytics trainer)"):
-        ckpt = train(cfg, inputs.source.path, data, work)
+        ckpt = train(cfg, start, data, work)
     onnx_path = export_qdq(ckpt, cfg.imgsz, work / f"{inputs.source.name}-qat-int8.onnx",
                            **head_args(inputs.source, cfg.eval.max_det)[1])
     named = onnx_path.with_name(f"{onnx_path.stem}-{file_sha256(onnx_path)[:12]}.onnx")  # the key follows the content
     onnx_path = onnx_path.replace(named)
     qat, pairs = qat_variants(cfg, onnx_path)
+    for p in pairs.values():
+        p["start"] = start.name
     variants = [*cfg.variants, *qat]  # PTQ (reused when already run) beside QAT
     return run_variants(dataclasses.replace(cfg, variants=tuple(variants)), inputs, variants, pairs)
