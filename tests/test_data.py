@@ -89,3 +89,28 @@ def test_missing_dataset_and_split(tmp_path: Path):
     f.write_text(yaml.safe_dump({"format": "coco", "path": str(tmp_path / "gone"), "splits": {}}))
     with pytest.raises(DataError, match="folder not found"):
         load_split(DataRef(str(f)))
+
+
+def test_a_dataset_file_can_keep_only_some_classes(tmp_path: Path):
+    """``classes: [person]`` keeps every image and only person boxes (a person detector's ground truth)."""
+    full = load_split(DataRef("coco1k", "val", max_images=30))
+    person = load_split(DataRef("coco1k-person", "val", max_images=30))
+    assert person.names == ("person",) and person.category_ids == (1,)
+    assert [c["id"] for c in person.gt["categories"]] == [1]
+    assert person.gt["annotations"] == [a for a in full.gt["annotations"] if a["category_id"] == 1]
+    assert len(person.samples) == len(full.samples) == 30
+    bad = yaml.safe_load(Path("datasets/coco1k-person.yaml").read_text()) | {"classes": ["unicorn"]}
+    f = tmp_path / "unicorns.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    with pytest.raises(DataError, match="unicorn"):
+        load_split(DataRef(str(f), "val"))
+
+
+def test_models_built_by_yoloq_are_found_in_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from yoloq.models import resolve_model
+    from yoloq.paths import shared_root
+
+    monkeypatch.setenv("YOLOQ_CACHE", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-detector.pt").symlink_to(shared_root() / "models" / "yolo11n.pt")
+    assert resolve_model("my-detector.pt") == (tmp_path / "models" / "my-detector.pt").resolve()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from yoloq.errors import ModelError
-from yoloq.paths import shared_root
+from yoloq.paths import cache_root, shared_root
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,9 @@ def file_sha256(path: Path) -> str:
 def resolve_model(spec: str, base_dir: Path | None = None) -> Path:
     """Find the model file for ``spec``.
 
-    Order: an existing path (as given, or relative to ``base_dir``); then ``<shared>/models/<name>``;
-    then Ultralytics' own resolution, which downloads release weights on a machine with internet.
+    Order: an existing path (as given, or relative to ``base_dir``); then ``<shared>/models/<name>``, then
+    ``<cache>/models/<name>`` (``$YOLOQ_CACHE``); then Ultralytics' own resolution, which downloads release
+    weights on a machine with internet.
 
     Raises:
         ModelError: When no file can be found or fetched.
@@ -106,8 +107,9 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> Path:
         if cand is not None and cand.is_file():
             return cand.resolve()
     shared = shared_root() / "models" / p.name
-    if shared.is_file():
-        return shared.resolve()
+    for found in (shared, cache_root() / "models" / p.name):  # the cache: weights yoloq's scripts build
+        if found.is_file():
+            return found.resolve()
     if p.parent != Path(".") or p.suffix not in {".pt", ".onnx"}:
         raise ModelError(f"model file not found: {spec} (give an existing .pt/.onnx path, or a name such as "
                          f"yolo11n.pt found in {shared.parent})")

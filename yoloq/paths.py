@@ -1,4 +1,4 @@
-"""Where yoloq finds shared models and datasets: ``$YOLOQ_SHARED``, else ``../shared``."""
+"""Where yoloq finds shared models and datasets (``$YOLOQ_SHARED``, else ``../shared``) and its cache."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 ENV_SHARED = "YOLOQ_SHARED"
+ENV_CACHE = "YOLOQ_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +26,13 @@ def shared_root() -> Path:
     return candidates[0].resolve()
 
 
+def cache_root() -> Path:
+    """Where yoloq keeps what it builds and never commits (fine-tuned weights, derived datasets):
+    ``$YOLOQ_CACHE``, else ``~/.cache/yoloq``."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "yoloq"
+
+
 def display_path(path: Path) -> str:
     """Render a path for records and reports without leaking this machine's absolute layout.
 
@@ -32,7 +40,8 @@ def display_path(path: Path) -> str:
     current directory become relative; anything else is shown as given.
     """
     path = Path(path).resolve()
-    for base, label in ((shared_root(), "$YOLOQ_SHARED"), (REPO_ROOT, "."), (Path.cwd().resolve(), ".")):
+    for base, label in ((shared_root(), "$YOLOQ_SHARED"), (cache_root(), "$YOLOQ_CACHE"), (REPO_ROOT, "."),
+                        (Path.cwd().resolve(), ".")):
         try:
             rel = path.relative_to(base)
         except ValueError:
@@ -49,6 +58,8 @@ def from_display(text: str, base: Path) -> Path:
     """
     if text.startswith("$YOLOQ_SHARED/"):
         return shared_root() / text[len("$YOLOQ_SHARED/"):]
+    if text.startswith("$YOLOQ_CACHE/"):
+        return cache_root() / text[len("$YOLOQ_CACHE/"):]
     p = Path(text)
     if p.is_absolute():
         return p

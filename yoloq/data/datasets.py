@@ -40,6 +40,25 @@ def _root(spec: dict[str, Any], file: Path) -> Path:
     return p if p.is_absolute() else shared_root() / p
 
 
+def only_classes(split: DatasetSplit, keep: list[str], file: Path) -> DatasetSplit:
+    """``split`` with only the classes named in ``keep`` (a dataset file's ``classes:``): their labels, their
+    categories; every image stays (an image without such an object still counts its false positives).
+
+    Raises:
+        DataError: When a named class is not one of the dataset's.
+    """
+    missing = [c for c in keep if c not in split.names]
+    if missing:
+        raise DataError(f"dataset file {file.name}: classes {missing} are not among its names "
+                        f"({', '.join(split.names[:5])}, ...)")
+    idx = [split.names.index(c) for c in keep]
+    cats = {split.category_ids[i] for i in idx}
+    gt = dict(split.gt) | {"annotations": [a for a in split.gt["annotations"] if a["category_id"] in cats],
+                           "categories": [c for c in split.gt["categories"] if c["id"] in cats]}
+    return DatasetSplit(split.name, split.split, split.root, split.samples, tuple(keep),
+                        tuple(split.category_ids[i] for i in idx), gt, split.unreadable)
+
+
 def load_split(ref: DataRef, base_dir: Path | None = None) -> DatasetSplit:
     """Read the split ``ref`` names.
 
@@ -75,6 +94,8 @@ def load_split(ref: DataRef, base_dir: Path | None = None) -> DatasetSplit:
         out = read_yolo(name, ref.split, root / s["images"], labels, names)
     else:
         raise DataError(f"dataset file {file.name}: format must be 'coco' or 'yolo', got {fmt!r}")
+    if spec.get("classes"):
+        out = only_classes(out, [str(c) for c in spec["classes"]], file)
     if ref.max_images is not None and ref.max_images < len(out.samples):
         keep = out.samples[: ref.max_images]
         out = DatasetSplit(out.name, out.split, out.root, keep, out.names, out.category_ids, out.gt, out.unreadable)
