@@ -128,6 +128,7 @@ def test_corrupt_image_is_skipped_counted_and_the_rest_evaluated(tmp_path: Path)
     assert f"skipping unreadable image {victim.name}" in proc.stderr
     r = records(tmp_path / "out")["onnxruntime-fp32"]
     assert r["metrics"]["skipped_images"] == [victim.name] and r["metrics"]["images"] == 2
+    assert r["dataset"]["images"] == 2  # the record counts what was scored, not the files in the folder
 
 
 def test_missing_backend_is_skipped_with_install_hint(tmp_path: Path):

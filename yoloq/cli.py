@@ -36,10 +36,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from yoloq.cluster.driver import run_on_ray
 
-        return run_on_ray(_config(args.config), args.ray, out, args.shard_images)
+        return run_on_ray(_config(args.config), args.ray, out, args.shard_images, args.wait)
     from yoloq.pipeline import run
 
-    return run(_config(args.config), out)
+    return run(_config(args.config), out, args.wait)
 
 
 def run_dir_of(path: str, prefer_other_machine: bool = False) -> Path:
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs pip install -e \".[ray]\"")
     r.add_argument("--shard-images", type=_positive, default=250, metavar="N",
                    help="with --ray: evaluation images per accuracy task (default 250)")
+    r.add_argument("--wait", action="store_true", help="when another run is writing the output folder, wait for it "
+                                                       "(default: refuse in one line)")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")

@@ -20,6 +20,7 @@ from yoloq.data.types import DatasetSplit
 from yoloq.errors import DataError
 from yoloq.evaluate import CocoEvaluator, CocoMetrics
 from yoloq.latency import LatencyStats, measure, measure_interleaved
+from yoloq.machine_load import OutsideLoad
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import read_image
 
@@ -95,8 +96,9 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
     ``posts`` gives each variant's timed postprocess (NMS, or none after an NMS-free branch).
 
     Returns:
-        Per variant name, the latency record field (stats, deployment threshold, mode, pass key, and
-        ``pass_seconds``: the wall time of the pass that timed it, warm-up included).
+        Per variant name, the latency record field (stats, deployment threshold, mode, pass key,
+        ``pass_seconds``: the wall time of the pass that timed it, warm-up included, and ``outside_load``: the
+        share of the machine's CPU other processes took meanwhile, from the OS).
     """
     extra = {"conf": cfg.conf, "multi_label": False, "settings": latency_settings(cfg)}
     if not runtimes:
@@ -104,14 +106,18 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
     if cfg.interleave:
         gkey = group_key([(n, keys[n]) for n in runtimes], cfg)
         t0 = time.perf_counter()
-        stats = measure_interleaved({n: (rt, posts[n]) for n, rt in runtimes.items()}, images, imgsz, cfg,
-                                    progress="latency side by side")
+        with OutsideLoad() as load:
+            stats = measure_interleaved({n: (rt, posts[n]) for n, rt in runtimes.items()}, images, imgsz, cfg,
+                                        progress="latency side by side")
         wall = round(time.perf_counter() - t0, 1)
         return {n: s.to_dict() | extra | {"mode": "interleaved", "group": gkey, "group_size": len(stats),
-                                          "pass_seconds": wall} for n, s in stats.items()}
+                                          "pass_seconds": wall, "outside_load": load.result}
+                for n, s in stats.items()}
     out: dict[str, dict[str, Any]] = {}
     for n, rt in runtimes.items():
         t0 = time.perf_counter()
-        s: LatencyStats = measure(rt, images, imgsz, posts[n], cfg, progress=f"latency {n}")
-        out[n] = s.to_dict() | extra | {"mode": "alone", "pass_seconds": round(time.perf_counter() - t0, 1)}
+        with OutsideLoad() as load:
+            s: LatencyStats = measure(rt, images, imgsz, posts[n], cfg, progress=f"latency {n}")
+        out[n] = s.to_dict() | extra | {"mode": "alone", "pass_seconds": round(time.perf_counter() - t0, 1),
+                                        "outside_load": load.result}
     return out

@@ -29,6 +29,7 @@ from yoloq.data.calibration import CalibrationSet, calibration_from_pool
 from yoloq.data.pool import ImagePool
 from yoloq.errors import BackendUnavailable, DataError, YoloqError
 from yoloq.finalize import finalize
+from yoloq.machine_load import run_lock
 from yoloq.models import SourceModel, load_source
 from yoloq.passes import accuracy_pass, deploy_post, latency_images, latency_pass, latency_settings
 from yoloq.paths import display_path
@@ -155,6 +156,7 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
                                          rec.end2end, inputs.out_dir, v.label)
         rec.timings_s["evaluate"] = round(time.perf_counter() - t0, 2)
         rec.metrics = metrics.to_dict() | {"skipped_images": skipped}
+        rec.dataset["images"] = metrics.images  # what was scored: an unreadable image and its boxes are left out
     except Exception as e:  # noqa: BLE001 - one variant's failure must not end the others
         fail_record(rec, e, inputs.out_dir)
     finally:
@@ -164,13 +166,17 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
 
 
 def needs_timing(records: list[Record], cfg: RunConfig) -> list[Record]:
-    """The ok records to time: all of them unless they already share one pass under today's settings."""
+    """The ok records to time: all of them unless they already share one pass under today's settings that no
+    outside load disturbed (a variant flagged for it is timed again)."""
     settings = latency_settings(cfg.latency)
+
+    def fresh(r: Record) -> bool:  # timed under today's settings, on a quiet machine
+        return r.latency.get("settings") == settings and not (r.latency.get("outside_load") or {}).get("flagged")
+
     if cfg.latency.interleave:
         groups = {r.latency.get("group") for r in records}
-        fresh = all(r.latency.get("settings") == settings for r in records)
-        return [] if (fresh and len(groups) == 1 and None not in groups) else records
-    return [r for r in records if r.latency.get("settings") != settings]
+        return [] if (all(fresh(r) for r in records) and len(groups) == 1 and None not in groups) else records
+    return [r for r in records if not fresh(r)]
 
 
 def local_target_reason(target: str) -> str:
@@ -270,10 +276,11 @@ def _set_aside_other_machines(store: RecordStore) -> None:
     store.remove([r.name for r in other])
 
 
-def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
+def run(cfg: RunConfig, out_dir: Path | None = None, wait: bool = False) -> int:
     """Run every variant of ``cfg`` (resolved) into ``out_dir`` (default: the config's output, per machine).
 
-    Variants already recorded on this machine with the same key are kept, so an interrupted run resumes.
+    Variants already recorded on this machine with the same key are kept, so an interrupted run resumes. One
+    run per folder at a time: a second one is refused in one line, or waits for the first (``wait``).
 
     Returns:
         0 when every variant is ok or skipped, 1 when any failed.
@@ -285,6 +292,11 @@ def run(cfg: RunConfig, out_dir: Path | None = None) -> int:
 
     torch.set_num_threads(cfg.latency.threads)  # the shared NMS runs in torch: same threads for every variant
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
+    with run_lock(out_dir, wait):
+        return _run(cfg, out_dir)
+
+
+def _run(cfg: RunConfig, out_dir: Path) -> int:
     inputs = prepare_inputs(cfg, out_dir)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     cal = inputs.calibration

@@ -27,6 +27,7 @@ from yoloq.backends.registry import backend_class, resolve_variant
 from yoloq.config import Precision, RunConfig, VariantConfig
 from yoloq.data.pool import ImagePool
 from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.machine_load import run_lock
 from yoloq.models import file_sha256, resolve_model
 from yoloq.progress import say, set_library_log, step
 
@@ -148,9 +149,16 @@ def qat_variants(cfg: RunConfig, onnx_path: Path) -> tuple[list[VariantConfig], 
 
 def run_qat(cfg: RunConfig, out_dir: Path | None = None) -> int:
     """``yoloq qat``: train, export, then evaluate the QAT variants into the run folder beside PTQ's."""
-    from yoloq.pipeline import default_out, prepare_inputs, run_variants
+    from yoloq.pipeline import default_out
 
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
+    with run_lock(out_dir):
+        return _run_qat(cfg, out_dir)
+
+
+def _run_qat(cfg: RunConfig, out_dir: Path) -> int:
+    from yoloq.pipeline import prepare_inputs, run_variants
+
     inputs = prepare_inputs(cfg, out_dir)
     if inputs.source.kind != "pt":
         raise BackendUnavailable("QAT trains a PyTorch model: give a .pt source")

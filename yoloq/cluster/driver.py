@@ -24,6 +24,7 @@ from yoloq.cluster.connect import Cluster
 from yoloq.cluster.ship import Shard, Shipment, pack, unpack
 from yoloq.config import RunConfig, VariantConfig
 from yoloq.evaluate import CocoEvaluator
+from yoloq.machine_load import run_lock
 from yoloq.passes import finish_accuracy, latency_images
 from yoloq.pipeline import (
     RunInputs,
@@ -217,8 +218,11 @@ class RayRun:
         self.store.save()
 
 
-def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_images: int = 250) -> int:
+def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_images: int = 250,
+               wait: bool = False) -> int:
     """Run every variant of ``cfg`` on the Ray cluster at ``address`` (``auto``: the one ``ray start`` began here).
+
+    One run per folder at a time, as a local run (``wait``: wait for the other).
 
     Returns:
         0 when every variant is ok or skipped, 1 when any failed.
@@ -227,6 +231,11 @@ def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_
         YoloqError: When Ray is missing, the cluster cannot be reached, or the run cannot start.
     """
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
+    with run_lock(out_dir, wait):
+        return _run_on_ray(cfg, address, out_dir, shard_images)
+
+
+def _run_on_ray(cfg: RunConfig, address: str, out_dir: Path, shard_images: int) -> int:
     inputs = prepare_inputs(cfg, out_dir)  # a bad model, dataset or folder is one line before any cluster work
     cluster = Cluster.connect(address)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))

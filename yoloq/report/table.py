@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from yoloq.budget import label
+from yoloq.machine_load import OUTSIDE_LOAD_FLAG
 from yoloq.provenance import describe
 from yoloq.records import Record, reference_of, same_backend, same_place
 
@@ -53,7 +54,8 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
             "mAP50-95": _fmt(m.get("map50_95"), 4), "mAP50": _fmt(m.get("map50"), 4),
             "drop [95% CI]": _ci_text(m), "% of ref": _fmt(keep, 1),
             "agrees": _fmt((m.get("agreement") or {}).get("map50_95"), 3),
-            "p50 ms": _fmt(p50, 2), "p90 ms": _fmt(lat.get("p90_ms"), 2), "p99 ms": _fmt(lat.get("p99_ms"), 2),
+            "p50 ms": _fmt(p50, 2) + ("!" if (lat.get("outside_load") or {}).get("flagged") else ""),
+            "p90 ms": _fmt(lat.get("p90_ms"), 2), "p99 ms": _fmt(lat.get("p99_ms"), 2),
             "FPS": _fmt(lat.get("throughput_fps"), 1),
             "x ref": _fmt(ref_p50 / p50 if p50 and ref_p50 and same_place(ref, r) else None, 2, "x"),
             "x fp32": _fmt(sp.get("vs_fp32"), 2, "x"),
@@ -137,6 +139,12 @@ def notes(records: list[Record], ref: Record | None) -> list[str]:
                    f"it measures what quantization moved, with far less image-to-image noise than mAP.")
     out.append("x ref / x fp32 / x fp16: p50 speed-up against the reference and against the same backend's "
                "FP32 and FP16; compr.: size against the same backend's FP32.")
+    loaded = [r for r in records if r.ok and (r.latency.get("outside_load") or {}).get("flagged")]
+    if loaded:
+        worst = max(r.latency["outside_load"]["share"] for r in loaded)
+        out.append(f"p50 ms marked !: timed while other processes took more than {100 * OUTSIDE_LOAD_FLAG:.0f}% of the "
+                   f"machine's CPU (up to {100 * worst:.0f}%; the record's latency.outside_load): {len(loaded)} "
+                   f"variant(s); time them again on a quiet machine (yoloq run again re-times, nothing else).")
     nodes = {(r.execution.get("node") or "")[:8] for r in records if r.ok and r.latency}
     if len(nodes) > 1:
         out.append(f"Timed on {len(nodes)} cluster nodes (each record's execution.node): a speed-up is shown only "

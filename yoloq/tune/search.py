@@ -31,6 +31,7 @@ from yoloq.data import load_split
 from yoloq.data.pool import content_hash
 from yoloq.errors import ConfigError, DataError
 from yoloq.evaluate import CocoEvaluator, CocoMetrics
+from yoloq.machine_load import run_lock
 from yoloq.passes import deploy_post, latency_pass
 from yoloq.pipeline import RunInputs, apply_artifact, fail_record, make_validator, new_record, prepare_inputs
 from yoloq.postprocess import postprocess
@@ -270,8 +271,11 @@ class TuneSearch:
     # -- the search ---------------------------------------------------------------------------------------
     def optimize(self) -> dict[str, Trial | None]:
         """Run the search; returns each tuned variant's chosen trial (None: no INT8 setting is faster here)."""
+        with run_lock(self.out_dir):
+            return self._optimize()
+
+    def _optimize(self) -> dict[str, Trial | None]:
         self.t0 = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         set_library_log(self.out_dir / "logs" / "libraries.log")
         inputs = self._prepare()
         items = self._items(inputs)
