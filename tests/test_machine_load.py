@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
+from test_units import FakeRuntime, rec
 
-from tests.conftest import run_cli
-from tests.test_units import FakeRuntime, rec
 from yoloq.config import LatencyConfig
 from yoloq.machine_load import OutsideLoad, run_lock
 from yoloq.passes import latency_pass

@@ -94,3 +94,38 @@ def test_reproduce_bad_inputs_are_one_line(tmp_path: Path):
     (tmp_path / "noconfig" / "records.jsonl").write_text('{"name": "torch-fp32", "format": "torch", "prec\n')
     proc = run_cli("reproduce", str(tmp_path / "noconfig"))
     assert proc.returncode == 2 and "line 1 is damaged" in proc.stderr.strip().splitlines()[-1]
+
+
+def _rec(precision: str, map50_95: float, isa: list[str], ran: str | None = None, versions: dict | None = None):
+    from yoloq.records import Record
+
+    return Record(name="v", format="onnxruntime", precision=precision, runtime={"precision_ran": ran or precision},
+                  metrics={"map50_95": map50_95, "per_class": {str(k): 0.5 for k in range(80)}},
+                  machine={"isa": isa}, versions=versions or {"onnxruntime": "1.23.2"})
+
+
+VNNI_ISA = ["avx2", "avx512_bf16", "avx512_vnni", "avx512f"]
+AVX2_ISA = ["avx2"]
+
+
+def test_reproduce_tells_float_rounding_and_kernels_from_a_real_change():
+    from yoloq.report.reproduce import rounding_tolerance, verdict
+
+    assert rounding_tolerance(_rec("fp32", 0.4, VNNI_ISA)) == 1 / 8000  # 80 classes: one swap below the top 10
+    # FP32, AVX-512 there and AVX2 here, one score's rounding apart (1e-6, as seen between those machines)
+    v, why, bad = verdict(_rec("fp32", 0.448, VNNI_ISA), _rec("fp32", 0.448 + 1e-6, AVX2_ISA))
+    assert v == "identical within float rounding" and not bad and "1.3e-04" in why
+    # ... but not when the two runs' detections disagree, nor beyond what rounding can do
+    assert verdict(_rec("fp32", 0.448, VNNI_ISA), _rec("fp32", 0.448 + 1e-6, AVX2_ISA), agrees=0.98)[2]
+    assert verdict(_rec("fp32", 0.448, VNNI_ISA), _rec("fp32", 0.451, AVX2_ISA))[0] == "MISMATCH"
+    # INT8 on a VNNI machine there, without VNNI here: explained, naming the instructions and the size
+    v, why, bad = verdict(_rec("int8", 0.4413, VNNI_ISA), _rec("int8", 0.4381, AVX2_ISA), agrees=0.97)
+    assert v == "differs, explained" and not bad
+    assert "-AVX-512 VNNI" in why and "-0.0032" in why and "agree 0.9700" in why
+    # the same INT8 kernels and versions, another mAP: a real change, exit 1
+    v, _, bad = verdict(_rec("int8", 0.4413, VNNI_ISA), _rec("int8", 0.4381, VNNI_ISA))
+    assert v == "MISMATCH" and bad
+    # another library version: explained by it
+    newer = _rec("int8", 0.4381, VNNI_ISA, versions={"onnxruntime": "1.24"})
+    v, why, bad = verdict(_rec("int8", 0.4413, VNNI_ISA), newer)
+    assert v == "differs, explained" and "onnxruntime 1.23.2 -> 1.24" in why and not bad

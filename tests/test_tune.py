@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
-from tests.conftest import run_cli
 from yoloq.backends.base import lacks_vnni
 from yoloq.backends.registry import get_backend, resolve_config
 from yoloq.config import load_config
