@@ -37,9 +37,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from yoloq.cluster.driver import run_on_ray
 
         return run_on_ray(_config(args.config), args.ray, out, args.shard_images, args.wait)
-    from yoloq.pipeline import run
+    from yoloq.api import run
 
-    return run(_config(args.config), out, args.wait)
+    return run(_config(args.config), out, args.wait).exit_code
 
 
 def run_dir_of(path: str, prefer_other_machine: bool = False) -> Path:
