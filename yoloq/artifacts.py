@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 
 from yoloq.backends.base import Artifact, ExportContext, MakeValidator
+from yoloq.backends.external import content_sha256
 from yoloq.backends.registry import backend_class, get_backend
 from yoloq.config import RunConfig, VariantConfig
 from yoloq.data.calibration import CalibrationSet
+from yoloq.errors import ExportError
 from yoloq.models import SourceModel
+from yoloq.paths import from_display
 from yoloq.provenance import versions
 from yoloq.records import write_atomic
 
@@ -40,8 +43,24 @@ def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet
     d["threads"] = cfg.latency.threads
     blob = {"cfg": d, "variant": {"format": v.format, "precision": str(v.precision), "device": v.device,
                                   "options": _keyed_options(v)},
+            **({"artifact": content_sha256(external_path(cfg, v))} if v.artifact else {}),
             "model": source.sha256, "calibration": calibration.sha256, "versions": versions()}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def external_path(cfg: RunConfig, v: VariantConfig) -> Path:
+    """Where a variant's existing export is: its ``artifact`` as given, else relative to the config's folder.
+
+    Raises:
+        ExportError: When it is in neither place.
+    """
+    p = from_display(str(v.artifact), Path(cfg.base_dir)) if str(v.artifact).startswith("$") else \
+        Path(str(v.artifact)).expanduser()  # $YOLOQ_CACHE/... and $YOLOQ_SHARED/... as records write them
+    for cand in (p, Path(cfg.base_dir) / p):
+        if cand.exists():
+            return cand.resolve()
+    raise ExportError(f"variant {v.label}: artifact {v.artifact} not found (give the file or folder 'yolo export' "
+                      f"wrote, absolute or relative to the config)")
 
 
 def workdir_of(out_dir: Path, v: VariantConfig) -> Path:
@@ -81,6 +100,11 @@ def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: Calibratio
     artifact = cached_artifact(workdir, key)
     if artifact is not None:
         return artifact, True
+    if v.artifact:  # an existing export, evaluated as it is (its manifest points at it)
+        ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, threads=cfg.latency.threads)
+        artifact = get_backend(v.format).adopt(external_path(cfg, v), ctx)
+        remember_artifact(workdir, key, artifact)
+        return artifact, False
     ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, validator=validator, threads=cfg.latency.threads,
                         max_det=cfg.eval.max_det)
     artifact = get_backend(v.format).export(ctx)

@@ -98,6 +98,7 @@ class VariantConfig:
     name: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     target: str | None = None  # a Ray resource: the variant's latency pass runs on a node that has it
+    artifact: str | None = None  # an existing export (e.g. Ultralytics' own) evaluated as it is, not exported
     resolved: bool = False
 
     def __post_init__(self) -> None:
@@ -313,8 +314,9 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, VariantConfig):
         d = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         d.pop("resolved")
-        if d["target"] is None:  # the default: left out, so configs and hashes from before it stay valid
-            d.pop("target")
+        for k in ("target", "artifact"):  # the defaults: left out, so configs and hashes from before stay valid
+            if d[k] is None:
+                d.pop(k)
         return d
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}

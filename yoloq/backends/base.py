@@ -207,6 +207,19 @@ class Backend(ABC):
     def export(self, ctx: ExportContext) -> Artifact:
         """Export (and quantize) the source model for ``ctx.variant`` into ``ctx.workdir``."""
 
+    def adopt(self, path: Path, ctx: ExportContext) -> Artifact:
+        """An existing export of this format (``artifact:`` in a variant, e.g. ``yolo export``'s output) as it is,
+        checked against the config where the file says what it was exported for (Ultralytics' metadata).
+
+        Raises:
+            ExportError: When it was exported for another input size or other classes.
+        """
+        from yoloq.backends.external import check_metadata
+
+        meta = check_metadata(path, ctx.imgsz, ctx.source.names)
+        return Artifact(path, self.name, str(ctx.variant.precision), {"external": True, "metadata": meta,
+                                                                     "quantizer": "the file's own exporter"})
+
     def deployable(self, ctx: ExportContext) -> Artifact:
         """What ships to a device (``yoloq export``): the export itself, unless the format is built on the
         device (TensorRT: the ONNX its builder reads)."""

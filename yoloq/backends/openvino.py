@@ -40,6 +40,17 @@ class OvRuntime:
         return self.request.get_output_tensor(0).data.copy()
 
 
+def model_xml(path: Path) -> Path:
+    """The IR of an OpenVINO export: the ``.xml`` itself, yoloq's ``model.xml`` in its folder, or the one ``.xml``
+    of another exporter's folder (Ultralytics writes ``<model>.xml``)."""
+    if path.suffix == ".xml" or (path / "model.xml").is_file():
+        return path if path.suffix == ".xml" else path / "model.xml"
+    found = sorted(path.glob("*.xml"))
+    if len(found) != 1:
+        raise ExportError(f"{path} holds {len(found)} OpenVINO .xml files; give the one to evaluate")
+    return found[0]
+
+
 @register
 class OpenVinoBackend(Backend):
     """OpenVINO on the CPU; INT8 through NNCF with yoloq's calibration images."""
@@ -168,7 +179,7 @@ class OpenVinoBackend(Backend):
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(Path(artifact.path) / "model.xml"))
+        model = core.read_model(str(model_xml(Path(artifact.path))))
         macs = {}
         for op in model.get_ops():
             if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
@@ -204,7 +215,7 @@ class OpenVinoBackend(Backend):
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.
         hint = "f32" if artifact.precision == "fp32" else None
-        rt = OvRuntime(Path(artifact.path) / "model.xml", threads, hint)
+        rt = OvRuntime(model_xml(Path(artifact.path)), threads, hint)
         ran = rt.info["inference_precision"]
         rt.info["precision_ran"] = {"fp32": ran, "fp16": f"{ran} compute (fp16 weights)",
                                     "int8": f"int8 ({ran} for float ops)"}[artifact.precision]

@@ -135,6 +135,11 @@ def resolve_variant(v: VariantConfig, key: str, stored: bool = False) -> Variant
     if dev not in cls.devices:
         raise ConfigError(f"config key '{key}.device': {v.format} runs on {', '.join(cls.devices)}, "
                           f"not '{v.device}'")
+    if v.artifact:  # an existing export runs as it is: no export option applies
+        if v.options:
+            raise ConfigError(f"config key '{key}.options': a variant with 'artifact' evaluates that file as it is; "
+                              f"export options ({', '.join(v.options)}) do not apply")
+        return dataclasses.replace(v, options={}, resolved=True)
     options = resolve_options(cls, precision, v.options, key, stored)
     return dataclasses.replace(v, options=options, resolved=True)
 
