@@ -16,13 +16,16 @@ from typing import Any
 
 import yaml
 
+from yoloq import __version__
 from yoloq.artifacts import workdir_of
 from yoloq.backends.base import ExportContext
+from yoloq.backends.deploy import loader
 from yoloq.backends.registry import get_backend
 from yoloq.config import RunConfig
 from yoloq.errors import YoloqError
 from yoloq.paths import display_path
 from yoloq.pipeline import make_validator, prepare_inputs
+from yoloq.preprocess import PAD_VALUE
 from yoloq.progress import set_library_log
 from yoloq.provenance import describe, machine, versions
 from yoloq.records import write_atomic
@@ -80,6 +83,44 @@ def export_bundle(cfg: RunConfig, label: str, out: Path) -> Path:
     write_atomic(out / "export.json", json.dumps(record, indent=1, default=str))
     options, notes = get_backend(variant.format).deploy_notes(dest.name)
     write_atomic(out / "config.yaml", yaml.safe_dump(_device_config(cfg, label, options), sort_keys=False))
+    standalone = loader(variant.format)
+    if standalone is not None:
+        head = dict(art.info.get("head") or inputs.source.head.describe())
+        write_atomic(out / "meta.json", json.dumps(_meta(cfg, label, str(variant.precision), dest.name, head,
+                                                         inputs.source.names, inputs.calibration.describe()), indent=1))
+        write_atomic(out / "predict.py", predict_source(standalone[0]))
+        write_atomic(out / "requirements.txt", f"{standalone[1]}\nnumpy\nopencv-python-headless\n")
+        notes = [*notes, "", "Run it without yoloq (the runtime, numpy and OpenCV only: `requirements.txt`):", "",
+                 "```bash", "pip install -r requirements.txt",
+                 "python predict.py image.jpg --draw out/ --json dets.json", "```", "",
+                 "`meta.json` holds what `predict.py` follows: input size and layout, the letterbox, the output "
+                 "layout, the head (NMS or end-to-end), class names, thresholds, the calibration hash."]
     write_atomic(out / "README.md", _readme(label, notes))
     shutil.rmtree(work, ignore_errors=True)
     return dest
+
+
+def predict_source(loader_source: str) -> str:
+    """The bundle's ``predict.py``: yoloq's standalone template with the runtime's loader in place of its stub."""
+    template = (Path(__file__).parent / "deploy_predict.py").read_text()
+    start = template.index("def load_model(")
+    end = template.index("\n\n\ndef letterbox(")
+    return template[:start] + loader_source.strip() + template[end:]
+
+
+def _meta(cfg: RunConfig, label: str, precision: str, model_file: str, head: dict[str, Any], names: tuple[str, ...],
+          calibration: dict[str, Any]) -> dict[str, Any]:
+    """``meta.json``: every rule ``predict.py`` follows, so a device team can re-implement it anywhere."""
+    end2end = head.get("branch") == "one2one"
+    return {"variant": label, "precision": precision, "model_file": model_file, "yoloq": __version__,
+            "input": {"size": cfg.imgsz, "dtype": "float32", "layout": "NCHW (NHWC where a LiteRT model wants it)",
+                      "color": "RGB", "scale": "pixel / 255"},
+            "letterbox": {"pad": PAD_VALUE, "resize": "long side to size, bilinear", "placement": "centred"},
+            "head": "end2end" if end2end else "nms",
+            "output": "[1, K, 6]: x1, y1, x2, y2, score, class (the model's top-k)" if end2end else
+                      f"[1, {4 + len(names)}, N]: cx, cy, w, h in input pixels, then one score per class",
+            "postprocess": "boxes with score > conf; best class per box; class-offset greedy NMS at iou; max_det; "
+                           "boxes mapped back by the letterbox and clipped to the image",
+            "names": list(names), "thresholds": {"conf": cfg.latency.conf, "iou": cfg.eval.iou,
+                                                 "max_det": cfg.eval.max_det},
+            "calibration": {k: calibration.get(k) for k in ("sha256", "images", "sources", "seed")}}

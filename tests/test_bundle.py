@@ -1,0 +1,64 @@
+"""Deploy bundles that run without yoloq: each CPU format's predict.py, with yoloq, PyTorch and Ultralytics made
+unimportable, gives yoloq's own detections on evaluation images."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED, run_cli
+
+from yoloq.backends.base import Artifact
+from yoloq.backends.registry import get_backend
+from yoloq.config import EvalConfig
+from yoloq.postprocess import postprocess
+from yoloq.preprocess import prepare, read_image
+
+RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
+# predict.py run with these unimportable: what it needs is the runtime, numpy and OpenCV
+BLOCK = ("import sys, runpy\nfor m in ('yoloq', 'torch', 'torchvision', 'ultralytics'):\n    sys.modules[m] = None\n"
+         "sys.argv = ['predict.py', *sys.argv[1:]]\nrunpy.run_path('predict.py', run_name='__main__')\n")
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("variant", ["onnxruntime-int8", "openvino-fp16", "litert-int8"])
+def test_a_bundle_runs_without_yoloq_and_gives_its_detections(tmp_path: Path, variant: str):
+    out = tmp_path / "bundle"
+    proc = run_cli("export", "configs/smoke.yaml", "--variant", variant, "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    fmt = variant.split("-")[0]
+    assert meta["input"]["size"] == 320 and meta["head"] == "nms" and meta["names"][0] == "person"
+    assert meta["letterbox"]["pad"] == 114 and meta["calibration"]["sha256"]
+    imports = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
+               for n in ast.walk(ast.parse((out / "predict.py").read_text())) if isinstance(n, (ast.Import,
+                                                                                               ast.ImportFrom))}
+    assert imports <= {"__future__", "argparse", "json", "sys", "pathlib", "cv2", "numpy", RUNTIMES[fmt]}, imports
+    assert (out / "requirements.txt").read_text().split()[0] in ("onnxruntime", "openvino", "ai-edge-litert")
+    images = [str(p) for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    proc = subprocess.run([sys.executable, "-c", BLOCK, *images, "--json", "dets.json", "--draw", "drawn"], cwd=out,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads((out / "dets.json").read_text())
+    assert len(list((out / "drawn").glob("*.jpg"))) == len(images)
+    runtime = get_backend(fmt).load(Artifact(out / meta["model_file"], fmt, meta["precision"]), 2)
+    post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+    total = 0
+    for f in images:
+        x, lbs = prepare([read_image(Path(f))], 320)
+        want = postprocess(runtime.predict(x), lbs, post)[0]
+        have = got[f]
+        assert len(have) == len(want), f
+        total += len(want)
+        if len(want):
+            np.testing.assert_allclose([d["box"] for d in have], want.boxes, atol=0.02)
+            np.testing.assert_allclose([d["score"] for d in have], want.scores, atol=1e-5)
+            assert [d["class"] for d in have] == want.classes.tolist()
+    assert total > 0

@@ -1,0 +1,65 @@
+"""What a standalone deploy bundle's ``predict.py`` loads its model with, per format: the runtime only.
+
+Each loader is the source of a ``load_model(path, threads)`` function returning ``NCHW float32 batch -> raw head
+output`` with boxes in input pixels, as every yoloq runtime returns it; ``yoloq export`` writes it into the bundle's
+``predict.py`` in place of the template's stub.
+"""
+
+from __future__ import annotations
+
+LOADERS = {
+    "onnxruntime": '''
+def load_model(path, threads):
+    """ONNX Runtime on the CPU (its input dtype: a float16 graph takes float16)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    return lambda x: session.run(None, {inp.name: x.astype(dtype)})[0].astype(np.float32)
+''',
+    "openvino": '''
+def load_model(path, threads):
+    """OpenVINO on the CPU; an FP32 bundle asks for true f32 (OpenVINO runs BF16 on CPUs that have it otherwise)."""
+    import openvino as ov
+
+    xml = path if path.suffix == ".xml" else next(path.glob("*.xml"))
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if json.loads((HERE / "meta.json").read_text())["precision"] == "fp32":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    request = ov.Core().compile_model(str(xml), "CPU", config).create_infer_request()
+    return lambda x: request.infer({0: x})[0].copy()
+''',
+    "litert": '''
+def load_model(path, threads):
+    """LiteRT with XNNPACK; NHWC input where the model wants it; boxes back to input pixels (the export divides
+    them by the input size)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    nchw = int(inp["shape"][1]) == 3
+    size = int(inp["shape"][2] if nchw else inp["shape"][1])
+
+    def run(x):
+        it.set_tensor(inp["index"], np.ascontiguousarray(x if nchw else x.transpose(0, 2, 3, 1), inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        if y.ndim == 3 and y.shape[1] < y.shape[2]:
+            y[:, :4] *= size
+        return y
+
+    return run
+''',
+}
+# the Python packages each bundle needs beside numpy and OpenCV
+REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert"}
+
+
+def loader(fmt: str) -> tuple[str, str] | None:
+    """The loader source and the runtime package of format ``fmt``; None when it has no standalone bundle."""
+    return (LOADERS[fmt], REQUIREMENTS[fmt]) if fmt in LOADERS else None
