@@ -25,24 +25,34 @@ from yoloq.provenance import worker_threads
 def calibration_reader(calibration: CalibrationSet, imgsz: int, input_name: str) -> Any:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over ``calibration``'s images.
 
-    It supports ``set_range`` so calibration can run in strides (bounded memory).
+    It supports ``set_range`` so calibration can run in strides (bounded memory), and shows each pass over the
+    images with its ETA.
     """
     from onnxruntime.quantization import CalibrationDataReader
+
+    from yoloq.progress import Progress
 
     images = calibration.images
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
+            self._progress: Progress | None = None
             self.set_range(0, len(images))
 
         def __len__(self) -> int:
             return len(images)
 
         def set_range(self, start_index: int, end_index: int) -> None:
+            if start_index == 0 or self._progress is None:  # a new pass over the images: progress with its ETA
+                if self._progress is not None:
+                    self._progress.close()
+                self._progress = Progress("  calibration", len(images), "images")
             self._it = calibration.take_range(start_index, end_index).batches(imgsz)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             x = next(self._it, None)
+            if x is not None and self._progress is not None:
+                self._progress.update(1)
             return None if x is None else {input_name: x}
 
         def rewind(self) -> None:
