@@ -101,12 +101,14 @@ def verdicts(old: list[Record], new: list[Record], old_dir: Path | None = None,
                                "ran there": a.runtime.get("precision_ran", ""),
                                "ran here": b.runtime.get("precision_ran", "") if b else "",
                                "x fp32 there": _x(a), "x fp32 here": _x(b)}
-        if b is None or not (a.ok and b.ok):
+        if b is None or a.map is None or b.map is None:  # compared wherever both measured accuracy
             row |= {"verdict": "not compared", "why": f"status there {a.status}, here {b.status if b else 'absent'}",
                     "mismatch": False}
         else:
             agrees = run_agreement(old_dir, new_dir, a.name) if old_dir and new_dir else None
             v, why, bad = verdict(a, b, agrees)
+            if a.status != b.status:  # e.g. a Ray target's variant: its accuracy here, its latency on the device
+                why = "; ".join(x for x in (why, f"status there {a.status}, here {b.status}") if x)
             row |= {"verdict": v, "why": why, "mismatch": bad}
         out.append(row)
     return out
