@@ -6,19 +6,17 @@ from __future__ import annotations
 import re
 
 from yoloq.paths import REPO_ROOT
-from yoloq.report.docs import results_table
-
-BLOCK = re.compile(r"<!-- results-table: (\S+)(?: \(.*?\))? -->\n(.*?)<!-- /results-table -->", re.S)
+from yoloq.report.docs import BLOCK, block_names, results_table
 
 
-def test_readme_results_table_is_written_from_the_records():
-    text = (REPO_ROOT / "README.md").read_text()
-    blocks = BLOCK.findall(text)
-    assert blocks, "the README has no results table block"
-    for run_dir, table in blocks:
-        names = [ln.split("|")[1].strip().replace(" (reference)", "") for ln in table.splitlines()[2:]]
-        expected = results_table(REPO_ROOT / run_dir, names)
-        assert table == expected, f"README table differs from {run_dir}'s records; it should read:\n{expected}"
+def test_results_tables_in_readme_and_docs_are_written_from_the_records():
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    blocks = [(page, m.group(2), m.group(3)) for page in pages for m in BLOCK.finditer(page.read_text())]
+    assert any(page.name == "README.md" for page, _, _ in blocks), "the README has no results table block"
+    for page, run_dir, table in blocks:
+        expected = results_table(REPO_ROOT / run_dir, block_names(table))
+        assert table == expected, f"{page.name}: table differs from {run_dir}'s records (yoloq docs rewrites it):\n" \
+            f"{expected}"
 
 
 def test_user_docs_are_short_and_name_no_issue():

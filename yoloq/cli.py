@@ -243,6 +243,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from yoloq.paths import REPO_ROOT
+    from yoloq.report.docs import refresh
+
+    pages = [Path(p) for p in args.pages] or [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    missing = [p for p in pages if not p.is_file()]
+    if missing:
+        raise YoloqError(f"no page {missing[0]}")
+    written = {p: refresh(p, REPO_ROOT) for p in pages}
+    print(f"{sum(written.values())} results tables written from the records in "
+          f"{', '.join(p.name for p, n in written.items() if n) or 'no page'}")
+    return EXIT_OK
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from yoloq.report.compare import compare
 
@@ -314,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--minutes", type=float, help="time budget of the search (default: tune.minutes, none)")
     tun.add_argument("--out", help="output folder (default: the config's 'output'-tune/<this machine>)")
     tun.set_defaults(func=_cmd_tune)
+    doc = sub.add_parser("docs", help="rewrite the results tables of README.md and docs/*.md from the records")
+    doc.add_argument("pages", nargs="*", help="pages to rewrite (default: README.md and docs/*.md)")
+    doc.set_defaults(func=_cmd_docs)
     cmp_ = sub.add_parser("compare", help="variant-by-variant change in mAP and latency between two runs")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from yoloq.records import Record, RecordStore, reference_of
+from yoloq.records import Record, RecordStore, reference_of, write_atomic
+
+# <!-- results-table: RUN_DIR (any note) --> ... <!-- /results-table -->: a table this module writes
+BLOCK = re.compile(r"(<!-- results-table: (\S+)(?: \(.*?\))? -->\n)(.*?)(<!-- /results-table -->)", re.S)
 
 COLUMNS = ("variant", "ran as", "mAP50-95", "kept", "drop [95% CI]", "p50 ms", "x its FP32", "MB")
 
@@ -28,3 +32,25 @@ def results_table(run_dir: Path, names: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
     lines += ["| " + " | ".join(_row(r, ref)) + " |" for r in keep]
     return "\n".join(lines) + "\n"
+
+
+def block_names(table: str) -> list[str]:
+    """The variant names a written table lists, in its order."""
+    return [ln.split("|")[1].strip().replace(" (reference)", "") for ln in table.splitlines()[2:] if ln.strip()]
+
+
+def refresh(page: Path, root: Path) -> int:
+    """Rewrite every results-table block of ``page`` from its run's records (run folders relative to ``root``);
+    returns how many blocks were written."""
+    text = page.read_text()
+    n = 0
+
+    def write(m: re.Match) -> str:
+        nonlocal n
+        n += 1
+        return m.group(1) + results_table(root / m.group(2), block_names(m.group(3)) or None) + m.group(4)
+
+    new = BLOCK.sub(write, text)
+    if new != text:
+        write_atomic(page, new)
+    return n
