@@ -109,3 +109,42 @@ def test_bin_counts_equal_numpys_histogram():
     flat = np.float32([0.5, 0.5, 0.5])  # edges without width (a constant tensor): numpy's answer, not a crash
     ours = bin_counts(np.float32([0.5, 0.5, -0.5]), flat, absolute=True)
     assert np.array_equal(ours, np.histogram([0.5] * 3, flat)[0])
+
+
+@pytest.mark.shared
+def test_variants_that_differ_only_in_scope_share_one_calibration(tmp_path: Path):
+    """Two ONNX Runtime INT8 variants with the same images and range method calibrate once; the second's INT8
+    file is byte for byte the one it gets calibrating alone."""
+    import hashlib
+    import json
+
+    import yaml
+    from conftest import run_cli
+
+    def config(variants: list[dict], name: str) -> Path:
+        cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+        cfg["variants"] = [{"format": "torch", "precision": "fp32"}, *variants]
+        cfg["data"]["max_images"] = 2
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(cfg))
+        return p
+
+    stem0 = {"format": "onnxruntime", "precision": "int8", "name": "ort-stem0", "options": {"keep_stem_float": 0}}
+    both = config([{"format": "onnxruntime", "precision": "int8"}, stem0], "both")
+    alone = config([stem0], "alone")
+    for cfg, out in ((both, "both"), (alone, "alone")):
+        proc = run_cli("run", str(cfg), "--out", str(tmp_path / out), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "both" / "artifacts" / "_ranges").glob("*.bad.json"))) == 1  # one calibration
+
+    def digest(run: str) -> str:  # the model's bytes but for the FP32 export's date stamp (each run exports anew)
+        m = onnx.load(str(tmp_path / run / "artifacts" / "ort-stem0" / "model_int8.onnx"))
+        keep = [p for p in m.metadata_props if p.key != "date"]
+        del m.metadata_props[:]
+        m.metadata_props.extend(keep)
+        return hashlib.sha256(m.SerializeToString()).hexdigest()
+
+    assert digest("both") == digest("alone")
+    lines = (tmp_path / "both" / "records.jsonl").read_text().splitlines()
+    recs = {json.loads(x)["name"]: json.loads(x) for x in lines}
+    assert recs["ort-stem0"]["status"] == "ok" and recs["onnxruntime-int8"]["status"] == "ok"

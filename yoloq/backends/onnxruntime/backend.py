@@ -159,7 +159,8 @@ class OnnxRuntimeBackend(Backend):
         prep, cache = ctx.workdir / "model_prep.onnx", ctx.workdir / "ranges.json"  # where calibrate() puts them
         with step(f"quantize {ctx.variant.label}"):
             try:
-                prep, cache, robust = calibrate(fp32, ctx.workdir, calibration, ctx.imgsz, options, out, exclude)
+                prep, cache, robust = calibrate(fp32, ctx.workdir, calibration, ctx.imgsz, options, out, exclude,
+                                                share=ctx.workdir.parent / "_ranges")
                 if robust:
                     info["calibration_fallback"] = robust
                 if ctx.option("accuracy_control"):

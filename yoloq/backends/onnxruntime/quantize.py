@@ -13,6 +13,8 @@ same counts as its ``np.histogram`` with explicit edges (which sorts every value
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from yoloq.data.calibration import CalibrationSet
 from yoloq.provenance import worker_threads
+from yoloq.records import write_atomic
 
 
 def calibration_reader(calibration: CalibrationSet, imgsz: int, input_name: str) -> Any:
@@ -285,8 +288,10 @@ def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Pa
 
 
 def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int, options: Mapping[str, Any],
-              out: Path, exclude: list[str] | None = None) -> tuple[Path, Path, dict[str, Any]]:
-    """Pre-process ``fp32``, calibrate it and quantize it into ``out``, keeping the ranges cached.
+              out: Path, exclude: list[str] | None = None, share: Path | None = None
+              ) -> tuple[Path, Path, dict[str, Any]]:
+    """Pre-process ``fp32``, calibrate it and quantize it into ``out``, keeping the ranges cached (and, with
+    ``share``, kept in that folder for every variant with the same graph, images and range method).
 
     Returns:
         The pre-processed model and the range cache (callers delete them when done), and what was
@@ -295,6 +300,28 @@ def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int
     prep, cache = workdir / "model_prep.onnx", workdir / "ranges.json"
     input_name = prepare_model(fp32, prep)
     cache.unlink(missing_ok=True)  # ranges of this calibration only
-    robust = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache)
+    shared = _shared_ranges(fp32, share, calibration, imgsz, options) if share else None
+    if shared and shared.with_suffix(".json").is_file() and shared.with_suffix(".bad.json").is_file():
+        shutil.copyfile(shared.with_suffix(".json"), cache)  # the same ranges: scope-only variants skip calibration
+        robust = json.loads(shared.with_suffix(".bad.json").read_text())
+    else:
+        robust = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache)
+        if shared:
+            shared.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cache, shared.with_suffix(".json.partial"))
+            write_atomic(shared.with_suffix(".bad.json"), json.dumps(robust))
+            shared.with_suffix(".json.partial").replace(shared.with_suffix(".json"))
     quantize_file(prep, out, options, cache, exclude)
     return prep, cache, robust
+
+
+def _shared_ranges(fp32: Path, folder: Path, calibration: CalibrationSet, imgsz: int,
+                   options: Mapping[str, Any]) -> Path:
+    """Where the ranges of one FP32 graph, calibration list, input size and range method are kept for every
+    variant of the run that shares them (variants that differ only in scope, format or bits reuse them)."""
+    import hashlib
+
+    key = {"graph": hashlib.sha256(fp32.read_bytes()).hexdigest(), "calibration": calibration.sha256, "imgsz": imgsz,
+           "method": options["calibrate_method"], **_settings(options)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / digest
