@@ -170,7 +170,9 @@ class OpenVinoBackend(Backend):
 
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(images), nncf.Dataset(list(validate.items), lambda item: item[0]), validation_fn,
-            max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE, **common)
+            max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=common["advanced_parameters"],  # this call's name for it
+            **{k: v for k, v in common.items() if k != "advanced_parameters"})
         return q, {"heldout_images": len(validate.items), "max_drop": ctx.option("max_drop"),
                    "validations": len(scores), "heldout_maps": [round(v, 5) for v in scores]}
 
