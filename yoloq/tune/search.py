@@ -60,7 +60,7 @@ class TuneSearch:
         if self.tune.data is None:
             raise ConfigError("config key 'tune.data': not set; name the tuning split, e.g. "
                               "tune: {data: {dataset: coco1k, split: tune}} (never the evaluation split)")
-        int8 = [v for v in cfg.variants if str(v.precision) == "int8"]
+        int8 = [v for v in cfg.variants if str(v.precision) == "int8" and not v.artifact]  # not existing exports
         unknown = sorted(set(variants or []) - {v.label for v in int8})
         if unknown:
             raise ConfigError(f"--variant {unknown[0]}: not an int8 variant of the config; int8 variants: "
