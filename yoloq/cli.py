@@ -228,11 +228,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    import torch
-
     from yoloq.tune import tune
 
-    torch.set_num_threads(2)
     result = tune(args.config, args.variant, args.out, args.minutes, args.budget)
     print(result.files["md"].read_text())
     for name, t in result.chosen.items():
