@@ -99,3 +99,69 @@ def test_resampled_maps_on_threads_equal_one_pass():
     chunked = resampled_maps(pe, w, chunk=7)  # 43 chunks over the threads, order kept
     assert np.array_equal(chunked, weighted_map(pe, w))
     assert len(np.unique(chunked)) > 1  # the resamples differ, so order matters
+
+
+def _dense_weighted_map(pe, weights):
+    """The direct computation (every detection, dense cumulative sums): the oracle for the fast one."""
+    w = np.atleast_2d(weights).astype(np.float64)
+    b, r = w.shape[0], len(pe.rec_thrs)
+    total, count = np.zeros(b), np.zeros(b)
+    for k in range(len(pe.img)):
+        npig = w @ pe.npos[k]
+        valid = npig > 0
+        if not valid.any():
+            continue
+        t, d = pe.tp[k].shape
+        ap = np.zeros((b, t))
+        for bi in range(b):
+            for ti in range(t):
+                dw = w[bi, pe.img[k]]
+                tp, fp = np.cumsum(dw * pe.tp[k][ti]), np.cumsum(dw * pe.fp[k][ti])
+                rc = tp / (npig[bi] if npig[bi] > 0 else 1)
+                pr = tp / (fp + tp + np.spacing(1))
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
+                inds = np.searchsorted(rc, pe.rec_thrs, side="left")
+                ap[bi, ti] = np.where(inds < d, pr[np.minimum(inds, max(d - 1, 0))] if d else 0.0, 0.0).mean()
+        total[valid] += ap[valid].mean(axis=1)
+        count[valid] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def test_fast_weighted_map_is_bit_for_bit_the_dense_one_on_many_images():
+    from yoloq.bootstrap import resample_weights, weighted_map
+
+    rng = np.random.default_rng(0)
+    n_img = 40
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480} for i in range(1, n_img + 1)]
+    anns, per_image = [], {}
+    for im in images:
+        boxes = []
+        for _ in range(rng.integers(0, 6)):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 350)
+            bw, bh = rng.uniform(10, 140), rng.uniform(10, 130)
+            c = int(rng.integers(0, 2))
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": CATS[c], "bbox": [x, y, bw, bh],
+                         "area": bw * bh, "iscrowd": 0})
+            boxes.append((x, y, bw, bh, c))
+        per_image[im["id"]] = boxes
+    gt = {**GT, "images": images, "annotations": anns}
+    ev = CocoEvaluator(gt, CATS)
+    scores = iter(rng.permutation(np.linspace(0.01, 0.99, 4000)))  # distinct scores
+    for i, boxes in per_image.items():
+        xyxy, cls = [], []
+        for x, y, bw, bh, c in boxes:  # found, a little off, sometimes the wrong class
+            j = rng.normal(0, 6, 4)
+            xyxy.append([x + j[0], y + j[1], x + bw + j[2], y + bh + j[3]])
+            cls.append(c if rng.random() > 0.1 else 1 - c)
+        for _ in range(rng.integers(0, 8)):  # false positives
+            x, y = rng.uniform(0, 560), rng.uniform(0, 400)
+            xyxy.append([x, y, x + rng.uniform(5, 80), y + rng.uniform(5, 80)])
+            cls.append(int(rng.integers(0, 2)))
+        s = [next(scores) for _ in cls]
+        b = np.asarray(xyxy, float).reshape(-1, 4)
+        ev.process(i, Detections(b, np.asarray(s, np.float32), np.asarray(cls, np.int64)))
+    m = ev.evaluate()
+    pe = ev.per_image()
+    assert weighted_map(pe, np.ones(n_img))[0] == pytest.approx(m.map50_95, abs=1e-12)
+    w = resample_weights(n_img, 60, seed=1)
+    assert np.array_equal(weighted_map(pe, w), _dense_weighted_map(pe, w))

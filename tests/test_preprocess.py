@@ -47,3 +47,39 @@ def test_postprocess_decodes_nms_and_unletterboxes():
     order = np.argsort(-det.scores)
     assert det.classes[order].tolist() == [1, 2]
     assert np.allclose(det.boxes[order][0], [80, 40, 120, 80], atol=1e-4)  # y shifted by the 40 px pad
+
+
+def test_nms_is_ultralytics_non_max_suppression_bit_for_bit_ties_included():
+    import sys
+
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    from yoloq.config import EvalConfig
+    from yoloq.postprocess import nms
+
+    g = torch.Generator().manual_seed(0)
+    n, nc = 3000, 6
+    centres = torch.rand(2, 30, generator=g) * 600 + 20  # 30 objects, many overlapping candidates each
+    pick = torch.randint(0, 30, (n,), generator=g)
+    xy = centres[:, pick] + torch.randn(2, n, generator=g) * 4
+    wh = torch.rand(2, 30, generator=g)[:, pick] * 150 + 10 + torch.randn(2, n, generator=g)
+    scores = (torch.rand(nc, n, generator=g) * 1000).floor() / 1000  # coarse: many exact ties
+    raw = torch.cat([xy, wh, scores])[None]
+    import torchvision
+
+    for cfg in (EvalConfig(conf=0.001, iou=0.7, max_det=300, multi_label=True),
+                EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False),
+                EvalConfig(conf=0.001, iou=0.5, max_det=100, multi_label=False)):
+        sys.modules.pop("torchvision")  # Ultralytics' own NMS, as in a yoloq process (it checks sys.modules)
+        try:
+            ref = non_max_suppression(raw.clone(), conf_thres=cfg.conf, iou_thres=cfg.iou, multi_label=cfg.multi_label,
+                                      max_det=cfg.max_det, max_time_img=60.0)[0]
+        finally:
+            sys.modules["torchvision"] = torchvision
+        ours = nms(raw.clone(), cfg)[0]
+        assert 0 < len(ours) <= cfg.max_det
+        assert torch.equal(ours, ref)
+        # torchvision's NMS on its own order breaks the ties differently: the test can tell
+        assert not torch.equal(non_max_suppression(raw.clone(), conf_thres=cfg.conf, iou_thres=cfg.iou,
+                                                   multi_label=cfg.multi_label, max_det=cfg.max_det)[0], ref)

@@ -12,30 +12,21 @@ import numpy as np
 
 from yoloq.config import EvalConfig
 from yoloq.data.types import DatasetSplit
-from yoloq.errors import DataError
+from yoloq.decoded import decoded_items
 from yoloq.evaluate import CocoEvaluator
 from yoloq.postprocess import postprocess
-from yoloq.preprocess import prepare, read_image
 from yoloq.progress import bar, say
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def prepared(split: DatasetSplit, imgsz: int, skipped: list[str]) -> Iterator[tuple[Any, ...]]:
-    """Read and letterbox ``split``'s images one by one as items ``(input, letterboxes, image_id)``.
+    """``split``'s images letterboxed as items ``(input, letterboxes, image_id)``, decoded once per split and
+    size across variants and runs (:mod:`yoloq.decoded`).
 
     Unreadable images are skipped with a warning and their names appended to ``skipped``.
     """
-    skipped.extend(split.unreadable)
-    for s in split.samples:
-        try:
-            img = read_image(s.path)
-        except DataError:
-            say(f"  warning: skipping unreadable image {s.path.name}")
-            skipped.append(s.path.name)
-            continue
-        x, lbs = prepare([img], imgsz)
-        yield x, lbs, s.image_id
+    return decoded_items(split, imgsz, skipped)
 
 
 def score_items(predict: Predict, items: Iterable[tuple[Any, ...]], split: DatasetSplit,

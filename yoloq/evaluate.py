@@ -71,9 +71,11 @@ class CocoEvaluator:
         self._image_ids.append(int(image_id))
         xywh = det.boxes.astype(np.float64).copy()
         xywh[:, 2:] -= xywh[:, :2]
-        for b, s, c in zip(xywh, det.scores, det.classes):
-            self._results.append({"image_id": int(image_id), "category_id": int(self._cats[int(c)]),
-                                  "bbox": [round(float(x), 3) for x in b], "score": round(float(s), 5)})
+        iid = int(image_id)
+        cats = self._cats[np.asarray(det.classes, np.int64)].tolist()
+        scores = np.asarray(det.scores).astype(np.float64).tolist()
+        self._results.extend({"image_id": iid, "category_id": c, "bbox": [round(x, 3) for x in b],
+                              "score": round(s, 5)} for b, s, c in zip(xywh.tolist(), scores, cats))
 
     @property
     def image_ids(self) -> list[int]:
