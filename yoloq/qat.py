@@ -136,9 +136,12 @@ def qat_variants(cfg: RunConfig, onnx_path: Path) -> tuple[list[VariantConfig], 
 
     A QAT variant is paired with the config's first INT8 variant of the same format, when there is one.
     """
+    from yoloq.provenance import machine
+
     out, pairs = [], {}
+    here = machine()
     for fmt in cfg.qat.formats:
-        options = backend_class(fmt)().qdq_variant_options(onnx_path)
+        options = backend_class(fmt)().qdq_variant_options(onnx_path, here)
         v = resolve_variant(VariantConfig(fmt, Precision.INT8, name=f"{fmt}-int8-qat", options=options),
                             f"qat.formats[{fmt}]")
         out.append(v)

@@ -234,8 +234,9 @@ class Backend(ABC):
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Runtime:
         """Load an artifact into a runtime using exactly ``threads`` CPU threads."""
 
-    def qdq_variant_options(self, onnx_path: Path) -> dict[str, Any]:
-        """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` as it is (``reads_qdq_onnx``)."""
+    def qdq_variant_options(self, onnx_path: Path, machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` (``reads_qdq_onnx``) on ``machine``
+        (a fingerprint: a backend may adapt the file to its kernels there)."""
         return {"prequantized": str(onnx_path)}
 
     def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:

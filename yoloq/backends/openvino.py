@@ -51,6 +51,15 @@ def model_xml(path: Path) -> Path:
     return found[0]
 
 
+def runs_without_vnni(machine: Mapping[str, Any]) -> bool:
+    """Whether OpenVINO's int8 kernels run without VNNI here: the CPU has none, or oneDNN is capped below it
+    (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX2`` or ``AVX512_CORE``, as when checking another machine's rounding)."""
+    import os
+
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return lacks_vnni(machine) or not any(k in cap for k in ("VNNI", "AMX", "ALL", "DEFAULT"))
+
+
 @register
 class OpenVinoBackend(Backend):
     """OpenVINO on the CPU; INT8 through NNCF with yoloq's calibration images."""
@@ -71,6 +80,7 @@ class OpenVinoBackend(Backend):
         "fast_bias_correction": OptionSpec(bool, True, None, "NNCF fast bias correction (false: full)", INT8),
         # NNCF's fix for int8 saturation on CPUs without VNNI: the first layer's weights (its default), every
         # layer's, or none; yoloq tune makes "enable" the baseline on such machines
+        # (a Q/DQ file, e.g. from QAT, is changed only by "enable": every weight on 7 bits)
         "overflow_fix": OptionSpec(str, "first_layer", ("first_layer", "enable", "disable"),
                                    "NNCF overflow fix (7-bit weights) where it applies", INT8, before="first_layer"),
     }
@@ -81,6 +91,11 @@ class OpenVinoBackend(Backend):
         except ImportError:
             raise BackendUnavailable(f"openvino is not installed ({self.install_hint})") from None
         return openvino.__version__
+
+    def qdq_variant_options(self, onnx_path: Path, machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The Q/DQ file as it is, its weights on 7 bits where this CPU (or oneDNN's ISA cap) has no VNNI."""
+        fix = {"overflow_fix": "enable"} if machine is not None and runs_without_vnni(machine) else {}
+        return {"prequantized": str(onnx_path)} | fix
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
         """NNCF's presets and algorithms and the head's scope; without VNNI, NNCF's overflow fix on every layer."""
@@ -107,10 +122,19 @@ class OpenVinoBackend(Backend):
         xml = ctx.workdir / "model.xml"
         p = ctx.variant.precision
         info: dict[str, Any] = {}
+        seven = None
+        if p == "int8" and pre and ctx.variant.options.get("overflow_fix") == "enable":
+            from yoloq.qdq import seven_bit_weights  # the Q/DQ file's weights on 7 bits, as NNCF's fix makes them
+
+            seven = ctx.workdir / "seven_bit.onnx"
+            n = seven_bit_weights(onnx_path, seven)
+            info["overflow_fix"] = f"{n} weights on 7 bits (CPUs without VNNI saturate on 8-bit weights)"
         with step(f"export {ctx.variant.label}"):
-            model = ov.convert_model(str(onnx_path), input=[1, 3, ctx.imgsz, ctx.imgsz])
+            model = ov.convert_model(str(seven or onnx_path), input=[1, 3, ctx.imgsz, ctx.imgsz])
+        if seven is not None:
+            seven.unlink()
         if p == "int8" and pre:  # Q/DQ from QAT: OpenVINO reads it as INT8 FakeQuantize, nothing to calibrate
-            info = {"quantizer": "quantization-aware training (Ultralytics + ModelOpt Q/DQ)"}
+            info["quantizer"] = "quantization-aware training (Ultralytics + ModelOpt Q/DQ)"
         elif p == "int8":
             model, info = self._quantize(ctx, model, onnx_path)
         ov.save_model(model, str(xml), compress_to_fp16=(p == "fp16"))
