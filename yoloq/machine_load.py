@@ -15,6 +15,17 @@ from yoloq.errors import YoloqError
 OUTSIDE_LOAD_FLAG = 0.10  # a latency pass with more outside load than this is flagged in reports
 
 
+def flag_threshold() -> float:
+    """The outside-load share above which a latency pass is flagged: ``$YOLOQ_OUTSIDE_LOAD_FLAG``, else 0.10.
+
+    (The test suite's parallel workers load each other by design and raise it, so that a resumed run there
+    keeps its records instead of timing them again.)"""
+    try:
+        return float(os.environ.get("YOLOQ_OUTSIDE_LOAD_FLAG", OUTSIDE_LOAD_FLAG))
+    except ValueError:
+        return OUTSIDE_LOAD_FLAG
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
     """Hold the run folder for this process: a second yoloq run into it gets one line naming the first's process
@@ -83,5 +94,5 @@ class OutsideLoad:
             return
         share = max(0.0, (busy - own) / total)
         self.result = {"share": round(share, 4), "busy": round(busy / total, 4),
-                       "steal": round(max(0.0, steal / total), 4), "flagged": share > OUTSIDE_LOAD_FLAG,
+                       "steal": round(max(0.0, steal / total), 4), "flagged": share > flag_threshold(),
                        "source": "/proc/stat"}

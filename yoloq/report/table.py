@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from yoloq.budget import label
-from yoloq.machine_load import OUTSIDE_LOAD_FLAG
+from yoloq.machine_load import flag_threshold
 from yoloq.provenance import describe
 from yoloq.records import Record, reference_of, same_backend, same_place
 
@@ -142,7 +142,7 @@ def notes(records: list[Record], ref: Record | None) -> list[str]:
     loaded = [r for r in records if r.ok and (r.latency.get("outside_load") or {}).get("flagged")]
     if loaded:
         worst = max(r.latency["outside_load"]["share"] for r in loaded)
-        out.append(f"p50 ms marked !: timed while other processes took more than {100 * OUTSIDE_LOAD_FLAG:.0f}% of the "
+        out.append(f"p50 ms marked !: timed while other processes took more than {100 * flag_threshold():.0f}% of the "
                    f"machine's CPU (up to {100 * worst:.0f}%; the record's latency.outside_load): {len(loaded)} "
                    f"variant(s); time them again on a quiet machine (yoloq run again re-times, nothing else).")
     nodes = {(r.execution.get("node") or "")[:8] for r in records if r.ok and r.latency}
