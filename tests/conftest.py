@@ -21,6 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("YOLOQ_OUTSIDE_LOAD_FLAG", "1.0")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
     skip = None
     if not (SHARED / "models" / "yolo11n.pt").is_file():
