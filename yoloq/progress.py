@@ -160,3 +160,15 @@ def step(desc: str) -> Iterator[None]:
     with quiet():
         yield
     say(f"  {desc}: done in {time.perf_counter() - t0:.1f}s")
+
+
+class Counted(list):  # type: ignore[type-arg]
+    """A list whose every full iteration is shown as a stage (``desc``, n/N, ETA): a library's calibration
+    loop over the images yoloq hands it (NNCF, ai-edge-quantizer) reports progress like yoloq's own loops."""
+
+    def __init__(self, items: Iterable[T], desc: str) -> None:
+        super().__init__(items)
+        self.desc = desc
+
+    def __iter__(self) -> Iterator[T]:  # type: ignore[override]
+        return bar(list.__iter__(self), desc=self.desc, total=len(self), unit="images")

@@ -24,7 +24,7 @@ from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.models import Head
-from yoloq.progress import step
+from yoloq.progress import Counted, step
 
 
 class LiteRtRuntime:
@@ -312,7 +312,8 @@ class LiteRtBackend(Backend):
         sig, name = _signature_input(fp32)
         bits = ctx.option("activation_bits")
         kept = self._static_recipe(ctx, qt, head)
-        samples = [{name: x} for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
+        images = ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")
+        samples = Counted(({name: x} for x in images), "calibration")
         with quiet_bars():
             result = calibrate(qt, fp32, {sig: samples}, ctx.option("calibrate_method"))
             qt.quantize(calibration_result=result).export_model(str(out), overwrite=True)

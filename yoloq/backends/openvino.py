@@ -13,7 +13,7 @@ from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, CONTROL_OPTIONS, INT8, PREQUANTIZED, SCOPE_OPTIONS, float_scope
 from yoloq.errors import BackendUnavailable, ExportError, YoloqError
-from yoloq.progress import step
+from yoloq.progress import Counted, step
 
 
 class OvRuntime:
@@ -170,7 +170,7 @@ class OpenVinoBackend(Backend):
                     q, info["accuracy_control"] = self._with_control(ctx, model, images, common)
                     info["quantizer"] = f"nncf {nncf.__version__} quantize_with_accuracy_control"
                 else:
-                    q = nncf.quantize(model, nncf.Dataset(images), **common)
+                    q = nncf.quantize(model, nncf.Dataset(Counted(images, "calibration (NNCF pass)")), **common)
             except YoloqError:
                 raise
             except Exception as e:  # noqa: BLE001 - NNCF raises many kinds
