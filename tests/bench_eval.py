@@ -5,9 +5,10 @@
 RUN_DIR is a finished run on coco1k val (default: ``results/default-coco1k/<this machine>``); its exports are
 reused. For each variant, on the run's evaluation images (batch 1, as the accuracy pass runs): input,
 inference, postprocess at the evaluation threshold (conf 0.001, multi-label, NMS), detections to COCO, each
-per image (mean ms), the images decoded once (as a run does); then the run's statistics: COCOeval, the paired bootstrap (1,000 resamples, against the
-reference) and the agreement with the reference. Prints the table and a paper estimate for 5,000 images
-(COCO val2017) on this machine, with the bootstrap measured on the same per-image data tiled to 5,000 images.
+per image (mean ms), the images decoded once (as a run does); then the run's statistics: COCOeval, the
+paired bootstrap (1,000 resamples, against the reference) and the agreement with the reference. Prints the
+table and a paper estimate for 5,000 images (COCO val2017) on this machine, with the bootstrap measured on the
+same per-image data tiled to 5,000 images.
 Writes ``results/eval-budget/<machine>/budget.md``.
 """
 
@@ -116,13 +117,14 @@ def main() -> int:
     t_boot_big = time.perf_counter() - t0
 
     fp = machine()["id"]
-    lines = [f"# Evaluation budget: {run_dir.parent.name} run, {len(samples)} images", "", f"Machine: {describe(machine())} (`{fp}`).", "",
+    lines = [f"# Evaluation budget: {run_dir.parent.name} run, {len(samples)} images", "",
+             f"Machine: {describe(machine())} (`{fp}`).", "",
              "Per image, mean ms, batch 1, the evaluation threshold (conf 0.001). 'input': the decoded image read "
              "back and made a float input (the first variant's pass decodes and letterboxes instead: "
              f"{cold:.1f} ms an image). 'outside' = everything but inference, as a share of inference.", "",
              "| variant | input | inference | postprocess | to COCO | outside / inference | "
              "loop s | COCOeval s | mAP50-95 | detections |", "|" + " --- |" * 10]
-    for name, n, st, loop, tce, m, d in rows:
+    for name, _n, st, loop, tce, m, d in rows:
         outside = sum(v for k, v in st.items() if k != "inference")
         lines.append(f"| {name} | {st['input']:.1f} | {st['inference']:.1f} | "
                      f"{st['postprocess']:.1f} | {st['to COCO']:.2f} | {outside / st['inference']:.0%} | {loop:.0f} | "
@@ -139,7 +141,8 @@ def main() -> int:
     scale = 5000 / len(samples)
     for (name, *_), t in zip(rows, per_variant):
         lines.append(f"- {name}: accuracy pass about {t * scale / 60:.0f} min, bootstrap {t_boot_big:.0f} s")
-    lines.append(f"- the listed variants one after another on one machine: about {sum(per_variant) * scale / 60:.0f} min; "
+    total = sum(per_variant) * scale / 60
+    lines.append(f"- the listed variants one after another on one machine: about {total:.0f} min; "
                  "on a Ray cluster with one 2-core worker per variant the wall time is the slowest variant's, "
                  "plus shipping the dataset once per node")
     text = "\n".join(lines) + "\n"

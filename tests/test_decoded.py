@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
+
 from yoloq.data.types import DatasetSplit, Sample
 from yoloq.decoded import cache_key, decoded_items
 from yoloq.preprocess import prepare, read_image

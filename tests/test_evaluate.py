@@ -104,7 +104,7 @@ def test_resampled_maps_on_threads_equal_one_pass():
 def _dense_weighted_map(pe, weights):
     """The direct computation (every detection, dense cumulative sums): the oracle for the fast one."""
     w = np.atleast_2d(weights).astype(np.float64)
-    b, r = w.shape[0], len(pe.rec_thrs)
+    b = w.shape[0]
     total, count = np.zeros(b), np.zeros(b)
     for k in range(len(pe.img)):
         npig = w @ pe.npos[k]

@@ -15,7 +15,7 @@ from yoloq.data.types import DatasetSplit
 from yoloq.decoded import decoded_items
 from yoloq.evaluate import CocoEvaluator
 from yoloq.postprocess import postprocess
-from yoloq.progress import bar, say
+from yoloq.progress import bar
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

@@ -4,8 +4,9 @@ JPEG decoding and the letterbox cost about 3-4 ms an image on two cores, a sixth
 a run scores the same images once per variant (ten in the default config, sixteen candidates in a tune).
 The first pass over a split at one input size writes each letterboxed uint8 image into a memory-mapped
 array under ``$YOLOQ_CACHE/decoded/`` as it goes; once complete, later passes read rows from it (the page
-cache keeps them in memory), already in the model's RGB CHW layout, so a cached image costs one division. The key covers every image file (path, size, modification time), the input
-size and the letterbox rule, so a changed image or size is decoded afresh. A split whose array would pass
+cache keeps them in memory), already in the model's RGB CHW layout, so a cached image costs one division.
+The key covers every image file (path, size, modification time), the input size and the letterbox rule,
+so a changed image or size is decoded afresh. A split whose array would pass
 ``YOLOQ_DECODED_MAX_GB`` (default 8) or half the free disk is decoded each time, as before.
 """
 

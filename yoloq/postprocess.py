@@ -34,7 +34,7 @@ def unletterbox(xyxy: np.ndarray, lb: Letterbox) -> np.ndarray:
     return out
 
 
-def nms(pred: "torch.Tensor", cfg: EvalConfig, max_nms: int = 30000, max_wh: int = 7680) -> list["torch.Tensor"]:
+def nms(pred: torch.Tensor, cfg: EvalConfig, max_nms: int = 30000, max_wh: int = 7680) -> list[torch.Tensor]:
     """Ultralytics' ``non_max_suppression`` for a ``[B, 4 + nc, N]`` head, its output bit for bit, faster.
 
     The same steps and arithmetic (candidates above ``conf``, xywh to xyxy, every class above ``conf`` when

@@ -88,7 +88,8 @@ def seven_bit_weights(src: Path, dst: Path) -> int:
         if q.dtype != np.int8 or q.ndim < 2 or (zero is not None and np.any(zero != 0)):
             continue  # weights only (activations are not constants), symmetric only
         scale = numpy_helper.to_array(inits[n.input[1]])
-        inits[n.input[0]].CopyFrom(numpy_helper.from_array(np.clip(np.rint(q / 2), -64, 63).astype(np.int8), n.input[0]))
+        seven = np.clip(np.rint(q / 2), -64, 63).astype(np.int8)
+        inits[n.input[0]].CopyFrom(numpy_helper.from_array(seven, n.input[0]))
         inits[n.input[1]].CopyFrom(numpy_helper.from_array((scale * 2).astype(scale.dtype), n.input[1]))
         changed += 1
     dst.parent.mkdir(parents=True, exist_ok=True)
