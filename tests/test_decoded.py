@@ -61,3 +61,14 @@ def test_a_changed_image_is_decoded_afresh_and_a_stopped_pass_leaves_nothing(tmp
     assert cache_key(split, 320) != key
     (x, _, _), *_ = _pass(split, cache)[0]
     assert np.array_equal(x, prepare([read_image(split.samples[1].path)], 320)[0])
+
+
+def test_a_bad_size_limit_is_one_clear_error(monkeypatch):
+    from yoloq.decoded import max_bytes
+    from yoloq.errors import ConfigError
+
+    monkeypatch.setenv("YOLOQ_DECODED_MAX_GB", "lots")
+    with pytest.raises(ConfigError, match="YOLOQ_DECODED_MAX_GB='lots': give a number of gigabytes"):
+        max_bytes()
+    monkeypatch.setenv("YOLOQ_DECODED_MAX_GB", "0.5")
+    assert max_bytes() == 0.5e9

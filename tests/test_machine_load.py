@@ -91,3 +91,14 @@ def test_outside_load_does_not_count_our_own_work():
         pytest.skip("the OS gives no machine-wide CPU times (/proc/stat)")
     own = load.result["busy"] - load.result["share"]  # our own busy core is not outside load
     assert own >= 0.8 / (os.cpu_count() or 1), load.result
+
+
+def test_a_bad_flag_threshold_is_one_clear_error(monkeypatch):
+    from yoloq.errors import YoloqError
+    from yoloq.machine_load import flag_threshold
+
+    monkeypatch.setenv("YOLOQ_OUTSIDE_LOAD_FLAG", "-1")
+    with pytest.raises(YoloqError, match="YOLOQ_OUTSIDE_LOAD_FLAG='-1'"):
+        flag_threshold()
+    monkeypatch.delenv("YOLOQ_OUTSIDE_LOAD_FLAG")
+    assert flag_threshold() == 0.10

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from yoloq.data.types import DatasetSplit
-from yoloq.errors import DataError
+from yoloq.errors import ConfigError, DataError
 from yoloq.paths import cache_root
 from yoloq.preprocess import PAD_VALUE, Letterbox, letterbox, read_image, to_input
 
@@ -42,9 +42,26 @@ def cache_key(split: DatasetSplit, imgsz: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def max_bytes() -> float:
+    """The largest decoded array kept: ``$YOLOQ_DECODED_MAX_GB`` gigabytes (default 8).
+
+    Raises:
+        ConfigError: When the variable is set to something that is not a number of gigabytes.
+    """
+    text = os.environ.get("YOLOQ_DECODED_MAX_GB", "8")
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:
+        raise ConfigError(f"YOLOQ_DECODED_MAX_GB={text!r}: give a number of gigabytes (0 keeps no decoded "
+                          "images), or unset it for 8")
+    return gb * 1e9
+
+
 def _fits(n: int, imgsz: int, folder: Path) -> bool:
     need = n * imgsz * imgsz * 3
-    limit = float(os.environ.get("YOLOQ_DECODED_MAX_GB", "8")) * 1e9
+    limit = max_bytes()
     folder.mkdir(parents=True, exist_ok=True)
     return need <= limit and need <= shutil.disk_usage(folder).free / 2
 

@@ -19,11 +19,20 @@ def flag_threshold() -> float:
     """The outside-load share above which a latency pass is flagged: ``$YOLOQ_OUTSIDE_LOAD_FLAG``, else 0.10.
 
     (The test suite's parallel workers load each other by design and raise it, so that a resumed run there
-    keeps its records instead of timing them again.)"""
+    keeps its records instead of timing them again.)
+
+    Raises:
+        YoloqError: When the variable is set to something that is not a share of the machine (>= 0).
+    """
+    text = os.environ.get("YOLOQ_OUTSIDE_LOAD_FLAG", str(OUTSIDE_LOAD_FLAG))
     try:
-        return float(os.environ.get("YOLOQ_OUTSIDE_LOAD_FLAG", OUTSIDE_LOAD_FLAG))
+        share = float(text)
     except ValueError:
-        return OUTSIDE_LOAD_FLAG
+        share = -1.0
+    if not share >= 0:
+        raise YoloqError(f"YOLOQ_OUTSIDE_LOAD_FLAG={text!r}: give the share of the machine above which a latency "
+                         "pass is flagged (e.g. 0.10), or unset it")
+    return share
 
 
 @contextlib.contextmanager

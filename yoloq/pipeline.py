@@ -27,9 +27,10 @@ from yoloq.config import RunConfig, VariantConfig
 from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, calibration_from_pool
 from yoloq.data.pool import ImagePool
+from yoloq.decoded import max_bytes
 from yoloq.errors import BackendUnavailable, DataError, YoloqError
 from yoloq.finalize import finalize
-from yoloq.machine_load import run_lock
+from yoloq.machine_load import flag_threshold, run_lock
 from yoloq.models import SourceModel, load_source
 from yoloq.passes import accuracy_pass, deploy_post, latency_images, latency_pass, latency_settings
 from yoloq.paths import display_path
@@ -65,6 +66,7 @@ def prepare_inputs(cfg: RunConfig, out_dir: Path, role: str = "evaluation") -> R
         YoloqError: Model, data, calibration overlap or output folder problems (the run cannot start).
     """
     base = Path(cfg.base_dir)
+    max_bytes(), flag_threshold()  # the environment's settings, checked before any work
     source = load_source(cfg.model, base, cfg.eval.nms)
     evalset = load_split(cfg.data, base)
     if not evalset.samples:

@@ -119,7 +119,7 @@ class OpenVinoBackend(Backend):
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
         """NNCF's presets and algorithms and the head's scope; without VNNI, NNCF's overflow fix on every layer."""
-        safe = lacks_vnni(machine)
+        safe = runs_without_vnni(machine)
         base = {"overflow_fix": "enable"} if safe else {}
         why = "; overflow fix on every layer, since this CPU has no VNNI" if safe else ""
         out = [TuneCandidate(n, base | o, w + why) for n, o, w in (
