@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from yoloq.errors import ExportError
+from yoloq.paths import display_path
 
 
 def content_sha256(path: Path) -> str:
@@ -73,6 +74,9 @@ def check_metadata(path: Path, imgsz: int, names: tuple[str, ...]) -> dict[str, 
     if got and tuple(got) != tuple(names):
         raise ExportError(f"artifact {path.name} has {len(got)} classes ({', '.join(list(got)[:3])}, ...), the model "
                           f"{len(names)} ({', '.join(names[:3])}, ...): export it from the config's model")
-    keep = ("imgsz", "names", "version", "date", "args", "stride", "batch", "task", "description")
-    return {k: (v if k != "names" else len(v)) for k, v in meta.items() if k in keep and k != "names"} | \
-        {"classes": len(got) if got else None}
+    keep = ("imgsz", "version", "date", "args", "stride", "batch", "task", "description")
+    out = {k: v for k, v in meta.items() if k in keep}
+    if isinstance(out.get("args"), dict):  # the exporter's paths (its calibration data) as records show paths
+        out["args"] = {k: display_path(Path(v)) if isinstance(v, str) and Path(v).is_absolute() else v
+                       for k, v in out["args"].items()}
+    return out | {"classes": len(got) if got else None}
