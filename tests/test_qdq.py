@@ -61,23 +61,3 @@ def test_qat_runs_on_7_bit_weights_in_openvino_where_its_kernels_have_no_vnni(mo
     assert runs_without_vnni(VNNI)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
     assert not runs_without_vnni(VNNI)
-
-
-def test_openvino_stream_gives_predicts_outputs_in_order(tmp_path: Path):
-    """The accuracy pass's asynchronous requests: the same outputs as one synchronous inference each, in order."""
-    import openvino as ov
-    import pytest
-    from conftest import SHARED
-
-    from yoloq.backends.openvino import OvRuntime
-
-    src = SHARED / "models" / "yolo11n.onnx"
-    if not src.is_file():
-        pytest.skip(f"no {src}")
-    ov.save_model(ov.convert_model(str(src), input=[1, 3, 640, 640]), str(tmp_path / "m.xml"))
-    rt = OvRuntime(tmp_path / "m.xml", 2, "f32")
-    rng = np.random.default_rng(0)
-    batches = [rng.random((1, 3, 640, 640), np.float32) for _ in range(5)]
-    want = [rt.predict(b) for b in batches]
-    got = list(rt.stream(iter(batches)))
-    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -6,7 +6,6 @@ held-out train images and hands it to the export stage, which never imports eval
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -19,7 +18,6 @@ from yoloq.postprocess import postprocess
 from yoloq.progress import bar
 
 Predict = Callable[[np.ndarray], np.ndarray]
-Stream = Callable[[Iterable[np.ndarray]], Iterator[np.ndarray]]
 
 
 def prepared(split: DatasetSplit, imgsz: int, skipped: list[str]) -> Iterator[tuple[Any, ...]]:
@@ -33,36 +31,20 @@ def prepared(split: DatasetSplit, imgsz: int, skipped: list[str]) -> Iterator[tu
 
 def score_items(predict: Predict, items: Iterable[tuple[Any, ...]], split: DatasetSplit,
                 class_map: tuple[int, ...], cfg: EvalConfig, end2end: bool = False,
-                label: str | None = None, total: int | None = None, stream: Stream | None = None) -> CocoEvaluator:
-    """Predict items (batch 1) into a :class:`CocoEvaluator` (``evaluate()`` not yet called); with ``stream``
-    (a runtime's asynchronous requests, outputs in order) the next image runs while this one is scored."""
+                label: str | None = None, total: int | None = None) -> CocoEvaluator:
+    """Predict items (batch 1) into a :class:`CocoEvaluator` (``evaluate()`` not yet called)."""
     evaluator = CocoEvaluator(split.gt, class_map)
-    shown = bar(items, desc=label, total=total)
-    if stream is None:
-        for x, lbs, image_id in shown:
-            evaluator.process(image_id, postprocess(predict(x), lbs, cfg, end2end)[0])
-        return evaluator
-    meta: deque[tuple[Any, int]] = deque()
-
-    def inputs() -> Iterator[np.ndarray]:
-        for x, lbs, image_id in shown:
-            meta.append((lbs, image_id))
-            yield x
-
-    for raw in stream(inputs()):
-        lbs, image_id = meta.popleft()
-        evaluator.process(image_id, postprocess(raw, lbs, cfg, end2end)[0])
+    for x, lbs, image_id in bar(items, desc=label, total=total):
+        evaluator.process(image_id, postprocess(predict(x), lbs, cfg, end2end)[0])
     return evaluator
 
 
 def score(predict: Predict, split: DatasetSplit, class_map: tuple[int, ...], imgsz: int, cfg: EvalConfig,
-          end2end: bool = False, label: str | None = None, stream: Stream | None = None
-          ) -> tuple[CocoEvaluator, list[str]]:
-    """Predict every image of ``split`` into a :class:`CocoEvaluator` (through ``stream`` when the runtime has
-    one); unreadable images are skipped and named."""
+          end2end: bool = False, label: str | None = None) -> tuple[CocoEvaluator, list[str]]:
+    """Predict every image of ``split`` into a :class:`CocoEvaluator`; unreadable images are skipped and named."""
     skipped: list[str] = []
     ev = score_items(predict, prepared(split, imgsz, skipped), split, class_map, cfg, end2end, label,
-                     total=len(split.samples), stream=stream)
+                     total=len(split.samples))
     return ev, skipped
 
 

@@ -45,8 +45,7 @@ def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int,
     Returns:
         The metrics and the names of images that could not be read (skipped, not scored).
     """
-    evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}",
-                               stream=getattr(runtime, "stream", None))
+    evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}")
     return finish_accuracy(evaluator, run_dir, label), skipped
 
 

@@ -117,9 +117,7 @@ class Runtime(Protocol):
     """A loaded model: ``predict`` maps an NCHW float32 batch in [0, 1] to the raw head output.
 
     The raw output is ``[B, 4 + nc, N]`` (xywh in input pixels, class scores) for NMS heads, or
-    ``[B, K, 6]`` (xyxy, score, class) for end-to-end heads, the same for every backend. A runtime with its
-    own asynchronous requests may also offer ``stream(batches) -> Iterator[raw]`` (outputs in order): the
-    accuracy pass then overlaps inference with scoring; the latency harness always calls ``predict``.
+    ``[B, K, 6]`` (xyxy, score, class) for end-to-end heads, the same for every backend.
     """
 
     info: dict[str, Any]

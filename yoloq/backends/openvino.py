@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -39,25 +38,6 @@ class OvRuntime:
         """Run one synchronous inference."""
         self.request.infer({0: batch}, share_inputs=True)
         return self.request.get_output_tensor(0).data.copy()
-
-    def stream(self, batches: Iterable[np.ndarray], in_flight: int = 2) -> Iterator[np.ndarray]:
-        """The raw outputs of ``batches``, in order, with ``in_flight`` requests queued (OpenVINO's
-        ``AsyncInferQueue``): the next image runs while the caller scores the last. The same compiled model and
-        stream as :meth:`predict`, so the same outputs."""
-        import openvino as ov
-
-        done: dict[int, np.ndarray] = {}
-        queue = ov.AsyncInferQueue(self.compiled, in_flight)
-        queue.set_callback(lambda request, i: done.__setitem__(i, request.get_output_tensor(0).data.copy()))
-        pending: deque[int] = deque()
-        for i, batch in enumerate(batches):
-            queue.start_async({0: batch}, userdata=i)  # waits while every request is busy
-            pending.append(i)
-            while pending and pending[0] in done:
-                yield done.pop(pending.popleft())
-        queue.wait_all()
-        while pending:
-            yield done.pop(pending.popleft())
 
 
 def model_xml(path: Path) -> Path:
