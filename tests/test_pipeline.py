@@ -104,6 +104,7 @@ def test_rerun_keeps_finished_variants(smoke_run, tmp_path: Path):
 def _write_cfg(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
     cfg["variants"] = [{"format": "onnxruntime", "precision": "fp32"}]
+    cfg["output"] = str(tmp_path / "results")  # its own folder: parallel tests never share one
     cfg.update(changes)
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))

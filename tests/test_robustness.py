@@ -28,7 +28,8 @@ AT_THE_END = ("map_drop_ci", "agreement")  # computed by finalize, once every va
 
 
 def write(tmp_path: Path, name: str = "cfg.yaml", **changes) -> Path:
-    cfg = json.loads(json.dumps(TINY)) | changes
+    # its own output folder: parallel tests never share one (a second run there is refused: the folder is in use)
+    cfg = json.loads(json.dumps(TINY)) | {"output": str(tmp_path / "results")} | changes
     p = tmp_path / name
     p.write_text(yaml.safe_dump(cfg))
     return p
