@@ -102,7 +102,7 @@ def _config(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
     cfg["variants"] = [{"format": "torch", "precision": "fp32"}, {"format": "onnxruntime", "precision": "int8"}]
     cfg["tune"] = {"data": {"dataset": "coco1k", "split": "tune", "max_images": 12}, "first_images": 6,
-                   "bootstrap": 200}
+                   "bootstrap": 200, "sensitivity": [1], "sensitivity_images": 2}
     cfg["output"] = str(tmp_path / "out")
     for k, v in changes.items():
         cfg[k] = v
@@ -144,8 +144,11 @@ def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "tune.json").read_text())
     trials = data["trials"]
-    names = [c.name for c in get_backend("onnxruntime").tune_space(data["machine"])]
+    names = [c.name for c in get_backend("onnxruntime").tune_space(data["machine"])] + ["worst1"]
     assert [t["candidate"] for t in trials] == names
+    worst = trials[-1]  # the block the sensitivity ranking puts worst, outside the baseline's float scope, in float
+    assert worst["changed"] == 1 and "ranks worst in float (model." in worst["why"]
+    assert len(worst["options"]["float_patterns"]) == 1
     assert sum(t["chosen"] for t in trials) == 1
     assert {t["status"] for t in trials} <= {"ok", "pruned"} and any(t["status"] == "pruned" for t in trials)
     for t in trials:
@@ -164,3 +167,22 @@ def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
     records = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert {r["name"] for r in records} >= {t["name"] for t in trials if t["status"] == "ok"}
     assert all(r["machine"]["id"] == data["machine"]["id"] for r in records)
+
+
+@pytest.mark.shared
+def test_sensitivity_blocks_become_patterns_of_exactly_their_nodes():
+    """Each ONNX block the sensitivity ranking names, written as a float_patterns entry, matches the same nodes."""
+    import re
+
+    import onnx
+    from conftest import SHARED
+
+    from yoloq.backends.onnxruntime.sensitivity import block_pattern, groups_of
+
+    path = SHARED / "models" / "yolo11n.onnx"
+    names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node]
+    groups = groups_of(path)
+    assert {"model.10", "model.23", "model.23/cv2.0", "model.23/dfl"} <= set(groups)
+    for group, nodes in groups.items():
+        rx = re.compile(block_pattern(group))
+        assert {n for n in names if rx.search(n)} == set(nodes), group

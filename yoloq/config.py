@@ -229,6 +229,8 @@ class TuneConfig:
     ``data`` is the tuning split (never the evaluation split, never calibration images); candidates are
     scored on its first ``first_images`` images (seeded order), the better ``keep`` share of each
     backend's candidates then on all of them (successive halving); ``minutes`` bounds the search.
+    ``sensitivity``: for a backend that ranks its layers, one candidate per count N that keeps the N blocks
+    ranked worst (on ``sensitivity_images`` calibration images) in float; empty: none.
     """
 
     data: DataRef | None = None
@@ -238,10 +240,14 @@ class TuneConfig:
     minutes: float | None = None
     seed: int = 0
     bootstrap: int = 1000
+    sensitivity: tuple[int, ...] = (2, 4)
+    sensitivity_images: int = 8
 
     def __post_init__(self) -> None:
         _check(0 < self.min_retention <= 1, "tune.min_retention", self.min_retention, "0 < x <= 1")
-        _at_least(self, "tune", first_images=1, bootstrap=100)
+        _at_least(self, "tune", first_images=1, bootstrap=100, sensitivity_images=1)
+        _check(all(n >= 1 for n in self.sensitivity), "tune.sensitivity", list(self.sensitivity),
+               "counts of blocks >= 1, e.g. [2, 4], or [] for none")
         _check(0 < self.keep <= 1, "tune.keep", self.keep, "0 < keep <= 1")
         _check(self.minutes is None or self.minutes > 0, "tune.minutes", self.minutes, "> 0 or null")
 

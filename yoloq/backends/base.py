@@ -188,6 +188,11 @@ class Backend(ABC):
     style: ClassVar[Style] = Style()
     reads_qdq_onnx: ClassVar[bool] = False  # can run a Q/DQ INT8 ONNX as it is (QAT exports)
     supports_sensitivity: ClassVar[bool] = False  # implements :meth:`sensitivity`
+    timed_here: ClassVar[bool] = True  # False: its local runtime is a simulator, no measure of speed
+
+    def untimed_reason(self) -> str:
+        """Why a variant of a backend that is not ``timed_here`` has no latency from this machine."""
+        return f"{self.name} is not timed on this machine"
 
     @abstractmethod
     def version(self) -> str:
@@ -260,3 +265,13 @@ class Backend(ABC):
             NotImplementedError: When the backend does not support it (``supports_sensitivity``).
         """
         raise NotImplementedError(f"{self.name} does not rank layers")
+
+    def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
+        """The groups of a :meth:`sensitivity` ranking that the variant's own scope computes in INT8 (keeping the
+        others in float would change nothing). The default: all of them."""
+        return list(groups)
+
+    def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
+        """The variant options that keep ``groups`` (from :meth:`sensitivity`) in float besides its own scope:
+        their ONNX node names. ``yoloq tune`` makes its sensitivity candidates from this."""
+        return {"float_nodes": [n for g in groups for n in g.nodes]}

@@ -362,6 +362,15 @@ class LiteRtBackend(Backend):
                                       else float("inf"), (noise / signal) ** 0.5))
         return sorted(results, key=lambda g: g.sqnr_db)
 
+    def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
+        """The blocks past the float stem (a stem block computes in float already; its error is its int8 weights)."""
+        stem = ctx.variant.options.get("keep_stem_float", KEEP_STEM_FLOAT.default)
+        return [g for g in groups if int(g.group.rsplit(".", 1)[1]) >= stem]
+
+    def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
+        """Their TFLite tensor-name patterns (each ranked group is one top-level module's pattern)."""
+        return {"float_patterns": [p for g in groups for p in g.nodes]}
+
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
         """The interpreter's ops with the type they compute in and their MACs. LiteRT's Python API has no
         per-op profiler, so no times (``time_ms`` None)."""

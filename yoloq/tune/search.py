@@ -23,7 +23,7 @@ import numpy as np
 
 from yoloq.agreement import StoredDetections, agreement_eval
 from yoloq.artifacts import ensure_artifact, variant_key
-from yoloq.backends.base import Artifact
+from yoloq.backends.base import Artifact, ExportContext
 from yoloq.backends.registry import get_backend, resolve_variant
 from yoloq.bootstrap import PerImageEval, interval, resample_weights, resampled_maps
 from yoloq.config import RunConfig, TuneConfig, VariantConfig
@@ -36,7 +36,7 @@ from yoloq.passes import deploy_post, latency_pass
 from yoloq.pipeline import RunInputs, apply_artifact, fail_record, make_validator, new_record, prepare_inputs
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import prepare, read_image
-from yoloq.progress import bar, say, set_library_log
+from yoloq.progress import bar, say, set_library_log, step
 from yoloq.provenance import machine
 from yoloq.records import Record, RecordStore
 from yoloq.tune.rule import Trial, choose, leader_of
@@ -105,6 +105,45 @@ class TuneSearch:
                                 f"the evaluation split '{evaluation.name}/{evaluation.split}' ({s.path.name} is also "
                                 f"{seen[content_hash(s.path)]}); tune on images the evaluation never sees")
         return inputs
+
+    def _add_sensitive(self, inputs: RunInputs) -> None:
+        """For each target whose backend ranks its layers: one candidate per count N in ``tune.sensitivity`` that
+        keeps in float the N blocks its ranking puts worst (measured on calibration images, the baseline's
+        ranges and scope; blocks its scope already keeps in float left out). Each block counts as one setting
+        changed, so a candidate that cannot be told from one with fewer blocks in float loses to it."""
+        if not self.tune.sensitivity:
+            return
+        for v in self.targets:
+            backend = get_backend(v.format)
+            base = next(t for t in self.trials if t.variant == v.label)
+            bv = self.variants[base.name]
+            if not backend.supports_sensitivity:
+                continue
+            n_img = self.tune.sensitivity_images
+            ctx = ExportContext(inputs.source, bv, self.cfg.imgsz, inputs.calibration,
+                                self.out_dir / "artifacts" / bv.label, threads=self.cfg.latency.threads)
+            try:
+                backend.check(bv, inputs.source)
+                with step(f"rank the blocks of {v.label} ({n_img} calibration images)"):
+                    ranked = [g for g in backend.in_int8(ctx, backend.sensitivity(ctx, "block", n_img))
+                              if math.isfinite(g.sqnr_db)]
+            except Exception as e:  # noqa: BLE001 - the other candidates still run
+                say(f"  {v.label}: no sensitivity candidates ({type(e).__name__}: {e})")
+                continue
+            for n in sorted(set(self.tune.sensitivity)):
+                if n > len(ranked):
+                    continue
+                keep = backend.keep_float(ranked[:n])
+                opts = dict(bv.options)
+                for k, extra in keep.items():
+                    opts[k] = [*(opts.get(k) or []), *extra]
+                label = f"{v.label}@worst{n}"
+                self.variants[label] = resolve_variant(dataclasses.replace(v, name=label, options=opts, target=None),
+                                                       f"tune candidate {label}")
+                blocks = ", ".join(f"{g.group} {g.sqnr_db:.1f} dB" for g in ranked[:n])
+                self.trials.append(Trial(label, v.label, v.format, f"worst{n}", {k: opts[k] for k in keep},
+                                         f"the {n} blocks yoloq sensitivity ranks worst in float ({blocks})", n))
+        self.run_cfg = dataclasses.replace(self.run_cfg, variants=tuple(self.variants.values()))
 
     def _items(self, inputs: RunInputs) -> list[tuple[Any, ...]]:
         """Every readable tuning image, decoded and letterboxed once, in one seeded order."""
@@ -281,6 +320,7 @@ class TuneSearch:
         self.t0 = time.perf_counter()
         set_library_log(self.out_dir / "logs" / "libraries.log")
         inputs = self._prepare()
+        self._add_sensitive(inputs)
         items = self._items(inputs)
         if not items:
             raise DataError(f"tuning split '{inputs.evalset.name}/{inputs.evalset.split}' has no readable images")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -182,6 +183,18 @@ class OnnxRuntimeBackend(Backend):
         rt = OrtRuntime(artifact.path, threads, providers)
         rt.info["precision_ran"] = artifact.precision
         return rt
+
+    def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
+        """Each group less the nodes the variant's scope (stem, head, float nodes) already keeps in float."""
+        kept = set(float_scope(self._fp32(ctx), ctx.variant.options, ctx.source.head))
+        out = [replace(g, nodes=tuple(n for n in g.nodes if n not in kept)) for g in groups]
+        return [g for g in out if g.nodes]
+
+    def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
+        """Each block as a node-name pattern (the scope's own nodes it also matches stay float either way)."""
+        from yoloq.backends.onnxruntime.sensitivity import block_pattern
+
+        return {"float_patterns": [block_pattern(g.group) for g in groups]}
 
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
         """The optimized graph's nodes as a profiling run executes them (kernel op, output type, time, MACs)."""

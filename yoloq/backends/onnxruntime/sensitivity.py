@@ -40,6 +40,15 @@ def groups_of(onnx_path: Path, granularity: str = "block") -> dict[str, list[str
     return groups
 
 
+def block_pattern(group: str) -> str:
+    """The node-name regular expression of one :func:`groups_of` block (``model.10``, ``model.23/cv2.0``): the
+    same nodes the grouping puts in it, written as a ``float_patterns`` entry."""
+    block, _, branch = group.partition("/")
+    if branch:
+        return rf"^/?{re.escape(block)}/{re.escape(branch)}(?!\d)"
+    return rf"^/?{re.escape(block)}/(?!cv[23]\.\d|one2one_cv[23]\.\d|dfl)"
+
+
 def _normalise(y: np.ndarray, imgsz: int) -> np.ndarray:
     y = y.astype(np.float64).copy()
     if y.ndim == 3 and y.shape[1] < y.shape[2]:
