@@ -33,6 +33,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
         # (one local cluster at a time): with ``--dist loadgroup`` the rest spreads over the other workers
         if "smoke_run" in getattr(item, "fixturenames", ()) or item.path.name == "test_ray.py":
             item.add_marker(pytest.mark.xdist_group("smoke"))
+        elif item.path.name == "test_rknn.py":  # one worker sets the RKNN environment up, then uses it
+            item.add_marker(pytest.mark.xdist_group("rknn"))
 
 
 def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 1200) -> subprocess.CompletedProcess:

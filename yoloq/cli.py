@@ -1,5 +1,5 @@
 """The ``yoloq`` command: run (the main job), tune, report, check, compare, reproduce, qat, sensitivity, export,
-explain."""
+explain, setup (a toolkit's own environment)."""
 
 from __future__ import annotations
 
@@ -264,6 +264,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from yoloq.backends.registry import get_backend
+
+    where = get_backend(args.format).setup()
+    print(f"{args.format}: ready ({where})" if where else f"{args.format}: nothing to set up beside yoloq's own "
+          f"environment", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser and its sub-commands."""
     p = argparse.ArgumentParser(prog="yoloq", description="Export, quantize, evaluate and record YOLO detectors.")
@@ -333,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_b")
     cmp_.add_argument("--out", help="report file (default: RUN_B/compare-<RUN_A>.md)")
     cmp_.set_defaults(func=_cmd_compare)
+    st = sub.add_parser("setup", help="create what a format needs beside yoloq's environment (a toolkit whose "
+                                      "pins cannot share it, in its own)")
+    st.add_argument("format", help="a format, e.g. the Rockchip NPU one")
+    st.set_defaults(func=_cmd_setup)
     return p
 
 

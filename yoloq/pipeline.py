@@ -201,8 +201,10 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
         target = by_label[r.name].target if r.name in by_label else None
         if target and r.ok:
             r.status, r.reason = "skipped", local_target_reason(target)
+        elif r.ok and r.name in by_label and not get_backend(r.format).timed_here:
+            r.extra["not_timed"] = get_backend(r.format).untimed_reason()
     store.save()
-    todo = needs_timing([r for r in store.all() if r.name in by_label and r.ok], cfg)
+    todo = needs_timing([r for r in store.all() if r.name in by_label and r.ok and "not_timed" not in r.extra], cfg)
     if not todo:
         return
     runtimes: dict[str, Runtime] = {}

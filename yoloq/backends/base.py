@@ -190,6 +190,11 @@ class Backend(ABC):
     supports_sensitivity: ClassVar[bool] = False  # implements :meth:`sensitivity`
     timed_here: ClassVar[bool] = True  # False: its local runtime is a simulator, no measure of speed
 
+    def setup(self) -> Path | None:
+        """Create what this format needs beside yoloq's own environment (``yoloq setup FORMAT``): where it is, or
+        None when it needs nothing."""
+        return None
+
     def untimed_reason(self) -> str:
         """Why a variant of a backend that is not ``timed_here`` has no latency from this machine."""
         return f"{self.name} is not timed on this machine"

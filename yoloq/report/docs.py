@@ -18,7 +18,7 @@ def _row(r: Record, ref: Record) -> list[str]:
     drop = f"{ci['drop']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]" if ci and r is not ref else ""
     x = (r.speedup or {}).get("vs_fp32")
     return [r.name + (" (reference)" if r is ref else ""), r.runtime.get("precision_ran", r.precision),
-            f"{r.map:.4f}", f"{100 * r.map / ref.map:.1f}%", drop, f"{r.p50:.1f}",
+            f"{r.map:.4f}", f"{100 * r.map / ref.map:.1f}%", drop, f"{r.p50:.1f}" if r.p50 else "not timed",
             f"{x:.2f}x" if x else "", f"{r.size_mb:.1f}"]
 
 

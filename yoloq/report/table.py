@@ -63,7 +63,7 @@ def rows(records: list[Record]) -> list[dict[str, str]]:
             "size MB": _fmt(r.size_mb, 2),
             "compr.": _fmt(r.size_mb / base_size if r.size_mb and base_size else None, 2, "x"),
             "budget": label(r.budget),
-            "reason": (r.reason or "")[:160],
+            "reason": (r.reason or r.extra.get("not_timed") or "")[:160],
         })
     return out
 

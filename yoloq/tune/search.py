@@ -281,7 +281,7 @@ class TuneSearch:
     # -- timing -------------------------------------------------------------------------------------------
     def _time(self, inputs: RunInputs, items: list[tuple[Any, ...]]) -> None:
         """The finalists and their backends' float variants, side by side (the run's harness, fewer runs)."""
-        finals = [t for t in self.trials if t.status == "ok"]
+        finals = [t for t in self.trials if t.status == "ok" and get_backend(t.format).timed_here]  # no simulator
         floats = [n for n, v in self.variants.items() if str(v.precision) != "int8" and n != self.ref
                   and v.format in {t.format for t in finals}]
         runtimes = {}

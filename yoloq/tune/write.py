@@ -34,9 +34,10 @@ def evidence(t: Trial | None, variant: str) -> str:
     """One comment line on why a variant carries its options."""
     if t is None:
         return f"{variant}: no INT8 setting ran faster here than the backend's float variant; left as it was"
+    speed = (f"p50 {t.p50_ms:.1f} ms against {t.float_name} {t.float_p50_ms or 0:.1f} ms" if t.p50_ms is not None
+             else "not timed here")
     return (f"{variant}: tune chose '{t.candidate}' on {t.images} tuning images: keeps {_pct(t.retention)}, drop "
-            f"{_ci(t.drop)}, agreement {t.agreement:.4f}, p50 {t.p50_ms or 0:.1f} ms against "
-            f"{t.float_name} {t.float_p50_ms or 0:.1f} ms; {t.why}")
+            f"{_ci(t.drop)}, agreement {t.agreement:.4f}, {speed}; {t.why}")
 
 
 def tuned_yaml(config_path: Path, chosen: dict[str, Trial | None], dest: Path, output: str) -> str:

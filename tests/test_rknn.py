@@ -1,0 +1,154 @@
+"""Rockchip RKNN: the head split Rockchip's layout needs (exact in float), the side environment's absence as one
+line and a skipped record, and a real run through rknn-toolkit2's simulator at imgsz 320 (its environment set up
+once, from the repository's pinned requirements; skipped with the reason where it cannot install)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run_cli
+
+from yoloq.backends.rknn import sideenv
+from yoloq.errors import BackendUnavailable
+
+
+def _config(tmp_path: Path, variants: list[dict]) -> Path:
+    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    cfg["variants"] = [{"format": "torch", "precision": "fp32"}, *variants]
+    cfg["output"] = str(tmp_path / "out")
+    cfg["report"] = {"bootstrap": 200, "seed": 0}
+    p = tmp_path / "rknn.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("keep", ["decode", "outputs"])
+def test_the_npu_body_and_the_cpu_tail_give_the_whole_model(tmp_path, keep):
+    """Cut where the head's float part begins, body then tail in ONNX Runtime is the whole model, bit for bit."""
+    import onnxruntime as ort
+
+    from yoloq.backends.onnx_base import base_onnx
+    from yoloq.backends.rknn.backend import split_head, to_pixels
+    from yoloq.models import load_source
+    from yoloq.preprocess import prepare, read_image
+
+    src = load_source("yolo11n.pt")
+    full = base_onnx(src, 320, tmp_path)
+    body, tail, cut = split_head(full, keep, src, tmp_path / keep)
+    assert len(cut) == 6 and all("/model.23/" in c for c in cut)  # box and class branch of each of 3 levels
+    from conftest import SHARED
+
+    img = next((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))
+    x, _ = prepare([read_image(img)], 320)
+    assert np.array_equal(to_pixels(x).astype(np.float32) / 255.0, x)  # the uint8 pixels the NPU reads are exact
+    ref = ort.InferenceSession(str(full)).run(None, {"images": x})[0]
+    mid = ort.InferenceSession(str(body)).run(None, {"images": x})
+    y = ort.InferenceSession(str(tail)).run(None, dict(zip(cut, mid)))[0]
+    assert np.array_equal(y, ref)
+
+
+@pytest.mark.shared
+def test_without_its_environment_rknn_is_skipped_in_one_line(tmp_path, monkeypatch):
+    """No side environment: the RKNN variant is a skipped record naming 'yoloq setup rknn'; the rest runs."""
+    monkeypatch.delenv(sideenv.ENV_PYTHON, raising=False)
+    monkeypatch.setenv("YOLOQ_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BackendUnavailable, match="yoloq setup rknn"):
+        sideenv.python()
+    monkeypatch.setenv(sideenv.ENV_PYTHON, str(tmp_path / "no-such-python"))
+    with pytest.raises(BackendUnavailable, match="YOLOQ_RKNN_PYTHON"):
+        sideenv.python()
+    monkeypatch.delenv(sideenv.ENV_PYTHON)
+    cfg = _config(tmp_path, [{"format": "rknn", "precision": "int8"}])
+    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = _records(tmp_path / "out")
+    assert recs["torch-fp32"]["status"] == "ok"
+    assert recs["rknn-int8"]["status"] == "skipped" and "yoloq setup rknn" in recs["rknn-int8"]["reason"]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def rknn_env() -> Path:
+    """The side environment: set up from the pinned requirements when it is not yet (skip with the reason when
+    it cannot install here)."""
+    try:
+        return sideenv.python()
+    except BackendUnavailable:
+        pass
+    try:
+        return sideenv.setup()
+    except BackendUnavailable as e:
+        pytest.skip(f"the RKNN environment cannot be set up here: {e}")
+
+
+@pytest.mark.shared
+def test_rknn_fp16_and_int8_are_scored_by_the_simulator(tmp_path, rknn_env):
+    """A real run: RKNN FP16 and INT8 built for the RK3588, scored through the one scoring loop (mAP, interval,
+    agreement), recorded as simulator runs and not timed here."""
+    cfg = _config(tmp_path, [{"format": "rknn", "precision": "fp16"}, {"format": "rknn", "precision": "int8"}])
+    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = _records(tmp_path / "out")
+    ref = recs["torch-fp32"]["metrics"]["map50_95"]
+    for name, keep in (("rknn-fp16", 0.97), ("rknn-int8", 0.85)):
+        r = recs[name]
+        assert r["status"] == "ok", r["reason"]
+        assert r["runtime"]["precision_ran"].endswith("(RKNN simulator, rk3588)")
+        assert r["metrics"]["map50_95"] >= keep * ref
+        assert 0.5 < r["metrics"]["agreement"]["map50_95"] <= 1.0
+        ci = r["metrics"]["map_drop_ci"]
+        assert ci["lo"] <= ci["drop"] <= ci["hi"]
+        assert not r["latency"] and "simulator" in r["not_timed"]
+        folder = tmp_path / "out" / "artifacts" / name
+        assert (folder / "model.rknn").stat().st_size > 1e6 and (folder / "tail.onnx").is_file()
+    assert recs["rknn-int8"]["artifact_info"]["calibration_used"] == 16
+    assert recs["rknn-int8"]["size_mb"] < 0.75 * recs["rknn-fp16"]["size_mb"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "int8 (RKNN simulator, rk3588)" in report and "not timed here" in report
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
+def test_families_through_rknn(tmp_path, rknn_env, family, nms):
+    """Random-init YOLOv8n (DFL head) and YOLO26n (no DFL, NMS-free one-to-one branch) through RKNN FP16 and INT8:
+    every variant ok, the branch that ran recorded, FP16's detections those of torch FP32."""
+    from families import build, config, matched
+    from ultralytics import YOLO
+
+    from yoloq.artifacts import cached_artifact
+    from yoloq.backends.base import Artifact
+    from yoloq.backends.registry import get_backend, resolve_config
+    from yoloq.config import EvalConfig, parse_config
+    from yoloq.data import load_split
+    from yoloq.paths import REPO_ROOT, shared_root
+    from yoloq.pipeline import run
+    from yoloq.postprocess import postprocess
+    from yoloq.preprocess import prepare, read_image
+    from yoloq.records import RecordStore
+
+    pt = build(family, tmp_path, YOLO(str(shared_root() / "models" / "yolo11n.pt")).names)
+    variants = [{"format": "torch", "precision": "fp32"}, {"format": "rknn", "precision": "fp16"},
+                {"format": "rknn", "precision": "int8"}]
+    cfg = resolve_config(parse_config(config(pt, tmp_path / "out", variants, nms), REPO_ROOT))
+    run(cfg, tmp_path / "out")
+    recs = {r.name: r for r in RecordStore(tmp_path / "out").all()}
+    assert all(r.ok for r in recs.values()), {n: r.reason for n, r in recs.items()}
+    e2e = nms is False
+    assert {r.head["branch"] for r in recs.values()} == {"one2one" if e2e else "one2many"}
+    post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+    ref = get_backend("torch").load(Artifact(pt, "torch", "fp32", {"end2end": e2e, "max_det": 300}), 2)
+    fp16 = get_backend("rknn").load(cached_artifact(tmp_path / "out" / "artifacts" / "rknn-fp16",
+                                                    recs["rknn-fp16"].key), 2)
+    sample = load_split(cfg.data, REPO_ROOT).samples[0]
+    x, lbs = prepare([read_image(sample.path)], 320)
+    a, b = postprocess(ref.predict(x), lbs, post, e2e)[0], postprocess(fp16.predict(x), lbs, post, e2e)[0]
+    assert len(a) > 0 and matched(a, b, px=2.0, score_tol=0.05) >= 0.8

@@ -1,0 +1,229 @@
+"""Rockchip RKNN (edge-camera NPUs: RK3588, RK3566/RK3568, RV1106/RV1103): FP16 and INT8, scored by the toolkit's
+simulator on this machine, through the same scoring loop as every other format.
+
+The toolkit runs in its own environment (:mod:`yoloq.backends.rknn.sideenv`), behind a worker process. The
+model is split as Rockchip lays YOLO out for its NPUs: the network up to the head's last convolutions runs on
+the NPU (``model.rknn``), the box decoding (DFL, anchors, strides, the class sigmoid) runs in float on the
+CPU (``tail.onnx``, ONNX Runtime), found by the same head rules by structure as every backend
+(``keep_head_float``: ``decode``, the default; ``outputs`` keeps the head's output convolutions on the CPU too;
+``none`` puts the whole graph on the NPU, which the toolkit may refuse). Inputs are the letterboxed RGB
+pixels as uint8 NCHW with the 1/255 scaling inside the model (``mean 0, std 255``), as on the board.
+
+The simulator is no measure of speed: RKNN variants are not timed on the host; name a Ray ``target:`` whose node
+is a board with rknn-toolkit-lite2 to time them there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.onnx_base import base_onnx
+from yoloq.backends.registry import register
+from yoloq.backends.rknn import sideenv
+from yoloq.backends.scope import CALIBRATION_IMAGES, head_float_nodes
+from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.progress import step
+
+PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1106b", "rv1103", "rv1103b", "rv1126b")
+# rknn-toolkit2 2.5.0 fails on YOLO11's / YOLO12's attention while fusing it into one SDPA op (IndexError in
+# its fuse rule, at 320 and at 640): that one rule is left out, the attention runs as its MatMul/Softmax ops.
+DISABLED_RULES = ("fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa",)
+
+
+def split_head(onnx_path: Path, keep: str, source: Any, dest: Path) -> tuple[Path, Path | None, list[str]]:
+    """Cut a static ONNX where the head's float part begins: ``body.onnx`` (the NPU's) and ``tail.onnx`` (the
+    CPU's), and the tensors between them. ``keep == "none"``: the whole graph, no tail."""
+    import onnx
+    from onnx.utils import extract_model
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if keep == "none":
+        body = dest / "body.onnx"
+        shutil.copyfile(onnx_path, body)
+        return body, None, []
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    tail_nodes = set(head_float_nodes(onnx_path, keep, source.head))
+    produced = {o: n.name for n in model.graph.node for o in n.output}
+    consts = {i.name for i in model.graph.initializer}
+    cut: list[str] = []
+    for n in model.graph.node:
+        if n.name not in tail_nodes:
+            continue
+        for t in n.input:
+            if t and t not in consts and t in produced and produced[t] not in tail_nodes and t not in cut:
+                cut.append(t)
+    if not cut:
+        raise ExportError(f"keep_head_float: {keep} found no head to run on the CPU in {onnx_path.name}")
+    inputs = [i.name for i in model.graph.input if i.name not in consts]
+    body, tail = dest / "body.onnx", dest / "tail.onnx"
+    extract_model(str(onnx_path), str(body), inputs, cut)
+    extract_model(str(onnx_path), str(tail), cut, [o.name for o in model.graph.output])
+    return body, tail, cut
+
+
+def to_pixels(batch: np.ndarray) -> np.ndarray:
+    """A float [0, 1] NCHW batch as the uint8 pixels it was made from (letterboxed pixels / 255: exact)."""
+    return np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
+
+
+class RknnSimRuntime:
+    """The simulated NPU model plus the CPU tail: ``predict`` gives the raw head output every format gives."""
+
+    def __init__(self, artifact: Artifact, threads: int) -> None:
+        import onnxruntime as ort
+
+        folder = Path(artifact.path).parent
+        build = json.loads((folder / "build.json").read_text())
+        self._tmp = tempfile.TemporaryDirectory(prefix="yoloq-rknn-")
+        tmp = Path(self._tmp.name)
+        dataset = None
+        if build["quantize"]:
+            dataset = str(tmp / "dataset.txt")
+            Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
+        self.worker = sideenv.Worker(folder / "toolkit.log")
+        rebuilt = tmp / "simulated.rknn"
+        # the simulator runs a model built in the same session: the same ONNX, settings and calibration again
+        self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"], build["quantize"],
+                                       dataset, simulate=True))
+        same = _sha(rebuilt) == _sha(Path(artifact.path))
+        self.tail = None
+        if build.get("tail"):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.log_severity_level = 3
+            self.tail = ort.InferenceSession(str(folder / build["tail"]), so, providers=["CPUExecutionProvider"])
+        self.cut = build.get("cut") or []
+        self._in, self._out = tmp / "x.npy", tmp / "y.npz"
+        platform = build["config"]["target_platform"]
+        self.info: dict[str, Any] = {
+            "precision_ran": f"{artifact.precision} (RKNN simulator, {platform})", "simulator": True,
+            "target_platform": platform, "simulated_file_matches": same,
+            "head_on_cpu": "float decode in ONNX Runtime" if self.tail is not None else "none"}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for x in to_pixels(batch):
+            np.save(self._in, x[None])
+            self.worker.call(sideenv.Infer(str(self._in), str(self._out)))
+            with np.load(self._out) as z:
+                ys = [z[f"arr_{i}"] for i in range(len(z.files))]
+            if self.tail is not None:
+                ys = self.tail.run(None, dict(zip(self.cut, ys)))
+            outs.append(ys[0])
+        return np.concatenate(outs)
+
+    def close(self) -> None:
+        self.worker.close()
+        self._tmp.cleanup()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@register
+class RknnBackend(Backend):
+    """Rockchip NPUs through rknn-toolkit2 (its own environment), scored by its simulator."""
+
+    name = "rknn"
+    precisions = ("fp16", "int8")
+    install_hint = f"run '{sideenv.SETUP}' (rknn-toolkit2 in its own environment)"
+    libraries = ("rknn-toolkit2",)
+    style = Style(color="#8c564b")
+    timed_here = False
+    options = {
+        "target_platform": OptionSpec(str, "rk3588", PLATFORMS, "the Rockchip chip the model is built for"),
+        "quantized_algorithm": OptionSpec(str, "normal", ("normal", "mmse", "kl_divergence"),
+                                          "the toolkit's range algorithm", ("int8",)),
+        "quantized_method": OptionSpec(str, "channel", ("channel", "layer"), "weight scales per channel or per layer",
+                                       ("int8",)),
+        "keep_head_float": OptionSpec(str, "decode", ("decode", "outputs", "none"),
+                                      "the head on the CPU in float: decoding / output convs too / nothing"),
+        "calibration_images": CALIBRATION_IMAGES,
+    }
+    _version: str | None = None
+
+    def version(self) -> str:
+        if RknnBackend._version is None:
+            py = sideenv.python()
+            with tempfile.TemporaryDirectory() as tmp, sideenv.Worker(Path(tmp) / "log", py) as w:
+                try:
+                    RknnBackend._version = w.call({"op": "version"})["version"]
+                except ExportError as e:
+                    raise BackendUnavailable(f"the RKNN environment is broken ({e}); run '{sideenv.SETUP}' "
+                                             f"again after removing {sideenv.env_dir()}") from None
+        return RknnBackend._version
+
+    def setup(self) -> Path:
+        """The toolkit's own environment, from the pinned requirements (about 6 GB, a few minutes the first time)."""
+        from yoloq.progress import say
+
+        if not sideenv.is_ready():
+            say(f"setting up rknn-toolkit2's own environment in {sideenv.env_dir()} (pinned: "
+                f"yoloq/backends/rknn/requirements.txt; about 6 GB, a few minutes)")
+        return sideenv.setup()
+
+    def untimed_reason(self) -> str:
+        return ("not timed here: the RKNN simulator is no measure of speed; name a Ray target whose node is a "
+                "Rockchip board (rknn-toolkit-lite2) to time it there")
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        onnx_path = base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent, max_det=ctx.max_det)
+        work = ctx.workdir
+        work.mkdir(parents=True, exist_ok=True)
+        keep = ctx.option("keep_head_float")
+        body, tail, cut = split_head(onnx_path, keep, ctx.source, work)
+        quantize = ctx.variant.precision == "int8"
+        names: list[str] = []
+        if quantize:
+            cal = work / "calibration"
+            shutil.rmtree(cal, ignore_errors=True)
+            cal.mkdir()
+            for i, x in enumerate(ctx.calibration_images().batches(ctx.imgsz, progress="  calibration images")):
+                names.append(f"{i:04d}.npy")
+                np.save(cal / names[-1], to_pixels(x))
+            (work / "dataset.txt").write_text("".join(f"{cal / n}\n" for n in names))
+        config = {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]],
+                  "target_platform": ctx.option("target_platform"), "disable_rules": list(DISABLED_RULES)}
+        if quantize:
+            config |= {"quantized_algorithm": ctx.option("quantized_algorithm"),
+                       "quantized_method": ctx.option("quantized_method")}
+        out = work / "model.rknn"
+        with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"), \
+                sideenv.Worker(work / "toolkit.log") as w:
+            reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
+                                         str(work / "dataset.txt") if quantize else None))
+        build = {"config": config, "quantize": quantize, "calibration": names,
+                 "tail": tail.name if tail else None, "cut": cut}
+        (work / "build.json").write_text(json.dumps(build, indent=1))
+        return Artifact(out, self.name, ctx.variant.precision, {
+            "quantizer": f"rknn-toolkit2 {self.version()} ({config.get('quantized_algorithm', 'float16')}"
+                         f"{', per ' + config['quantized_method'] if quantize else ''})",
+            "target_platform": config["target_platform"], "calibration_used": len(names),
+            "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds")})
+
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> RknnSimRuntime:
+        return RknnSimRuntime(artifact, threads)
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list:
+        from yoloq.backends.base import TuneCandidate
+
+        return [TuneCandidate(n, o, w) for n, o, w in (
+            ("default", {}, "the toolkit's defaults: normal ranges, per-channel weights, decoding on the CPU"),
+            ("mmse", {"quantized_algorithm": "mmse"}, "ranges that minimise the mean squared error"),
+            ("kl", {"quantized_algorithm": "kl_divergence"}, "ranges by KL divergence"),
+            ("head-outputs", {"keep_head_float": "outputs"}, "the head's output convolutions on the CPU too"))]
