@@ -152,3 +152,48 @@ def test_families_through_rknn(tmp_path, rknn_env, family, nms):
     x, lbs = prepare([read_image(sample.path)], 320)
     a, b = postprocess(ref.predict(x), lbs, post, e2e)[0], postprocess(fp16.predict(x), lbs, post, e2e)[0]
     assert len(a) > 0 and matched(a, b, px=2.0, score_tol=0.05) >= 0.8
+
+
+ANALYSIS = """layer_name                                                                simulator_error
+                                                                      entire              single
+                                                                   cos      euc        cos      euc
+---------------------------------------------------------------------------------------------------------
+[Input] images                                                   1.00000 | 0.00000   1.00000 | 0.00000
+[Conv] /model.0/conv/Conv_output_0                               0.99993 | 49.91899  0.99993 | 49.91899
+[exSwish] /model.0/act/Mul_output_0                              0.99979 | 56.42297  0.99988 | 44.54723
+[Conv] /model.10/m/m.0/attn/qkv/conv/Conv_output_0               0.99101 | 3.12e+01  0.99900 | 12.0
+[Conv] /model.23/cv3.2/cv3.2.2/Conv_output_0_int8                0.99712 | 109.56718 0.99970 | 35.46157
+"""
+
+
+def test_the_toolkits_accuracy_analysis_ranks_blocks():
+    """Each layer's own (single) error from rknn-toolkit2's error_analysis.txt, the worst per block as an SQNR."""
+    from yoloq.backends.rknn.backend import group_errors, layer_errors
+
+    layers = layer_errors(ANALYSIS)
+    assert [(op, cos) for op, _, cos in layers] == [("Input", 1.0), ("Conv", 0.99993), ("exSwish", 0.99988),
+                                                     ("Conv", 0.999), ("Conv", 0.9997)]
+    ranked = group_errors([layers], "block")
+    assert [g.group for g in ranked] == ["model.10", "model.23/cv3.2", "model.0"]
+    assert ranked[0].sqnr_db == pytest.approx(-10 * np.log10(2 * (1 - 0.999)))
+    assert [g.group for g in group_errors([layers], "layer")][0] == "/model.10/m/m.0/attn/qkv/conv/Conv_output_0"
+
+
+@pytest.mark.shared
+def test_rknn_sensitivity_and_bundle(tmp_path, rknn_env):
+    """yoloq sensitivity ranks an RKNN INT8 variant's blocks by the toolkit's analysis (calibration images only);
+    yoloq export writes a board bundle: model.rknn, the CPU tail, and a predict.py on rknn-toolkit-lite2."""
+    cfg = _config(tmp_path, [{"format": "rknn", "precision": "int8"}])
+    proc = run_cli("sensitivity", str(cfg), "--variant", "rknn-int8", "--images", "2", "--out", str(tmp_path / "s"),
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "s" / "sensitivity-rknn-int8-block" / "sensitivity.md").read_text()
+    assert "| model.10 " in table and "| model.23/cv3.0 " in table
+    proc = run_cli("export", str(cfg), "--variant", "rknn-int8", "--out", str(tmp_path / "b"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundle = tmp_path / "b"
+    assert (bundle / "rknn-int8" / "model.rknn").stat().st_size > 1e6 and (bundle / "rknn-int8" / "tail.onnx").is_file()
+    predict = (bundle / "predict.py").read_text()
+    compile(predict, "predict.py", "exec")
+    assert "RKNNLite" in predict and "rknn-toolkit-lite2" in (bundle / "requirements.txt").read_text()
+    assert json.loads((bundle / "export.json").read_text())["artifact_info"]["target_platform"] == "rk3588"

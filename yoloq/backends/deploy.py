@@ -55,9 +55,33 @@ def load_model(path, threads):
 
     return run
 ''',
+    "rknn": '''
+def load_model(path, threads):
+    """RKNN on a Rockchip board's NPU (rknn-toolkit-lite2 and the board's librknnrt), then the box decoding in
+    float on its CPU (tail.onnx, ONNX Runtime), as yoloq split and scored it; the NPU reads uint8 pixels."""
+    import onnxruntime as ort
+    from rknnlite.api import RKNNLite
+
+    npu = RKNNLite()
+    if npu.load_rknn(str(path / "model.rknn")) != 0 or npu.init_runtime() != 0:
+        raise SystemExit(f"rknn-toolkit-lite2 could not load {path / 'model.rknn'} on this device")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    tail = ort.InferenceSession(str(path / "tail.onnx"), so, providers=["CPUExecutionProvider"]) \\
+        if (path / "tail.onnx").is_file() else None
+
+    def run(x):
+        ys = npu.inference(inputs=[np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)], data_format=["nchw"])
+        if tail is None:
+            return np.asarray(ys[0], np.float32)
+        return tail.run(None, {i.name: y for i, y in zip(tail.get_inputs(), ys)})[0]
+
+    return run
+''',
 }
 # the Python packages each bundle needs beside numpy and OpenCV
-REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert"}
+REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
+                "rknn": "rknn-toolkit-lite2\nonnxruntime"}
 
 
 def loader(fmt: str) -> tuple[str, str] | None:

@@ -134,6 +134,8 @@ class TuneSearch:
                 if n > len(ranked):
                     continue
                 keep = backend.keep_float(ranked[:n])
+                if not keep:
+                    break
                 opts = dict(bv.options)
                 for k, extra in keep.items():
                     opts[k] = [*(opts.get(k) or []), *extra]

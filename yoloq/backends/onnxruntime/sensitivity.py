@@ -21,6 +21,12 @@ from yoloq.backends.base import GroupError
 from yoloq.backends.onnxruntime.quantize import quantize_file
 
 
+def block_of(name: str) -> str | None:
+    """The block of an Ultralytics node or tensor name: ``model.K`` (the head by branch: ``model.23/cv2.0``)."""
+    m = re.match(r"^/?(model\.\d+)/(cv[23]\.\d+|one2one_cv[23]\.\d+|dfl)?", name)
+    return None if m is None else m.group(1) + (f"/{m.group(2)}" if m.group(2) else "")
+
+
 def groups_of(onnx_path: Path, granularity: str = "block") -> dict[str, list[str]]:
     """Group an Ultralytics ONNX graph's nodes by block (``/model.K/``, the head by branch) or by conv layer."""
     import onnx
@@ -32,11 +38,9 @@ def groups_of(onnx_path: Path, granularity: str = "block") -> dict[str, list[str
             if n.op_type == "Conv":
                 groups[n.name] = [n.name]
             continue
-        m = re.match(r"^/?(model\.\d+)/(cv[23]\.\d+|one2one_cv[23]\.\d+|dfl)?", n.name)
-        if m is None:
-            continue
-        key = m.group(1) + (f"/{m.group(2)}" if m.group(2) else "")
-        groups.setdefault(key, []).append(n.name)
+        key = block_of(n.name)
+        if key is not None:
+            groups.setdefault(key, []).append(n.name)
     return groups
 
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, OptionSpec, Style
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.rknn import sideenv
@@ -32,6 +34,7 @@ from yoloq.backends.scope import CALIBRATION_IMAGES, head_float_nodes
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
 
+ON_BOARD = find_spec("rknnlite") is not None  # rknn-toolkit-lite2: a Rockchip board's own runtime
 PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1106b", "rv1103", "rv1103b", "rv1126b")
 # rknn-toolkit2 2.5.0 fails on YOLO11's / YOLO12's attention while fusing it into one SDPA op (IndexError in
 # its fuse rule, at 320 and at 640): that one rule is left out, the attention runs as its MatMul/Softmax ops.
@@ -131,6 +134,68 @@ class RknnSimRuntime:
             pass
 
 
+class RknnBoardRuntime:
+    """On a Rockchip board (rknn-toolkit-lite2 installed): the exported ``model.rknn`` on the real NPU, the tail on
+    its CPU, no rebuild. This is what a Ray node on a board times."""
+
+    def __init__(self, artifact: Artifact, threads: int) -> None:
+        import onnxruntime as ort
+        from rknnlite.api import RKNNLite
+
+        folder = Path(artifact.path).parent
+        build = json.loads((folder / "build.json").read_text())
+        self.npu = RKNNLite()
+        if self.npu.load_rknn(str(artifact.path)) != 0 or self.npu.init_runtime() != 0:
+            raise ExportError(f"rknn-toolkit-lite2 could not load {artifact.path} on this device")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        self.tail = ort.InferenceSession(str(folder / build["tail"]), so, providers=["CPUExecutionProvider"]) \
+            if build.get("tail") else None
+        self.cut = build.get("cut") or []
+        self.info: dict[str, Any] = {"precision_ran": f"{artifact.precision} (RKNN NPU)", "simulator": False,
+                                     "target_platform": build["config"]["target_platform"]}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for x in to_pixels(batch):
+            ys = self.npu.inference(inputs=[x[None]], data_format=["nchw"])
+            outs.append(self.tail.run(None, dict(zip(self.cut, ys)))[0] if self.tail is not None
+                        else np.asarray(ys[0], np.float32))
+        return np.concatenate(outs)
+
+
+def layer_errors(text: str) -> list[tuple[str, str, float]]:
+    """(op, tensor name, single-layer cosine) of each layer in the toolkit's ``error_analysis.txt``: the layer's
+    own simulated INT8 output against float with float inputs (its error alone, not what it inherits)."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^\[(\w+)\]\s+(\S+)\s+[-\d.]+\s*\|\s*[-\d.e+]+\s+([-\d.]+)\s*\|", line.strip())
+        if m:
+            out.append((m.group(1), m.group(2), float(m.group(3))))
+    return out
+
+
+def group_errors(layers: list[list[tuple[str, str, float]]], granularity: str) -> list[GroupError]:
+    """Per block (``model.K``, the head by branch) or per conv layer, over images: the worst single-layer cosine
+    as an SQNR (dB, from 1 - cos: the relative squared error of equal-norm outputs), worst first."""
+    from yoloq.backends.onnxruntime.sensitivity import block_of
+
+    worst: dict[str, tuple[float, set[str]]] = {}
+    for per_image in layers:
+        for op, name, cos in per_image:
+            key = name if granularity == "layer" else block_of(name)
+            if key is None or (granularity == "layer" and op != "Conv"):
+                continue
+            lo, names = worst.get(key, (1.0, set()))
+            worst[key] = (min(lo, cos), names | {name})
+    out = []
+    for key, (cos, names) in worst.items():
+        rel = max(2.0 * (1.0 - cos), 0.0)
+        out.append(GroupError(key, tuple(sorted(names)), -10 * float(np.log10(rel)) if rel > 0 else float("inf"),
+                              rel ** 0.5))
+    return sorted(out, key=lambda g: g.sqnr_db)
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -144,7 +209,8 @@ class RknnBackend(Backend):
     install_hint = f"run '{sideenv.SETUP}' (rknn-toolkit2 in its own environment)"
     libraries = ("rknn-toolkit2",)
     style = Style(color="#8c564b")
-    timed_here = False
+    timed_here = ON_BOARD  # the simulator is no measure of speed; a board's NPU is
+    supports_sensitivity = True
     options = {
         "target_platform": OptionSpec(str, "rk3588", PLATFORMS, "the Rockchip chip the model is built for"),
         "quantized_algorithm": OptionSpec(str, "normal", ("normal", "mmse", "kl_divergence"),
@@ -158,6 +224,10 @@ class RknnBackend(Backend):
     _version: str | None = None
 
     def version(self) -> str:
+        if ON_BOARD:
+            from importlib.metadata import version
+
+            return f"lite2 {version('rknn-toolkit-lite2')}"
         if RknnBackend._version is None:
             py = sideenv.python()
             with tempfile.TemporaryDirectory() as tmp, sideenv.Worker(Path(tmp) / "log", py) as w:
@@ -216,8 +286,44 @@ class RknnBackend(Backend):
             "target_platform": config["target_platform"], "calibration_used": len(names),
             "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds")})
 
-    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> RknnSimRuntime:
-        return RknnSimRuntime(artifact, threads)
+    def deployable(self, ctx: ExportContext) -> Artifact:
+        """What a board runs: ``model.rknn`` (the NPU's part) and ``tail.onnx`` (the decoding, float, on its CPU)."""
+        art = self.export(ctx)
+        folder = Path(art.path).parent
+        dest = folder / "bundle"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir()
+        for name in ("model.rknn", "tail.onnx", "build.json"):
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, dest / name)
+        return Artifact(dest, self.name, art.precision, art.info)
+
+    def deploy_notes(self, model_file: str) -> tuple[dict[str, Any], list[str]]:
+        return {}, [f"`{model_file}/model.rknn` runs on the NPU of the Rockchip chip it was built for "
+                    "(`export.json`: target_platform), `tail.onnx` decodes its six outputs on the board's CPU in "
+                    "float. On the board: rknn-toolkit-lite2 and ONNX Runtime (aarch64 wheels), and Rockchip's "
+                    "librknnrt.so in /usr/lib.",
+                    "", "yoloq measured its accuracy with rknn-toolkit2's simulator on the host; its speed is the "
+                    "board's to measure (the predict script below, or a Ray node on the board)."]
+
+    def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
+        """Rank blocks (or conv layers) by the toolkit's own accuracy analysis of the simulated INT8 model on
+        ``images`` calibration images (never evaluation ones): each layer's error alone, the worst per block."""
+        art = self.export(ctx)
+        folder = Path(art.path).parent
+        build = json.loads((folder / "build.json").read_text())
+        per_image = []
+        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
+            w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"], True,
+                                 str(folder / "dataset.txt"), simulate=True))
+            for n in build["calibration"][:images]:
+                dest = Path(tmp) / n
+                w.call(sideenv.Analyze([str(folder / "calibration" / n)], str(dest)))
+                per_image.append(layer_errors((dest / "error_analysis.txt").read_text()))
+        return group_errors(per_image, granularity)
+
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> RknnSimRuntime | RknnBoardRuntime:
+        return RknnBoardRuntime(artifact, threads) if ON_BOARD else RknnSimRuntime(artifact, threads)
 
     def tune_space(self, machine: Mapping[str, Any]) -> list:
         from yoloq.backends.base import TuneCandidate
