@@ -95,7 +95,7 @@ def test_rknn_fp16_and_int8_are_scored_by_the_simulator(tmp_path, rknn_env):
     """A real run: RKNN FP16 and INT8 built for the RK3588, scored through the one scoring loop (mAP, interval,
     agreement), recorded as simulator runs and not timed here."""
     cfg = _config(tmp_path, [{"format": "rknn", "precision": "fp16"}, {"format": "rknn", "precision": "int8"}])
-    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "out"), timeout=900)
+    proc = run_cli("run", str(cfg), "--out", "out", cwd=tmp_path, timeout=900)  # a relative output folder
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = _records(tmp_path / "out")
     ref = recs["torch-fp32"]["metrics"]["map50_95"]

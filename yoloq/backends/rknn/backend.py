@@ -83,7 +83,7 @@ class RknnSimRuntime:
     def __init__(self, artifact: Artifact, threads: int) -> None:
         import onnxruntime as ort
 
-        folder = Path(artifact.path).parent
+        folder = Path(artifact.path).resolve().parent
         build = json.loads((folder / "build.json").read_text())
         self._tmp = tempfile.TemporaryDirectory(prefix="yoloq-rknn-")
         tmp = Path(self._tmp.name)
@@ -95,7 +95,7 @@ class RknnSimRuntime:
         rebuilt = tmp / "simulated.rknn"
         # the simulator runs a model built in the same session: the same ONNX, settings and calibration again
         self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"], build["quantize"],
-                                       dataset, simulate=True))
+                                       dataset, simulate=True, auto_hybrid=build.get("auto_hybrid", False)))
         same = _sha(rebuilt) == _sha(Path(artifact.path))
         self.tail = None
         if build.get("tail"):
@@ -142,7 +142,7 @@ class RknnBoardRuntime:
         import onnxruntime as ort
         from rknnlite.api import RKNNLite
 
-        folder = Path(artifact.path).parent
+        folder = Path(artifact.path).resolve().parent
         build = json.loads((folder / "build.json").read_text())
         self.npu = RKNNLite()
         if self.npu.load_rknn(str(artifact.path)) != 0 or self.npu.init_runtime() != 0:
@@ -219,6 +219,10 @@ class RknnBackend(Backend):
                                        ("int8",)),
         "keep_head_float": OptionSpec(str, "decode", ("decode", "outputs", "none"),
                                       "the head on the CPU in float: decoding / output convs too / nothing"),
+        "auto_hybrid": OptionSpec(bool, False, None, "the toolkit keeps in float16 the layers whose INT8 output "
+                                  "strays from float (hybrid quantization)", ("int8",)),
+        "auto_hybrid_cos_thresh": OptionSpec(float, 0.98, None, "auto_hybrid: the cosine below which a layer stays "
+                                             "float16", ("int8",), minimum=0.0),
         "calibration_images": CALIBRATION_IMAGES,
     }
     _version: str | None = None
@@ -253,7 +257,7 @@ class RknnBackend(Backend):
 
     def export(self, ctx: ExportContext) -> Artifact:
         onnx_path = base_onnx(ctx.source, ctx.imgsz, ctx.workdir.parent, max_det=ctx.max_det)
-        work = ctx.workdir
+        work = ctx.workdir.resolve()  # the toolkit reads dataset lines relative to the list's own folder
         work.mkdir(parents=True, exist_ok=True)
         keep = ctx.option("keep_head_float")
         body, tail, cut = split_head(onnx_path, keep, ctx.source, work)
@@ -269,22 +273,27 @@ class RknnBackend(Backend):
             (work / "dataset.txt").write_text("".join(f"{cal / n}\n" for n in names))
         config = {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]],
                   "target_platform": ctx.option("target_platform"), "disable_rules": list(DISABLED_RULES)}
+        hybrid = quantize and bool(ctx.option("auto_hybrid"))
         if quantize:
             config |= {"quantized_algorithm": ctx.option("quantized_algorithm"),
                        "quantized_method": ctx.option("quantized_method")}
+        if hybrid:
+            config["auto_hybrid_cos_thresh"] = ctx.option("auto_hybrid_cos_thresh")
         out = work / "model.rknn"
         with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"), \
                 sideenv.Worker(work / "toolkit.log") as w:
             reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
-                                         str(work / "dataset.txt") if quantize else None))
-        build = {"config": config, "quantize": quantize, "calibration": names,
+                                         str(work / "dataset.txt") if quantize else None, auto_hybrid=hybrid))
+        build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "calibration": names,
                  "tail": tail.name if tail else None, "cut": cut}
         (work / "build.json").write_text(json.dumps(build, indent=1))
         return Artifact(out, self.name, ctx.variant.precision, {
             "quantizer": f"rknn-toolkit2 {self.version()} ({config.get('quantized_algorithm', 'float16')}"
                          f"{', per ' + config['quantized_method'] if quantize else ''})",
             "target_platform": config["target_platform"], "calibration_used": len(names),
-            "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds")})
+            "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds"),
+            **({"auto_hybrid": f"layers below cosine {config['auto_hybrid_cos_thresh']} in float16"}
+               if hybrid else {})})
 
     def deployable(self, ctx: ExportContext) -> Artifact:
         """What a board runs: ``model.rknn`` (the NPU's part) and ``tail.onnx`` (the decoding, float, on its CPU)."""
@@ -310,12 +319,13 @@ class RknnBackend(Backend):
         """Rank blocks (or conv layers) by the toolkit's own accuracy analysis of the simulated INT8 model on
         ``images`` calibration images (never evaluation ones): each layer's error alone, the worst per block."""
         art = self.export(ctx)
-        folder = Path(art.path).parent
+        folder = Path(art.path).resolve().parent
         build = json.loads((folder / "build.json").read_text())
         per_image = []
         with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
             w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"], True,
-                                 str(folder / "dataset.txt"), simulate=True))
+                                 str(folder / "dataset.txt"), simulate=True,
+                                 auto_hybrid=build.get("auto_hybrid", False)))
             for n in build["calibration"][:images]:
                 dest = Path(tmp) / n
                 w.call(sideenv.Analyze([str(folder / "calibration" / n)], str(dest)))

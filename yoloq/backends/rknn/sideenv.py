@@ -108,6 +108,7 @@ class Build:
     quantize: bool
     dataset: str | None = None
     simulate: bool = False
+    auto_hybrid: bool = False
     op: str = field(default="build", init=False)
 
 

@@ -8,8 +8,9 @@ Requests (``op``):
 - ``version``: the toolkit's version.
 - ``build``: ``onnx`` (a static-shape ONNX), ``rknn`` (where the model goes), ``config`` (``RKNN.config`` keyword
   arguments: target_platform, mean/std, quantized_algorithm, quantized_method, ...), ``quantize`` (INT8 or
-  float16), ``dataset`` (a text file of calibration ``.npy`` paths, NCHW uint8), ``simulate`` (then keep the
-  built model in the simulator for ``infer``). Reply: ``outputs`` (the model's output names), ``seconds``.
+  float16), ``dataset`` (a text file of calibration ``.npy`` paths, NCHW uint8), ``auto_hybrid`` (the toolkit
+  keeps in float16 the layers whose INT8 output strays from float), ``simulate`` (then keep the built model in
+  the simulator for ``infer``). Reply: ``outputs`` (the model's output names), ``seconds``.
 - ``infer``: ``input`` (an ``.npy``, NCHW uint8), ``output`` (an ``.npz`` written with the outputs in order).
 - ``analyze``: ``inputs`` (``.npy`` paths), ``dir``: the toolkit's own accuracy analysis (per-layer error of
   the simulated INT8 model against float) into ``dir``.
@@ -52,7 +53,8 @@ class Worker:
             raise RuntimeError(f"RKNN.config rejected {req['config']}")
         if rknn.load_onnx(model=req["onnx"]) != 0:
             raise RuntimeError(f"RKNN could not load {os.path.basename(req['onnx'])}")
-        if rknn.build(do_quantization=bool(req["quantize"]), dataset=req.get("dataset")) != 0:
+        if rknn.build(do_quantization=bool(req["quantize"]), dataset=req.get("dataset"),
+                      auto_hybrid=bool(req.get("auto_hybrid"))) != 0:
             raise RuntimeError("RKNN build failed (see the library log)")
         if rknn.export_rknn(req["rknn"]) != 0:
             raise RuntimeError(f"RKNN could not write {req['rknn']}")
