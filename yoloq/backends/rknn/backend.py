@@ -77,6 +77,12 @@ def to_pixels(batch: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
 
 
+# The worker of each export in this process, its model still in the simulator: the runtime that loads that export
+# next takes it over instead of building again (a build calibrates; MMSE ranges take minutes). Keyed by the file,
+# checked by its hash.
+_SIMULATING: dict[str, tuple[sideenv.Worker, str]] = {}
+
+
 class RknnSimRuntime:
     """The simulated NPU model plus the CPU tail: ``predict`` gives the raw head output every format gives."""
 
@@ -91,12 +97,19 @@ class RknnSimRuntime:
         if build["quantize"]:
             dataset = str(tmp / "dataset.txt")
             Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
-        self.worker = sideenv.Worker(folder / "toolkit.log")
-        rebuilt = tmp / "simulated.rknn"
-        # the simulator runs a model built in the same session: the same ONNX, settings and calibration again
-        self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"], build["quantize"],
-                                       dataset, simulate=True, auto_hybrid=build.get("auto_hybrid", False)))
-        same = _sha(rebuilt) == _sha(Path(artifact.path))
+        live = _SIMULATING.pop(str(Path(artifact.path).resolve()), None)
+        if live is not None and live[1] == _sha(Path(artifact.path)):  # the export's own session, still simulating
+            self.worker, same = live[0], True
+        else:
+            if live is not None:
+                live[0].close()
+            self.worker = sideenv.Worker(folder / "toolkit.log")
+            rebuilt = tmp / "simulated.rknn"
+            # the simulator runs a model built in its own session: the same ONNX, settings and calibration again
+            self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"],
+                                           build["quantize"], dataset, simulate=True,
+                                           auto_hybrid=build.get("auto_hybrid", False)))
+            same = _sha(rebuilt) == _sha(Path(artifact.path))
         self.tail = None
         if build.get("tail"):
             so = ort.SessionOptions()
@@ -280,10 +293,19 @@ class RknnBackend(Backend):
         if hybrid:
             config["auto_hybrid_cos_thresh"] = ctx.option("auto_hybrid_cos_thresh")
         out = work / "model.rknn"
-        with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"), \
-                sideenv.Worker(work / "toolkit.log") as w:
-            reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
-                                         str(work / "dataset.txt") if quantize else None, auto_hybrid=hybrid))
+        old = _SIMULATING.pop(str(out), None)
+        if old is not None:
+            old[0].close()
+        with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"):
+            w = sideenv.Worker(work / "toolkit.log")
+            try:
+                reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
+                                             str(work / "dataset.txt") if quantize else None, simulate=True,
+                                             auto_hybrid=hybrid))
+            except BaseException:
+                w.close()
+                raise
+        _SIMULATING[str(out)] = (w, _sha(out))
         build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "calibration": names,
                  "tail": tail.name if tail else None, "cut": cut}
         (work / "build.json").write_text(json.dumps(build, indent=1))
@@ -340,6 +362,6 @@ class RknnBackend(Backend):
 
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "the toolkit's defaults: normal ranges, per-channel weights, decoding on the CPU"),
-            ("mmse", {"quantized_algorithm": "mmse"}, "ranges that minimise the mean squared error"),
-            ("kl", {"quantized_algorithm": "kl_divergence"}, "ranges by KL divergence"),
+            ("hybrid", {"auto_hybrid": True}, "the toolkit keeps the layers it finds worst in float16"),
+            ("kl", {"quantized_algorithm": "kl_divergence"}, "ranges by KL divergence (MMSE: over 30 min a build)"),
             ("head-outputs", {"keep_head_float": "outputs"}, "the head's output convolutions on the CPU too"))]
