@@ -54,6 +54,13 @@ def test_the_npu_body_and_the_cpu_tail_give_the_whole_model(tmp_path, keep):
     mid = ort.InferenceSession(str(body)).run(None, {"images": x})
     y = ort.InferenceSession(str(tail)).run(None, dict(zip(cut, mid)))[0]
     assert np.array_equal(y, ref)
+    if keep == "decode":  # a block kept float16 by the toolkit's hybrid quantization: its one input and output
+        from yoloq.backends.rknn.backend import block_ends
+        from yoloq.errors import ConfigError
+
+        assert block_ends(body, ["model.10"]) == [["/model.9/cv2/act/Mul_output_0", "/model.10/cv2/act/Mul_output_0"]]
+        with pytest.raises(ConfigError, match="model.99 is not a block"):
+            block_ends(body, ["model.99"])
 
 
 @pytest.mark.shared

@@ -31,7 +31,7 @@ from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.rknn import sideenv
 from yoloq.backends.scope import CALIBRATION_IMAGES, head_float_nodes
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.progress import step
 
 ON_BOARD = find_spec("rknnlite") is not None  # rknn-toolkit-lite2: a Rockchip board's own runtime
@@ -72,6 +72,37 @@ def split_head(onnx_path: Path, keep: str, source: Any, dest: Path) -> tuple[Pat
     return body, tail, cut
 
 
+def block_ends(onnx_path: Path, blocks: list[str]) -> list[list[str]]:
+    """Each named block (``model.10``, ``model.23/cv3.2``: :func:`block_of`'s names) as the [input, output] tensor
+    pair the toolkit's hybrid quantization keeps in float.
+
+    Raises:
+        ConfigError: A block not in the graph, or one without exactly one input and one output tensor.
+    """
+    import onnx
+
+    from yoloq.backends.onnxruntime.sensitivity import block_of
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer}
+    pairs = []
+    for block in blocks:
+        nodes = [n for n in graph.node if block_of(n.name) == block]
+        if not nodes:
+            raise ConfigError(f"options.float_blocks: {block} is not a block of the model (e.g. model.10, "
+                              f"model.23/cv3.2; see 'yoloq sensitivity')")
+        made = {o for n in nodes for o in n.output}
+        ins = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made and i not in consts))
+        used = {i for n in graph.node if block_of(n.name) != block for i in n.input} | \
+            {o.name for o in graph.output}
+        outs = list(dict.fromkeys(o for n in nodes for o in n.output if o in used))
+        if len(ins) != 1 or len(outs) != 1:
+            raise ConfigError(f"options.float_blocks: {block} has {len(ins)} inputs and {len(outs)} outputs; the "
+                              f"toolkit keeps a subgraph with one of each in float")
+        pairs.append([ins[0], outs[0]])
+    return pairs
+
+
 def to_pixels(batch: np.ndarray) -> np.ndarray:
     """A float [0, 1] NCHW batch as the uint8 pixels it was made from (letterboxed pixels / 255: exact)."""
     return np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
@@ -108,7 +139,8 @@ class RknnSimRuntime:
             # the simulator runs a model built in its own session: the same ONNX, settings and calibration again
             self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"],
                                            build["quantize"], dataset, simulate=True,
-                                           auto_hybrid=build.get("auto_hybrid", False)))
+                                           auto_hybrid=build.get("auto_hybrid", False),
+                                           hybrid=build.get("hybrid") or None))
             same = _sha(rebuilt) == _sha(Path(artifact.path))
         self.tail = None
         if build.get("tail"):
@@ -236,6 +268,8 @@ class RknnBackend(Backend):
                                   "strays from float (hybrid quantization)", ("int8",)),
         "auto_hybrid_cos_thresh": OptionSpec(float, 0.98, None, "auto_hybrid: the cosine below which a layer stays "
                                              "float16", ("int8",), minimum=0.0),
+        "float_blocks": OptionSpec(list, None, None, "blocks kept in float16 on the NPU (e.g. [model.10], the "
+                                   "attention): the toolkit's hybrid quantization", ("int8",)),
         "calibration_images": CALIBRATION_IMAGES,
     }
     _version: str | None = None
@@ -287,6 +321,7 @@ class RknnBackend(Backend):
         config = {"mean_values": [[0, 0, 0]], "std_values": [[255, 255, 255]],
                   "target_platform": ctx.option("target_platform"), "disable_rules": list(DISABLED_RULES)}
         hybrid = quantize and bool(ctx.option("auto_hybrid"))
+        pairs = block_ends(body, list(ctx.option("float_blocks") or [])) if quantize else []
         if quantize:
             config |= {"quantized_algorithm": ctx.option("quantized_algorithm"),
                        "quantized_method": ctx.option("quantized_method")}
@@ -301,12 +336,12 @@ class RknnBackend(Backend):
             try:
                 reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
                                              str(work / "dataset.txt") if quantize else None, simulate=True,
-                                             auto_hybrid=hybrid))
+                                             auto_hybrid=hybrid, hybrid=pairs or None))
             except BaseException:
                 w.close()
                 raise
         _SIMULATING[str(out)] = (w, _sha(out))
-        build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "calibration": names,
+        build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "hybrid": pairs, "calibration": names,
                  "tail": tail.name if tail else None, "cut": cut}
         (work / "build.json").write_text(json.dumps(build, indent=1))
         return Artifact(out, self.name, ctx.variant.precision, {
@@ -315,7 +350,11 @@ class RknnBackend(Backend):
             "target_platform": config["target_platform"], "calibration_used": len(names),
             "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds"),
             **({"auto_hybrid": f"layers below cosine {config['auto_hybrid_cos_thresh']} in float16"}
-               if hybrid else {})})
+               if hybrid else {}), **({"float16_blocks": list(ctx.option("float_blocks"))} if pairs else {})})
+
+    def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
+        """The ranked blocks as ``float_blocks`` (float16 on the NPU, by the toolkit's hybrid quantization)."""
+        return {"float_blocks": [g.group for g in groups]}
 
     def deployable(self, ctx: ExportContext) -> Artifact:
         """What a board runs: ``model.rknn`` (the NPU's part) and ``tail.onnx`` (the decoding, float, on its CPU)."""
@@ -347,7 +386,7 @@ class RknnBackend(Backend):
         with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
             w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"], True,
                                  str(folder / "dataset.txt"), simulate=True,
-                                 auto_hybrid=build.get("auto_hybrid", False)))
+                                 auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
             for n in build["calibration"][:images]:
                 dest = Path(tmp) / n
                 w.call(sideenv.Analyze([str(folder / "calibration" / n)], str(dest)))

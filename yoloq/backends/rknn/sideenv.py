@@ -109,6 +109,7 @@ class Build:
     dataset: str | None = None
     simulate: bool = False
     auto_hybrid: bool = False
+    hybrid: list[list[str]] | None = None
     op: str = field(default="build", init=False)
 
 

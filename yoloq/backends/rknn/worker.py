@@ -9,7 +9,8 @@ Requests (``op``):
 - ``build``: ``onnx`` (a static-shape ONNX), ``rknn`` (where the model goes), ``config`` (``RKNN.config`` keyword
   arguments: target_platform, mean/std, quantized_algorithm, quantized_method, ...), ``quantize`` (INT8 or
   float16), ``dataset`` (a text file of calibration ``.npy`` paths, NCHW uint8), ``auto_hybrid`` (the toolkit
-  keeps in float16 the layers whose INT8 output strays from float), ``simulate`` (then keep the built model in
+  keeps in float16 the layers whose INT8 output strays from float), ``hybrid`` ([input, output] tensor pairs of
+  subgraphs kept float: the toolkit's two hybrid quantization steps), ``simulate`` (then keep the built model in
   the simulator for ``infer``). Reply: ``outputs`` (the model's output names), ``seconds``.
 - ``infer``: ``input`` (an ``.npy``, NCHW uint8), ``output`` (an ``.npz`` written with the outputs in order).
 - ``analyze``: ``inputs`` (``.npy`` paths), ``dir``: the toolkit's own accuracy analysis (per-layer error of
@@ -53,8 +54,10 @@ class Worker:
             raise RuntimeError(f"RKNN.config rejected {req['config']}")
         if rknn.load_onnx(model=req["onnx"]) != 0:
             raise RuntimeError(f"RKNN could not load {os.path.basename(req['onnx'])}")
-        if rknn.build(do_quantization=bool(req["quantize"]), dataset=req.get("dataset"),
-                      auto_hybrid=bool(req.get("auto_hybrid"))) != 0:
+        if req.get("hybrid"):  # the toolkit's manual hybrid quantization: these subgraphs stay float
+            rknn = self._hybrid(rknn, req)
+        elif rknn.build(do_quantization=bool(req["quantize"]), dataset=req.get("dataset"),
+                        auto_hybrid=bool(req.get("auto_hybrid"))) != 0:
             raise RuntimeError("RKNN build failed (see the library log)")
         if rknn.export_rknn(req["rknn"]) != 0:
             raise RuntimeError(f"RKNN could not write {req['rknn']}")
@@ -65,6 +68,30 @@ class Worker:
         else:
             rknn.release()
         return {"seconds": round(time.perf_counter() - t0, 2)}
+
+    @staticmethod
+    def _hybrid(rknn, req: dict):  # noqa: ANN001, ANN205 - the toolkit's object
+        """Step 1 writes ``<model>.model/.data/.quantization.cfg`` into the working folder with the named
+        [input, output] subgraphs in float; step 2 builds from them."""
+        from rknn.api import RKNN
+
+        here = os.getcwd()
+        os.chdir(os.path.dirname(os.path.abspath(req["rknn"])))
+        try:
+            if rknn.hybrid_quantization_step1(dataset=req["dataset"], custom_hybrid=req["hybrid"]) != 0:
+                raise RuntimeError("RKNN hybrid quantization step 1 failed (see the library log)")
+            rknn.release()
+            stem = os.path.splitext(os.path.basename(req["onnx"]))[0]
+            rknn = RKNN(verbose=False)
+            rknn.config(**req["config"])
+            if rknn.hybrid_quantization_step2(model_input=f"{stem}.model", data_input=f"{stem}.data",
+                                              model_quantization_cfg=f"{stem}.quantization.cfg") != 0:
+                raise RuntimeError("RKNN hybrid quantization step 2 failed (see the library log)")
+            for ext in ("model", "data", "quantization.cfg"):
+                os.remove(f"{stem}.{ext}")
+        finally:
+            os.chdir(here)
+        return rknn
 
     def infer(self, req: dict) -> dict:
         import numpy as np
