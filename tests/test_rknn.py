@@ -208,17 +208,19 @@ def test_rknn_sensitivity_and_bundle(tmp_path, rknn_env):
 
 @pytest.mark.shared
 def test_yoloq_tune_chooses_among_rknn_settings(tmp_path, rknn_env):
-    """yoloq tune over RKNN INT8's candidates on tuning images (coco1k tune, 8 images at 320): every candidate
-    scored through the simulator, none timed here, one chosen, a tuned.yaml carrying it."""
+    """yoloq tune over RKNN INT8's candidates on tuning images (coco1k tune, 8 images at 320), the block the
+    toolkit's analysis ranks worst in float16 among them: every candidate scored through the simulator, none
+    timed here, one chosen, a tuned.yaml carrying it."""
     cfg = yaml.safe_load(_config(tmp_path, [{"format": "rknn", "precision": "int8"}]).read_text())
     cfg["tune"] = {"data": {"dataset": "coco1k", "split": "tune", "max_images": 8}, "first_images": 8,
-                   "bootstrap": 100}
+                   "bootstrap": 100, "sensitivity": [1], "sensitivity_images": 1}
     path = tmp_path / "tune.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = run_cli("tune", str(path), "--out", str(tmp_path / "t"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = json.loads((tmp_path / "t" / "tune.json").read_text())["trials"]
-    assert [t["candidate"] for t in trials] == ["default", "hybrid", "kl", "head-outputs"]
+    assert [t["candidate"] for t in trials] == ["default", "hybrid", "kl", "head-outputs", "worst1"]
+    assert trials[-1]["options"]["float_blocks"][0].startswith("model.")  # the block ranked worst, in float16
     assert all(t["status"] == "ok" and t["images"] == 8 and t["p50_ms"] is None for t in trials)
     assert sum(t["chosen"] for t in trials) == 1
     assert "not timed here" in (tmp_path / "t" / "tuned.yaml").read_text()
