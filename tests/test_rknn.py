@@ -37,7 +37,7 @@ def test_the_npu_body_and_the_cpu_tail_give_the_whole_model(tmp_path, keep):
     import onnxruntime as ort
 
     from yoloq.backends.onnx_base import base_onnx
-    from yoloq.backends.rknn.backend import split_head, to_pixels
+    from yoloq.backends.rknn.graph import split_head, to_pixels
     from yoloq.models import load_source
     from yoloq.preprocess import prepare, read_image
 
@@ -55,7 +55,7 @@ def test_the_npu_body_and_the_cpu_tail_give_the_whole_model(tmp_path, keep):
     y = ort.InferenceSession(str(tail)).run(None, dict(zip(cut, mid)))[0]
     assert np.array_equal(y, ref)
     if keep == "decode":  # a block kept float16 by the toolkit's hybrid quantization: its one input and output
-        from yoloq.backends.rknn.backend import block_ends
+        from yoloq.backends.rknn.graph import block_ends
         from yoloq.errors import ConfigError
 
         assert block_ends(body, ["model.10"]) == [["/model.9/cv2/act/Mul_output_0", "/model.10/cv2/act/Mul_output_0"]]
@@ -175,7 +175,7 @@ ANALYSIS = """layer_name                                                        
 
 def test_the_toolkits_accuracy_analysis_ranks_blocks():
     """Each layer's own (single) error from rknn-toolkit2's error_analysis.txt, the worst per block as an SQNR."""
-    from yoloq.backends.rknn.backend import group_errors, layer_errors
+    from yoloq.backends.rknn.analysis import group_errors, layer_errors
 
     layers = layer_errors(ANALYSIS)
     assert [(op, cos) for op, _, cos in layers] == [("Input", 1.0), ("Conv", 0.99993), ("exSwish", 0.99988),

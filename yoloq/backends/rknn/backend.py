@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from importlib.util import find_spec
@@ -30,8 +29,10 @@ from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, Op
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.rknn import sideenv
-from yoloq.backends.scope import CALIBRATION_IMAGES, head_float_nodes
-from yoloq.errors import BackendUnavailable, ConfigError, ExportError
+from yoloq.backends.rknn.analysis import group_errors, layer_errors
+from yoloq.backends.rknn.graph import block_ends, split_head, to_pixels
+from yoloq.backends.scope import CALIBRATION_IMAGES
+from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
 
 ON_BOARD = find_spec("rknnlite") is not None  # rknn-toolkit-lite2: a Rockchip board's own runtime
@@ -39,73 +40,6 @@ PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1106
 # rknn-toolkit2 2.5.0 fails on YOLO11's / YOLO12's attention while fusing it into one SDPA op (IndexError in
 # its fuse rule, at 320 and at 640): that one rule is left out, the attention runs as its MatMul/Softmax ops.
 DISABLED_RULES = ("fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa",)
-
-
-def split_head(onnx_path: Path, keep: str, source: Any, dest: Path) -> tuple[Path, Path | None, list[str]]:
-    """Cut a static ONNX where the head's float part begins: ``body.onnx`` (the NPU's) and ``tail.onnx`` (the
-    CPU's), and the tensors between them. ``keep == "none"``: the whole graph, no tail."""
-    import onnx
-    from onnx.utils import extract_model
-
-    dest.mkdir(parents=True, exist_ok=True)
-    if keep == "none":
-        body = dest / "body.onnx"
-        shutil.copyfile(onnx_path, body)
-        return body, None, []
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    tail_nodes = set(head_float_nodes(onnx_path, keep, source.head))
-    produced = {o: n.name for n in model.graph.node for o in n.output}
-    consts = {i.name for i in model.graph.initializer}
-    cut: list[str] = []
-    for n in model.graph.node:
-        if n.name not in tail_nodes:
-            continue
-        for t in n.input:
-            if t and t not in consts and t in produced and produced[t] not in tail_nodes and t not in cut:
-                cut.append(t)
-    if not cut:
-        raise ExportError(f"keep_head_float: {keep} found no head to run on the CPU in {onnx_path.name}")
-    inputs = [i.name for i in model.graph.input if i.name not in consts]
-    body, tail = dest / "body.onnx", dest / "tail.onnx"
-    extract_model(str(onnx_path), str(body), inputs, cut)
-    extract_model(str(onnx_path), str(tail), cut, [o.name for o in model.graph.output])
-    return body, tail, cut
-
-
-def block_ends(onnx_path: Path, blocks: list[str]) -> list[list[str]]:
-    """Each named block (``model.10``, ``model.23/cv3.2``: :func:`block_of`'s names) as the [input, output] tensor
-    pair the toolkit's hybrid quantization keeps in float.
-
-    Raises:
-        ConfigError: A block not in the graph, or one without exactly one input and one output tensor.
-    """
-    import onnx
-
-    from yoloq.backends.onnxruntime.sensitivity import block_of
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer}
-    pairs = []
-    for block in blocks:
-        nodes = [n for n in graph.node if block_of(n.name) == block]
-        if not nodes:
-            raise ConfigError(f"options.float_blocks: {block} is not a block of the model (e.g. model.10, "
-                              f"model.23/cv3.2; see 'yoloq sensitivity')")
-        made = {o for n in nodes for o in n.output}
-        ins = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in made and i not in consts))
-        used = {i for n in graph.node if block_of(n.name) != block for i in n.input} | \
-            {o.name for o in graph.output}
-        outs = list(dict.fromkeys(o for n in nodes for o in n.output if o in used))
-        if len(ins) != 1 or len(outs) != 1:
-            raise ConfigError(f"options.float_blocks: {block} has {len(ins)} inputs and {len(outs)} outputs; the "
-                              f"toolkit keeps a subgraph with one of each in float")
-        pairs.append([ins[0], outs[0]])
-    return pairs
-
-
-def to_pixels(batch: np.ndarray) -> np.ndarray:
-    """A float [0, 1] NCHW batch as the uint8 pixels it was made from (letterboxed pixels / 255: exact)."""
-    return np.clip(np.rint(batch * 255.0), 0, 255).astype(np.uint8)
 
 
 # The worker of each export in this process, its model still in the simulator: the runtime that loads that export
@@ -207,38 +141,6 @@ class RknnBoardRuntime:
             outs.append(self.tail.run(None, dict(zip(self.cut, ys)))[0] if self.tail is not None
                         else np.asarray(ys[0], np.float32))
         return np.concatenate(outs)
-
-
-def layer_errors(text: str) -> list[tuple[str, str, float]]:
-    """(op, tensor name, single-layer cosine) of each layer in the toolkit's ``error_analysis.txt``: the layer's
-    own simulated INT8 output against float with float inputs (its error alone, not what it inherits)."""
-    out = []
-    for line in text.splitlines():
-        m = re.match(r"^\[(\w+)\]\s+(\S+)\s+[-\d.]+\s*\|\s*[-\d.e+]+\s+([-\d.]+)\s*\|", line.strip())
-        if m:
-            out.append((m.group(1), m.group(2), float(m.group(3))))
-    return out
-
-
-def group_errors(layers: list[list[tuple[str, str, float]]], granularity: str) -> list[GroupError]:
-    """Per block (``model.K``, the head by branch) or per conv layer, over images: the worst single-layer cosine
-    as an SQNR (dB, from 1 - cos: the relative squared error of equal-norm outputs), worst first."""
-    from yoloq.backends.onnxruntime.sensitivity import block_of
-
-    worst: dict[str, tuple[float, set[str]]] = {}
-    for per_image in layers:
-        for op, name, cos in per_image:
-            key = name if granularity == "layer" else block_of(name)
-            if key is None or (granularity == "layer" and op != "Conv"):
-                continue
-            lo, names = worst.get(key, (1.0, set()))
-            worst[key] = (min(lo, cos), names | {name})
-    out = []
-    for key, (cos, names) in worst.items():
-        rel = max(2.0 * (1.0 - cos), 0.0)
-        out.append(GroupError(key, tuple(sorted(names)), -10 * float(np.log10(rel)) if rel > 0 else float("inf"),
-                              rel ** 0.5))
-    return sorted(out, key=lambda g: g.sqnr_db)
 
 
 def _sha(path: Path) -> str:
