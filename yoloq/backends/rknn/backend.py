@@ -54,16 +54,17 @@ class RknnSimRuntime:
     def __init__(self, artifact: Artifact, threads: int) -> None:
         import onnxruntime as ort
 
-        folder = Path(artifact.path).resolve().parent
-        build = json.loads((folder / "build.json").read_text())
+        pkg = Path(artifact.path).resolve()  # model.rknn, tail.onnx, build.json; the build's inputs beside it
+        folder = pkg.parent
+        build = json.loads((pkg / "build.json").read_text())
         self._tmp = tempfile.TemporaryDirectory(prefix="yoloq-rknn-")
         tmp = Path(self._tmp.name)
         dataset = None
         if build["quantize"]:
             dataset = str(tmp / "dataset.txt")
             Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
-        live = _SIMULATING.pop(str(Path(artifact.path).resolve()), None)
-        if live is not None and live[1] == _sha(Path(artifact.path)):  # the export's own session, still simulating
+        live = _SIMULATING.pop(str(pkg), None)
+        if live is not None and live[1] == _sha(pkg / "model.rknn"):  # the export's own session, still simulating
             self.worker, same = live[0], True
         else:
             if live is not None:
@@ -75,13 +76,13 @@ class RknnSimRuntime:
                                            build["quantize"], dataset, simulate=True,
                                            auto_hybrid=build.get("auto_hybrid", False),
                                            hybrid=build.get("hybrid") or None))
-            same = _sha(rebuilt) == _sha(Path(artifact.path))
+            same = _sha(rebuilt) == _sha(pkg / "model.rknn")
         self.tail = None
         if build.get("tail"):
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             so.log_severity_level = 3
-            self.tail = ort.InferenceSession(str(folder / build["tail"]), so, providers=["CPUExecutionProvider"])
+            self.tail = ort.InferenceSession(str(pkg / build["tail"]), so, providers=["CPUExecutionProvider"])
         self.cut = build.get("cut") or []
         self._in, self._out = tmp / "x.npy", tmp / "y.npz"
         platform = build["config"]["target_platform"]
@@ -121,14 +122,14 @@ class RknnBoardRuntime:
         import onnxruntime as ort
         from rknnlite.api import RKNNLite
 
-        folder = Path(artifact.path).resolve().parent
-        build = json.loads((folder / "build.json").read_text())
+        pkg = Path(artifact.path).resolve()
+        build = json.loads((pkg / "build.json").read_text())
         self.npu = RKNNLite()
-        if self.npu.load_rknn(str(artifact.path)) != 0 or self.npu.init_runtime() != 0:
-            raise ExportError(f"rknn-toolkit-lite2 could not load {artifact.path} on this device")
+        if self.npu.load_rknn(str(pkg / "model.rknn")) != 0 or self.npu.init_runtime() != 0:
+            raise ExportError(f"rknn-toolkit-lite2 could not load {pkg / 'model.rknn'} on this device")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
-        self.tail = ort.InferenceSession(str(folder / build["tail"]), so, providers=["CPUExecutionProvider"]) \
+        self.tail = ort.InferenceSession(str(pkg / build["tail"]), so, providers=["CPUExecutionProvider"]) \
             if build.get("tail") else None
         self.cut = build.get("cut") or []
         self.info: dict[str, Any] = {"precision_ran": f"{artifact.precision} (RKNN NPU)", "simulator": False,
@@ -210,6 +211,11 @@ class RknnBackend(Backend):
         work.mkdir(parents=True, exist_ok=True)
         keep = ctx.option("keep_head_float")
         body, tail, cut = split_head(onnx_path, keep, ctx.source, work)
+        pkg = work / "model"  # what ships and what a board runs: model.rknn, tail.onnx, build.json
+        shutil.rmtree(pkg, ignore_errors=True)
+        pkg.mkdir()
+        if tail is not None:
+            tail = Path(shutil.move(str(tail), str(pkg / "tail.onnx")))
         quantize = ctx.variant.precision == "int8"
         names: list[str] = []
         if quantize:
@@ -229,8 +235,8 @@ class RknnBackend(Backend):
                        "quantized_method": ctx.option("quantized_method")}
         if hybrid:
             config["auto_hybrid_cos_thresh"] = ctx.option("auto_hybrid_cos_thresh")
-        out = work / "model.rknn"
-        old = _SIMULATING.pop(str(out), None)
+        out = pkg / "model.rknn"
+        old = _SIMULATING.pop(str(pkg), None)
         if old is not None:
             old[0].close()
         with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"):
@@ -242,11 +248,11 @@ class RknnBackend(Backend):
             except BaseException:
                 w.close()
                 raise
-        _SIMULATING[str(out)] = (w, _sha(out))
+        _SIMULATING[str(pkg)] = (w, _sha(out))
         build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "hybrid": pairs, "calibration": names,
                  "tail": tail.name if tail else None, "cut": cut}
-        (work / "build.json").write_text(json.dumps(build, indent=1))
-        return Artifact(out, self.name, ctx.variant.precision, {
+        (pkg / "build.json").write_text(json.dumps(build, indent=1))
+        return Artifact(pkg, self.name, ctx.variant.precision, {
             "quantizer": f"rknn-toolkit2 {self.version()} ({config.get('quantized_algorithm', 'float16')}"
                          f"{', per ' + config['quantized_method'] if quantize else ''})",
             "target_platform": config["target_platform"], "calibration_used": len(names),
@@ -259,16 +265,9 @@ class RknnBackend(Backend):
         return {"float_blocks": [g.group for g in groups]}
 
     def deployable(self, ctx: ExportContext) -> Artifact:
-        """What a board runs: ``model.rknn`` (the NPU's part) and ``tail.onnx`` (the decoding, float, on its CPU)."""
-        art = self.export(ctx)
-        folder = Path(art.path).parent
-        dest = folder / "bundle"
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir()
-        for name in ("model.rknn", "tail.onnx", "build.json"):
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, dest / name)
-        return Artifact(dest, self.name, art.precision, art.info)
+        """What a board runs: the export's folder, ``model.rknn`` (the NPU's part) and ``tail.onnx`` (the decoding,
+        float, on its CPU)."""
+        return self.export(ctx)
 
     def deploy_notes(self, model_file: str) -> tuple[dict[str, Any], list[str]]:
         return {}, [f"`{model_file}/model.rknn` runs on the NPU of the Rockchip chip it was built for "
@@ -283,7 +282,7 @@ class RknnBackend(Backend):
         ``images`` calibration images (never evaluation ones): each layer's error alone, the worst per block."""
         art = self.export(ctx)
         folder = Path(art.path).resolve().parent
-        build = json.loads((folder / "build.json").read_text())
+        build = json.loads((Path(art.path) / "build.json").read_text())
         per_image = []
         with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
             w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"], True,
