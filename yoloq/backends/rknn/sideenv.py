@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
 ENV_PYTHON = "YOLOQ_RKNN_PYTHON"
 SETUP = "yoloq setup rknn"
+SETUP_TIMEOUT_S = 1800  # one step of the setup (the install downloads about 3 GB)
 
 
 def env_dir() -> Path:
@@ -89,7 +90,12 @@ def _install(folder: Path, py: Path, out: Any) -> None:
               "-r", str(REQUIREMENTS)],
              [str(py), "-c", "from rknn.api import RKNN"]]
     for cmd in steps:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=SETUP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BackendUnavailable(f"the RKNN environment could not be set up: {' '.join(cmd[-2:])} took over "
+                                     f"{SETUP_TIMEOUT_S} s (a slow or unreachable package index?)") from None
         if proc.returncode != 0:
             tail = [x for x in proc.stdout.strip().splitlines() if "WARNING: Location" not in x][-1:] or ["?"]
             raise BackendUnavailable(f"the RKNN environment could not be set up ({' '.join(cmd[-2:])} failed: "
