@@ -121,6 +121,11 @@ def test_rknn_fp16_and_int8_are_scored_by_the_simulator(tmp_path, rknn_env):
     assert recs["rknn-int8"]["size_mb"] < 0.75 * recs["rknn-fp16"]["size_mb"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "int8 (RKNN simulator, rk3588)" in report and "not timed here" in report
+    proc = run_cli("explain", str(tmp_path / "out"), "rknn-int8", timeout=600)  # the toolkit's analysis of it
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    share = float(proc.stdout.split("int8 share: ")[1].split("%")[0])
+    assert 90 < share <= 100  # every NPU convolution int8 (the CPU tail: the small DFL convolution, in float)
+    assert "| fp32 |" in proc.stdout and "| convert |" in proc.stdout
 
 
 @pytest.mark.shared

@@ -67,7 +67,7 @@ def reason(layer: LayerRun, kept: list[str]) -> str:
         return "inserted by the runtime: int8 <-> float conversion or layout reorder"
     if any(base == k or layer.name.endswith(k) or base.startswith(k + "/") for k in kept):
         return ("kept in float by the variant's scope (keep_head_float / keep_attention_float / keep_stem_float / "
-                "float_nodes)")
+                "float_nodes / float_blocks)")
     if layer.precision == "bf16":
         return "a float op the runtime runs in bf16 (the CPU's inference precision), no int8 kernel"
     return f"no int8 kernel for this op in the quantized graph ({layer.op.split(' ')[0]})"

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from yoloq.backends.base import GroupError
+from yoloq.backends.base import GroupError, LayerRun
 
 
 def layer_errors(text: str) -> list[tuple[str, str, float]]:
@@ -39,3 +39,35 @@ def group_errors(layers: list[list[tuple[str, str, float]]], granularity: str) -
         out.append(GroupError(key, tuple(sorted(names)), -10 * float(np.log10(rel)) if rel > 0 else float("inf"),
                               rel ** 0.5))
     return sorted(out, key=lambda g: g.sqnr_db)
+
+
+def conv_macs(onnx_path) -> dict[str, int]:  # noqa: ANN001 - a path
+    """Multiply-accumulates of each Conv of a static ONNX, by its output tensor name (output elements x input
+    channels per group x kernel area)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    weights = {w.name: list(w.dims) for w in model.graph.initializer}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and n.input[1] in weights and n.output[0] in shapes:
+            w = weights[n.input[1]]  # [out_ch, in_ch / group, kh, kw]
+            out[n.output[0]] = int(np.prod(shapes[n.output[0]])) * int(np.prod(w[1:]))
+    return out
+
+
+def executed(layers: list[tuple[str, str, float]], macs: dict[str, int], precision: str,
+             float16_blocks: list[str]) -> list[LayerRun]:
+    """The NPU's layers as the toolkit's analysis lists them: a conversion it inserted, a layer of a block kept in
+    float16, or the model's precision (int8, or fp16 for a float16 build)."""
+    from yoloq.backends.onnxruntime.sensitivity import block_of
+
+    out = []
+    for op, name, _ in layers:
+        if op == "Input":
+            continue
+        kind = "convert" if op == "exDataConvert" else "fp16" if block_of(name) in float16_blocks else precision
+        out.append(LayerRun(name, f"{op} (NPU)", kind, None, macs.get(name, 0) if op == "Conv" else 0))
+    return out

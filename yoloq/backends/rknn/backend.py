@@ -25,11 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.rknn import sideenv
-from yoloq.backends.rknn.analysis import group_errors, layer_errors
+from yoloq.backends.rknn.analysis import conv_macs, executed, group_errors, layer_errors
 from yoloq.backends.rknn.graph import block_ends, split_head, to_pixels
 from yoloq.backends.scope import CALIBRATION_IMAGES
 from yoloq.errors import BackendUnavailable, ExportError
@@ -257,6 +257,8 @@ class RknnBackend(Backend):
                          f"{', per ' + config['quantized_method'] if quantize else ''})",
             "target_platform": config["target_platform"], "calibration_used": len(names),
             "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds"),
+            "kept_float": ([ctx.source.head.scope.rstrip("/")] if tail else []) +
+                          ([f"/{b}" for b in ctx.option("float_blocks")] if pairs else []),
             **({"auto_hybrid": f"layers below cosine {config['auto_hybrid_cos_thresh']} in float16"}
                if hybrid else {}), **({"float16_blocks": list(ctx.option("float_blocks"))} if pairs else {})})
 
@@ -293,6 +295,34 @@ class RknnBackend(Backend):
                 w.call(sideenv.Analyze([str(folder / "calibration" / n)], str(dest)))
                 per_image.append(layer_errors((dest / "error_analysis.txt").read_text()))
         return group_errors(per_image, granularity)
+
+    def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
+        """The NPU's layers as the toolkit's analysis of the simulated model lists them on ``batch`` (int8, float16
+        blocks, conversions; MACs of each convolution), then the CPU tail's ops in float. No times: the simulator
+        is no measure of speed."""
+        import onnx
+
+        pkg = Path(artifact.path).resolve()
+        folder, build = pkg.parent, json.loads((pkg / "build.json").read_text())
+        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
+            dataset = None
+            if build["quantize"]:
+                dataset = str(Path(tmp) / "dataset.txt")
+                Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
+            w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"],
+                                 build["quantize"], dataset, simulate=True,
+                                 auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
+            np.save(Path(tmp) / "x.npy", to_pixels(batch[:1]))
+            w.call(sideenv.Analyze([str(Path(tmp) / "x.npy")], str(Path(tmp) / "a")))
+            layers = layer_errors((Path(tmp) / "a" / "error_analysis.txt").read_text())
+        npu = executed(layers, conv_macs(folder / "body.onnx"), str(artifact.precision),
+                       list(artifact.info.get("float16_blocks") or []))
+        tail = []
+        if build.get("tail"):
+            macs = conv_macs(pkg / build["tail"])
+            tail = [LayerRun(n.name, f"{n.op_type} (CPU)", "fp32", None, macs.get(n.output[0], 0))
+                    for n in onnx.load(str(pkg / build["tail"])).graph.node if n.op_type != "Constant"]
+        return npu + tail
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> RknnSimRuntime | RknnBoardRuntime:
         return RknnBoardRuntime(artifact, threads) if ON_BOARD else RknnSimRuntime(artifact, threads)
