@@ -45,6 +45,9 @@ def variant_key(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet
                                   "options": _keyed_options(v)},
             **({"artifact": content_sha256(external_path(cfg, v))} if v.artifact else {}),
             "model": source.sha256, "calibration": calibration.sha256, "versions": versions()}
+    extra = backend_class(v.format).key_extra()
+    if extra:  # only where a backend has some: every other key stays as it was
+        blob["toolkit"] = extra
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -190,6 +190,12 @@ class Backend(ABC):
     supports_sensitivity: ClassVar[bool] = False  # implements :meth:`sensitivity`
     timed_here: ClassVar[bool] = True  # False: its local runtime is a simulator, no measure of speed
 
+    @classmethod
+    def key_extra(cls) -> dict[str, str]:
+        """What decides this format's exports beyond yoloq's own environment (``versions()``), for the variant key:
+        e.g. the pins of a toolkit that lives in its own environment. Empty for most."""
+        return {}
+
     def setup(self) -> Path | None:
         """Create what this format needs beside yoloq's own environment (``yoloq setup FORMAT``): where it is, or
         None when it needs nothing."""

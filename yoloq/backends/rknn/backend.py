@@ -25,7 +25,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style
+from yoloq.backends.base import (
+    Artifact,
+    Backend,
+    ExportContext,
+    GroupError,
+    LayerRun,
+    OptionSpec,
+    Style,
+    TuneCandidate,
+)
 from yoloq.backends.onnx_base import base_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.rknn import sideenv
@@ -48,6 +57,31 @@ DISABLED_RULES = ("fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa",)
 _SIMULATING: dict[str, tuple[sideenv.Worker, str]] = {}
 
 
+def simulating(pkg: Path, tmp: Path) -> tuple[sideenv.Worker, bool]:
+    """A worker with the export in ``pkg`` in the simulator, and whether its bytes are the export's: the export's
+    own worker when this process made it (taken over), else a new one that builds it again from the same ONNX,
+    settings and calibration (the simulator runs only a model built in its own session)."""
+    live = _SIMULATING.pop(str(pkg), None)
+    if live is not None and live[1] == _sha(pkg / "model.rknn"):
+        return live[0], True
+    if live is not None:
+        live[0].close()
+    folder, build = pkg.parent, json.loads((pkg / "build.json").read_text())
+    dataset = None
+    if build["quantize"]:
+        dataset = str(tmp / "dataset.txt")
+        Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
+    worker = sideenv.Worker(folder / "toolkit.log")
+    try:
+        worker.call(sideenv.Build(str(folder / "body.onnx"), str(tmp / "simulated.rknn"), build["config"],
+                                  build["quantize"], dataset, simulate=True,
+                                  auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
+    except BaseException:
+        worker.close()
+        raise
+    return worker, _sha(tmp / "simulated.rknn") == _sha(pkg / "model.rknn")
+
+
 class RknnSimRuntime:
     """The simulated NPU model plus the CPU tail: ``predict`` gives the raw head output every format gives."""
 
@@ -55,28 +89,10 @@ class RknnSimRuntime:
         import onnxruntime as ort
 
         pkg = Path(artifact.path).resolve()  # model.rknn, tail.onnx, build.json; the build's inputs beside it
-        folder = pkg.parent
         build = json.loads((pkg / "build.json").read_text())
         self._tmp = tempfile.TemporaryDirectory(prefix="yoloq-rknn-")
         tmp = Path(self._tmp.name)
-        dataset = None
-        if build["quantize"]:
-            dataset = str(tmp / "dataset.txt")
-            Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
-        live = _SIMULATING.pop(str(pkg), None)
-        if live is not None and live[1] == _sha(pkg / "model.rknn"):  # the export's own session, still simulating
-            self.worker, same = live[0], True
-        else:
-            if live is not None:
-                live[0].close()
-            self.worker = sideenv.Worker(folder / "toolkit.log")
-            rebuilt = tmp / "simulated.rknn"
-            # the simulator runs a model built in its own session: the same ONNX, settings and calibration again
-            self.worker.call(sideenv.Build(str(folder / "body.onnx"), str(rebuilt), build["config"],
-                                           build["quantize"], dataset, simulate=True,
-                                           auto_hybrid=build.get("auto_hybrid", False),
-                                           hybrid=build.get("hybrid") or None))
-            same = _sha(rebuilt) == _sha(pkg / "model.rknn")
+        self.worker, same = simulating(pkg, tmp)
         self.tail = None
         if build.get("tail"):
             so = ort.SessionOptions()
@@ -192,6 +208,11 @@ class RknnBackend(Backend):
                                              f"again after removing {sideenv.env_dir()}") from None
         return RknnBackend._version
 
+    @classmethod
+    def key_extra(cls) -> dict[str, str]:
+        """The side environment's pins (their hash): another toolkit build makes other files."""
+        return {"rknn_pins": sideenv.pins_digest()}
+
     def setup(self) -> Path:
         """The toolkit's own environment, from the pinned requirements (about 6 GB, a few minutes the first time)."""
         from yoloq.progress import say
@@ -282,18 +303,16 @@ class RknnBackend(Backend):
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
         """Rank blocks (or conv layers) by the toolkit's own accuracy analysis of the simulated INT8 model on
         ``images`` calibration images (never evaluation ones): each layer's error alone, the worst per block."""
-        art = self.export(ctx)
-        folder = Path(art.path).resolve().parent
-        build = json.loads((Path(art.path) / "build.json").read_text())
+        pkg = Path(self.export(ctx).path).resolve()
+        build = json.loads((pkg / "build.json").read_text())
         per_image = []
-        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
-            w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"], True,
-                                 str(folder / "dataset.txt"), simulate=True,
-                                 auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
-            for n in build["calibration"][:images]:
-                dest = Path(tmp) / n
-                w.call(sideenv.Analyze([str(folder / "calibration" / n)], str(dest)))
-                per_image.append(layer_errors((dest / "error_analysis.txt").read_text()))
+        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp:
+            w, _ = simulating(pkg, Path(tmp))
+            with w:
+                for n in build["calibration"][:images]:
+                    dest = Path(tmp) / n
+                    w.call(sideenv.Analyze([str(pkg.parent / "calibration" / n)], str(dest)))
+                    per_image.append(layer_errors((dest / "error_analysis.txt").read_text()))
         return group_errors(per_image, granularity)
 
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
@@ -304,17 +323,12 @@ class RknnBackend(Backend):
 
         pkg = Path(artifact.path).resolve()
         folder, build = pkg.parent, json.loads((pkg / "build.json").read_text())
-        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp, sideenv.Worker(folder / "toolkit.log") as w:
-            dataset = None
-            if build["quantize"]:
-                dataset = str(Path(tmp) / "dataset.txt")
-                Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
-            w.call(sideenv.Build(str(folder / "body.onnx"), str(Path(tmp) / "m.rknn"), build["config"],
-                                 build["quantize"], dataset, simulate=True,
-                                 auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
-            np.save(Path(tmp) / "x.npy", to_pixels(batch[:1]))
-            w.call(sideenv.Analyze([str(Path(tmp) / "x.npy")], str(Path(tmp) / "a")))
-            layers = layer_errors((Path(tmp) / "a" / "error_analysis.txt").read_text())
+        with tempfile.TemporaryDirectory(prefix="yoloq-rknn-") as tmp:
+            w, _ = simulating(pkg, Path(tmp))
+            with w:
+                np.save(Path(tmp) / "x.npy", to_pixels(batch[:1]))
+                w.call(sideenv.Analyze([str(Path(tmp) / "x.npy")], str(Path(tmp) / "a")))
+                layers = layer_errors((Path(tmp) / "a" / "error_analysis.txt").read_text())
         npu = executed(layers, conv_macs(folder / "body.onnx"), str(artifact.precision),
                        list(artifact.info.get("float16_blocks") or []))
         tail = []
@@ -325,11 +339,11 @@ class RknnBackend(Backend):
         return npu + tail
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> RknnSimRuntime | RknnBoardRuntime:
-        return RknnBoardRuntime(artifact, threads) if ON_BOARD else RknnSimRuntime(artifact, threads)
+        rt = RknnBoardRuntime(artifact, threads) if ON_BOARD else RknnSimRuntime(artifact, threads)
+        rt.info["toolkit"] = self.version()  # not among yoloq's own versions: it lives in its own environment
+        return rt
 
-    def tune_space(self, machine: Mapping[str, Any]) -> list:
-        from yoloq.backends.base import TuneCandidate
-
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "the toolkit's defaults: normal ranges, per-channel weights, decoding on the CPU"),
             ("hybrid", {"auto_hybrid": True}, "the toolkit keeps the layers it finds worst in float16"),

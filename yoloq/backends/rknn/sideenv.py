@@ -29,10 +29,14 @@ SETUP = "yoloq setup rknn"
 SETUP_TIMEOUT_S = 1800  # one step of the setup (the install downloads about 3 GB)
 
 
+def pins_digest() -> str:
+    """The hash of the pinned requirements: it names the environment and enters RKNN variant keys."""
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:10]
+
+
 def env_dir() -> Path:
     """The side environment's folder: named by the hash of the pinned requirements."""
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:10]
-    return cache_root() / "envs" / f"rknn-{digest}"
+    return cache_root() / "envs" / f"rknn-{pins_digest()}"
 
 
 def _ready_marker(folder: Path) -> Path:
@@ -57,7 +61,7 @@ def python() -> Path:
                                      f"rknn-toolkit2, or unset it and run '{SETUP}'")
         return Path(given)
     folder = env_dir()
-    if not _ready_marker(folder).is_file():
+    if not _ready_marker(folder).is_file() or not (folder / "bin" / "python").exists():
         raise BackendUnavailable(f"RKNN's toolkit lives in its own environment, not set up here: run '{SETUP}' "
                                  f"(about 6 GB under {folder.parent}; rknn-toolkit2 2.5.0 pins torch 2.4 and "
                                  f"numpy 1.26) or set ${ENV_PYTHON}")
