@@ -284,6 +284,7 @@ class Backend(ABC):
 
     def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
         """The variant options that keep ``groups`` (from :meth:`sensitivity`) in float besides its own scope:
-        their ONNX node names, where the backend takes ``float_nodes`` (else none: nothing to offer). ``yoloq
-        tune`` makes its sensitivity candidates from this."""
+        their ONNX node names, where the backend takes ``float_nodes`` (else none: nothing to offer; for no groups,
+        the option with an empty list, so ``keep_float([])`` says whether a backend can). ``yoloq tune`` makes its
+        sensitivity candidates from this."""
         return {"float_nodes": [n for g in groups for n in g.nodes]} if "float_nodes" in self.options else {}

@@ -23,7 +23,7 @@ import numpy as np
 
 from yoloq.agreement import StoredDetections, agreement_eval
 from yoloq.artifacts import ensure_artifact, variant_key
-from yoloq.backends.base import Artifact, ExportContext, GroupError
+from yoloq.backends.base import Artifact, ExportContext
 from yoloq.backends.registry import get_backend, resolve_variant
 from yoloq.bootstrap import PerImageEval, interval, resample_weights, resampled_maps
 from yoloq.config import RunConfig, TuneConfig, VariantConfig
@@ -117,7 +117,7 @@ class TuneSearch:
             backend = get_backend(v.format)
             base = next(t for t in self.trials if t.variant == v.label)
             bv = self.variants[base.name]
-            if not backend.supports_sensitivity or not backend.keep_float([GroupError("probe", ("probe",), 0, 0)]):
+            if not backend.supports_sensitivity or not backend.keep_float([]):
                 continue  # no ranking, or no option that keeps a ranked block in float
             n_img = self.tune.sensitivity_images
             ctx = ExportContext(inputs.source, bv, self.cfg.imgsz, inputs.calibration,
