@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,40 @@ def test_variants_that_differ_only_in_scope_share_one_calibration(tmp_path: Path
     lines = (tmp_path / "both" / "records.jsonl").read_text().splitlines()
     recs = {json.loads(x)["name"]: json.loads(x) for x in lines}
     assert recs["ort-stem0"]["status"] == "ok" and recs["onnxruntime-int8"]["status"] == "ok"
+
+
+@pytest.mark.shared
+def test_ort_calibrates_only_the_tensors_its_int8_nodes_read(tmp_path: Path):
+    """A variant with layers in float calibrates only the tensors its int8 nodes read (the shared YOLO11n, its
+    stem and head in float: fewer tensors), and its INT8 model is the one calibrating every tensor gives, byte
+    for byte; a second variant of the run with fewer layers in float calibrates only the tensors missing from
+    the ranges kept for the run, and its model too is the full calibration's."""
+    from yoloq.backends.onnxruntime.quantize import (
+        calibrate,
+        calibration_reader,
+        collect_ranges,
+        quantize_file,
+        quantized_tensors,
+    )
+    from yoloq.backends.registry import backend_class, resolve_options
+    from yoloq.backends.scope import float_scope
+    from yoloq.data.calibration import CalibrationSet
+
+    fp32 = shared_root() / "models" / "yolo11n.onnx"
+    images = tuple(sorted((shared_root() / "datasets" / "coco-mini" / "train2017").glob("*.jpg"))[:6])
+    cal = CalibrationSet(images=images, sources=("test",), seed=0, requested=6, sha256="six", pool=6,
+                         hashes=tuple(str(i) for i in range(6)))
+    options = resolve_options(backend_class("onnxruntime"), "int8", {}, "v")
+    share = tmp_path / "share"
+    for scope, name in ((float_scope(fp32, options), "scoped"), ([], "all")):
+        work = tmp_path / name
+        work.mkdir()
+        prep, cache, _ = calibrate(fp32, work, cal, 96, options, work / "narrow.onnx", scope, share=share)
+        full = work / "full.json"
+        collect_ranges(prep, calibration_reader(cal, 96, "images"), options, full)
+        quantize_file(prep, work / "full.onnx", options, full, scope)
+        assert (work / "narrow.onnx").read_bytes() == (work / "full.onnx").read_bytes()
+        want = quantized_tensors(prep, scope)
+        if scope:
+            assert len(want) < len(quantized_tensors(prep))
+        assert want <= set(json.loads(cache.read_text())["data"])

@@ -13,10 +13,10 @@ same counts as its ``np.histogram`` with explicit edges (which sorts every value
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -121,18 +121,65 @@ def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def _calibrator(prep: Path, augmented: str, method: Any, options: Mapping[str, Any] | None = None) -> Any:
+def _op_types() -> list[str]:
+    """The op types calibrated: ``quantize_static``'s defaults for both formats."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def quantized_tensors(prep: Path, exclude: list[str] | None = None) -> set[str]:
+    """The tensors whose ranges quantizing ``prep`` with ``exclude`` left in float can read: the float inputs and
+    outputs (not initializers) of every node of a calibrated op type that is not excluded. With nothing
+    excluded, every tensor ONNX Runtime's calibrator selects (its ``select_tensors_to_calibrate``)."""
+    import itertools
+
+    import onnx
+
+    graph = onnx.load(str(prep), load_external_data=False).graph
+    infos = {v.name: v for v in itertools.chain(graph.value_info, graph.output, graph.input)}
+    init = {i.name for i in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    ops, skip = set(_op_types()), set(exclude or ())
+    return {t for n in graph.node if n.op_type in ops and n.name not in skip for t in itertools.chain(n.input, n.output)
+            if t in infos and t not in init and infos[t].type.HasField("tensor_type")
+            and infos[t].type.tensor_type.elem_type in floats}
+
+
+@contextlib.contextmanager
+def _only(tensors: set[str] | None) -> Iterator[None]:
+    """While a calibrator is made, it augments the graph with only ``tensors`` (all it would select: None): ONNX
+    Runtime's calibrators take op types, not tensors, so its selection is narrowed for the call."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    if tensors is None:
+        yield
+        return
+    select = CalibraterBase.select_tensors_to_calibrate
+
+    def narrowed(self: Any, model: Any) -> tuple[set[str], dict[str, Any]]:
+        found, infos = select(self, model)
+        return set(found) & tensors, infos
+
+    CalibraterBase.select_tensors_to_calibrate = narrowed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        CalibraterBase.select_tensors_to_calibrate = select  # type: ignore[method-assign]
+
+
+def _calibrator(prep: Path, augmented: str, method: Any, options: Mapping[str, Any] | None = None,
+                tensors: set[str] | None = None) -> Any:
     """ONNX Runtime's calibrator, made as ``quantize_static`` makes it (with the variant's percentile and
-    range symmetry); a histogram method's tensors are binned on threads, one tensor per task, by ONNX
-    Runtime's own code (so the same histograms)."""
+    range symmetry), for ``tensors`` only (None: every tensor it selects); a histogram method's tensors are
+    binned on threads, one tensor per task, by ONNX Runtime's own code (so the same histograms)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default op types
-    calibrator = create_calibrator(prep, ops, augmented_model_path=augmented, calibrate_method=method,
-                                   extra_options=_settings(options or {}))
+    with _only(tensors):
+        calibrator = create_calibrator(prep, _op_types(), augmented_model_path=augmented, calibrate_method=method,
+                                       extra_options=_settings(options or {}))
     if method == CalibrationMethod.MinMax:
         return calibrator
 
@@ -222,8 +269,9 @@ def _collect(calibrator: Any, reader: Any, first: dict[str, tuple[float, float]]
     return calibrator.compute_data()
 
 
-def collect_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path) -> dict[str, Any]:
-    """Calibrate ``prep`` over ``reader``'s images and write the ranges to ``cache``.
+def collect_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path,
+                   tensors: set[str] | None = None) -> dict[str, Any]:
+    """Calibrate ``prep`` over ``reader``'s images and write the ranges of ``tensors`` (None: all) to ``cache``.
 
     Returns:
         What was done about tensors a histogram could not bin (empty when nothing was).
@@ -234,12 +282,13 @@ def collect_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: P
 
     try:
         with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
-            save_tensors_data(_collect(_calibrator(prep, f"{tmp}/aug.onnx", _method(options), options), reader), cache)
+            save_tensors_data(_collect(_calibrator(prep, f"{tmp}/aug.onnx", _method(options), options, tensors),
+                                       reader), cache)
         return {}
     except ValueError as e:
         if "bins" not in str(e) or options["calibrate_method"] == "minmax":
             raise
-    bad = robust_ranges(prep, reader, options, cache)
+    bad = robust_ranges(prep, reader, options, cache, tensors)
     return {"minmax_ranges": bad, "why": f"{options['calibrate_method']} histograms cannot bin these "
                                          f"(nearly) constant tensors; their range is their min/max"}
 
@@ -259,7 +308,8 @@ def degenerate(lowest: float, highest: float) -> bool:
     return top < 1e-30 or (top - bottom) <= 1e-3 * top
 
 
-def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path) -> list[str]:
+def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Path,
+                  tensors: set[str] | None = None) -> list[str]:
     """Histogram ranges where a histogram can be made, MinMax ranges where it cannot, written to ``cache``.
 
     Returns:
@@ -272,9 +322,10 @@ def robust_ranges(prep: Path, reader: Any, options: Mapping[str, Any], cache: Pa
     method = _method(options)
     first: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="yoloq-calib-") as tmp:
-        minmax = _collect(_calibrator(prep, f"{tmp}/minmax.onnx", CalibrationMethod.MinMax), reader, first)
+        minmax = _collect(_calibrator(prep, f"{tmp}/minmax.onnx", CalibrationMethod.MinMax, tensors=tensors), reader,
+                          first)
         bad = sorted(t for t, r in first.items() if degenerate(*r))
-        hist = _calibrator(prep, f"{tmp}/hist.onnx", method, options)
+        hist = _calibrator(prep, f"{tmp}/hist.onnx", method, options, tensors)
         symmetric = hist.symmetric
         hist.tensors_to_calibrate = set(hist.tensors_to_calibrate) - set(bad)
         data = dict(_collect(hist, reader).data)
@@ -300,19 +351,37 @@ def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int
     prep, cache = workdir / "model_prep.onnx", workdir / "ranges.json"
     input_name = prepare_model(fp32, prep)
     cache.unlink(missing_ok=True)  # ranges of this calibration only
+    # only the tensors this variant's int8 nodes read (accuracy control may quantize any node: all of them);
+    # each tensor's histogram is its own, so ranges computed for other variants serve as they are
+    want = quantized_tensors(prep, None if options.get("accuracy_control") else exclude)
     shared = _shared_ranges(fp32, share, calibration, imgsz, options) if share else None
+    ranges: dict[str, Any] = {}
+    robust: dict[str, Any] = {}
     if shared and shared.with_suffix(".json").is_file() and shared.with_suffix(".bad.json").is_file():
-        shutil.copyfile(shared.with_suffix(".json"), cache)  # the same ranges: scope-only variants skip calibration
+        ranges = json.loads(shared.with_suffix(".json").read_text())
         robust = json.loads(shared.with_suffix(".bad.json").read_text())
-    else:
-        robust = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache)
+    missing = want - set(ranges.get("data", {}))
+    if missing:  # scope-only variants whose tensors are all in the shared file skip calibration
+        new = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache, missing)
+        ranges = {**json.loads(cache.read_text()), "data": {**ranges.get("data", {}),
+                                                            **json.loads(cache.read_text())["data"]}}
+        robust = _merged(robust, new)
         if shared:
             shared.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cache, shared.with_suffix(".json.partial"))
             write_atomic(shared.with_suffix(".bad.json"), json.dumps(robust))
-            shared.with_suffix(".json.partial").replace(shared.with_suffix(".json"))
+            write_atomic(shared.with_suffix(".json"), json.dumps(ranges))
+    write_atomic(cache, json.dumps(ranges))
     quantize_file(prep, out, options, cache, exclude)
     return prep, cache, robust
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two calibrations' notes on tensors a histogram could not bin, as one."""
+    if not new:
+        return old
+    if not old:
+        return new
+    return {**new, "minmax_ranges": sorted(set(old["minmax_ranges"]) | set(new["minmax_ranges"]))}
 
 
 def _shared_ranges(fp32: Path, folder: Path, calibration: CalibrationSet, imgsz: int,
