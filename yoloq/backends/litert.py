@@ -108,7 +108,8 @@ class LiteRtBackend(Backend):
         # ai-edge-quantizer's clipping that minimises the weights' mean squared error, OCTAV's (Sakr et al.
         # 2022, Newton iterations) or "mse" (0.054 x the channel's RMS, a Gaussian's optimum)
         "weight_clipping": OptionSpec(str, "minmax", ("minmax", "octav", "mse"),
-                                      "int8 convolution weight scales: largest weight or MSE-optimal clipping", INT8),
+                                      "int8 convolution weight scales: largest weight or MSE-optimal clipping", INT8,
+                                      before="minmax"),
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_attention_float": KEEP_ATTENTION_FLOAT,
         "keep_stem_float": KEEP_STEM_FLOAT,
