@@ -370,7 +370,12 @@ def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int
             shared.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(shared.with_suffix(".bad.json"), json.dumps(robust))
             write_atomic(shared.with_suffix(".json"), json.dumps(ranges))
-    write_atomic(cache, json.dumps(ranges))
+    if ranges:
+        write_atomic(cache, json.dumps(ranges))
+    else:  # no int8 node reads a tensor: an empty range table, in ONNX Runtime's own form
+        from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+        save_tensors_data(TensorsData(_method(options), {}), cache)
     quantize_file(prep, out, options, cache, exclude)
     return prep, cache, robust
 
