@@ -162,8 +162,8 @@ def test_ort_calibrates_only_the_tensors_its_int8_nodes_read(tmp_path: Path):
         calibration_reader,
         collect_ranges,
         quantize_file,
-        quantized_tensors,
     )
+    from yoloq.backends.onnxruntime.tensors import quantized_tensors
     from yoloq.backends.registry import backend_class, resolve_options
     from yoloq.backends.scope import float_scope
     from yoloq.data.calibration import CalibrationSet

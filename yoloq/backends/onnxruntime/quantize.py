@@ -13,13 +13,13 @@ same counts as its ``np.histogram`` with explicit edges (which sorts every value
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from yoloq.backends.onnxruntime.tensors import only, op_types, quantized_tensors
 from yoloq.data.calibration import CalibrationSet
 from yoloq.provenance import worker_threads
 from yoloq.records import write_atomic
@@ -121,53 +121,6 @@ def _settings(options: Mapping[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def _op_types() -> list[str]:
-    """The op types calibrated: ``quantize_static``'s defaults for both formats."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-
-
-def quantized_tensors(prep: Path, exclude: list[str] | None = None) -> set[str]:
-    """The tensors whose ranges quantizing ``prep`` with ``exclude`` left in float can read: the float inputs and
-    outputs (not initializers) of every node of a calibrated op type that is not excluded. With nothing
-    excluded, every tensor ONNX Runtime's calibrator selects (its ``select_tensors_to_calibrate``)."""
-    import itertools
-
-    import onnx
-
-    graph = onnx.load(str(prep), load_external_data=False).graph
-    infos = {v.name: v for v in itertools.chain(graph.value_info, graph.output, graph.input)}
-    init = {i.name for i in graph.initializer}
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
-    ops, skip = set(_op_types()), set(exclude or ())
-    return {t for n in graph.node if n.op_type in ops and n.name not in skip for t in itertools.chain(n.input, n.output)
-            if t in infos and t not in init and infos[t].type.HasField("tensor_type")
-            and infos[t].type.tensor_type.elem_type in floats}
-
-
-@contextlib.contextmanager
-def _only(tensors: set[str] | None) -> Iterator[None]:
-    """While a calibrator is made, it augments the graph with only ``tensors`` (all it would select: None): ONNX
-    Runtime's calibrators take op types, not tensors, so its selection is narrowed for the call."""
-    from onnxruntime.quantization.calibrate import CalibraterBase
-
-    if tensors is None:
-        yield
-        return
-    select = CalibraterBase.select_tensors_to_calibrate
-
-    def narrowed(self: Any, model: Any) -> tuple[set[str], dict[str, Any]]:
-        found, infos = select(self, model)
-        return set(found) & tensors, infos
-
-    CalibraterBase.select_tensors_to_calibrate = narrowed  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        CalibraterBase.select_tensors_to_calibrate = select  # type: ignore[method-assign]
-
-
 def _calibrator(prep: Path, augmented: str, method: Any, options: Mapping[str, Any] | None = None,
                 tensors: set[str] | None = None) -> Any:
     """ONNX Runtime's calibrator, made as ``quantize_static`` makes it (with the variant's percentile and
@@ -177,8 +130,8 @@ def _calibrator(prep: Path, augmented: str, method: Any, options: Mapping[str, A
 
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
 
-    with _only(tensors):
-        calibrator = create_calibrator(prep, _op_types(), augmented_model_path=augmented, calibrate_method=method,
+    with only(tensors):
+        calibrator = create_calibrator(prep, op_types(), augmented_model_path=augmented, calibrate_method=method,
                                        extra_options=_settings(options or {}))
     if method == CalibrationMethod.MinMax:
         return calibrator
