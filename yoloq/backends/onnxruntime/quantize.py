@@ -316,8 +316,8 @@ def calibrate(fp32: Path, workdir: Path, calibration: CalibrationSet, imgsz: int
     missing = want - set(ranges.get("data", {}))
     if missing:  # scope-only variants whose tensors are all in the shared file skip calibration
         new = collect_ranges(prep, calibration_reader(calibration, imgsz, input_name), options, cache, missing)
-        ranges = {**json.loads(cache.read_text()), "data": {**ranges.get("data", {}),
-                                                            **json.loads(cache.read_text())["data"]}}
+        fresh = json.loads(cache.read_text())
+        ranges = {**fresh, "data": {**ranges.get("data", {}), **fresh["data"]}}
         robust = _merged(robust, new)
         if shared:
             shared.parent.mkdir(parents=True, exist_ok=True)

@@ -71,15 +71,21 @@ def simulating(pkg: Path, tmp: Path) -> tuple[sideenv.Worker, bool]:
     if build["quantize"]:
         dataset = str(tmp / "dataset.txt")
         Path(dataset).write_text("".join(f"{folder / 'calibration' / n}\n" for n in build["calibration"]))
-    worker = sideenv.Worker(folder / "toolkit.log")
+    worker, _ = _simulate(folder / "toolkit.log", sideenv.Build(
+        str(folder / "body.onnx"), str(tmp / "simulated.rknn"), build["config"], build["quantize"], dataset,
+        simulate=True, auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
+    return worker, _sha(tmp / "simulated.rknn") == _sha(pkg / "model.rknn")
+
+
+def _simulate(log: Path, request: sideenv.Build) -> tuple[sideenv.Worker, dict[str, Any]]:
+    """A new worker that has built ``request`` and keeps the model in its simulator, and the build's reply (the
+    worker is closed if the build fails)."""
+    worker = sideenv.Worker(log)
     try:
-        worker.call(sideenv.Build(str(folder / "body.onnx"), str(tmp / "simulated.rknn"), build["config"],
-                                  build["quantize"], dataset, simulate=True,
-                                  auto_hybrid=build.get("auto_hybrid", False), hybrid=build.get("hybrid") or None))
+        return worker, worker.call(request)
     except BaseException:
         worker.close()
         raise
-    return worker, _sha(tmp / "simulated.rknn") == _sha(pkg / "model.rknn")
 
 
 class RknnSimRuntime:
@@ -261,14 +267,9 @@ class RknnBackend(Backend):
         if old is not None:
             old[0].close()
         with step(f"build {ctx.variant.label} with rknn-toolkit2 {self.version()}"):
-            w = sideenv.Worker(work / "toolkit.log")
-            try:
-                reply = w.call(sideenv.Build(str(body), str(out), config, quantize,
-                                             str(work / "dataset.txt") if quantize else None, simulate=True,
-                                             auto_hybrid=hybrid, hybrid=pairs or None))
-            except BaseException:
-                w.close()
-                raise
+            w, reply = _simulate(work / "toolkit.log", sideenv.Build(
+                str(body), str(out), config, quantize, str(work / "dataset.txt") if quantize else None,
+                simulate=True, auto_hybrid=hybrid, hybrid=pairs or None))
         _SIMULATING[str(pkg)] = (w, _sha(out))
         build = {"config": config, "quantize": quantize, "auto_hybrid": hybrid, "hybrid": pairs, "calibration": names,
                  "tail": tail.name if tail else None, "cut": cut}
