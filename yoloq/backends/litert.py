@@ -110,6 +110,11 @@ class LiteRtBackend(Backend):
         "weight_clipping": OptionSpec(str, "minmax", ("minmax", "octav", "mse"),
                                       "int8 convolution weight scales: largest weight or MSE-optimal clipping", INT8,
                                       before="minmax"),
+        # how the int8 convolution weights are rounded on that grid: to nearest, or by GPTQ (litert_gptq.py), each
+        # convolution's rounding error folded into its weights not yet rounded, from its inputs on the first
+        # GPTQ_IMAGES calibration images; the same int8 grid and speed, only the integers differ
+        "weight_rounding": OptionSpec(str, "nearest", ("nearest", "gptq"),
+                                      "int8 convolution weights rounded to nearest or by GPTQ", INT8, before="nearest"),
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_attention_float": KEEP_ATTENTION_FLOAT,
         "keep_stem_float": KEEP_STEM_FLOAT,
@@ -137,7 +142,8 @@ class LiteRtBackend(Backend):
             ("stem2", {"keep_stem_float": 2}, "one layer fewer in float (faster, if accuracy holds)"),
             ("stem4", {"keep_stem_float": 4}, "one layer more in float"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
-            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's 200 needed?"))]
+            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's 200 needed?"),
+            ("gptq", {"weight_rounding": "gptq"}, "int8 weights rounded by GPTQ against their inputs, not to nearest"))]
 
     @staticmethod
     def _fp32(ctx: ExportContext) -> tuple[Head, Path]:
@@ -167,6 +173,9 @@ class LiteRtBackend(Backend):
             from ai_edge_quantizer.algorithm_manager import AlgorithmName
         except ImportError:
             raise BackendUnavailable("ai-edge-quantizer is not installed (pip install ai-edge-quantizer)") from None
+        rounded: dict[str, Any] = {}
+        if p == "int8" and ctx.option("weight_rounding") == "gptq":
+            fp32, rounded = self._gptq(ctx, fp32, head)
         qt = quantizer.Quantizer(str(fp32))
         with step(f"quantize {ctx.variant.label}"):
             try:
@@ -186,7 +195,7 @@ class LiteRtBackend(Backend):
                 raise
             except Exception as e:  # noqa: BLE001 - the quantizer raises many kinds
                 raise ExportError(f"ai-edge-quantizer {p} failed: {type(e).__name__}: {e}") from e
-        return Artifact(out, self.name, p, {**base_info, **info})
+        return Artifact(out, self.name, p, {**base_info, **info, **rounded})
 
     @staticmethod
     def _static_recipe(ctx: ExportContext, qt: Any, head: Head, only: str = ".*") -> list[tuple[str, str]]:
@@ -241,6 +250,30 @@ class LiteRtBackend(Backend):
                 qt.update_quantization_recipe(regex=within(regex), operation_name=op, op_config=w8,
                                               algorithm_key=recipe.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
         return kept
+
+    @staticmethod
+    def _gptq(ctx: ExportContext, fp32: Path, head: Head) -> tuple[Path, dict[str, Any]]:
+        """A copy of the FP32 model whose int8-stored convolution weights are GPTQ-rounded (the stem's included;
+        the head's decode and output convolutions, the attention and the user's float patterns and types not)."""
+        from yoloq.backends import litert_gptq
+
+        if ctx.option("weight_clipping") != "minmax":
+            raise ConfigError("options.weight_rounding: gptq rounds on the largest-weight grid; set weight_clipping: "
+                              "minmax (the default) or weight_rounding: nearest")
+        decode, outputs = head_patterns(head, ctx.option("keep_head_float"))
+        attention = [ATTENTION] if ctx.option("keep_attention_float") else []
+        rounds = litert_gptq.name_filter([*decode, *outputs, *attention, *(ctx.option("float_patterns") or [])],
+                                         set(ctx.option("float_types") or []))
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        out = ctx.workdir / "gptq_fp32.tflite"
+        with step(f"GPTQ {ctx.variant.label}"):
+            images = ctx.calibration_images().take(litert_gptq.GPTQ_IMAGES).batches(ctx.imgsz, progress="  GPTQ inputs")
+            try:
+                done = litert_gptq.apply(fp32, out, images, rounds)
+            except (OSError, ValueError, np.linalg.LinAlgError) as e:
+                raise ExportError(f"GPTQ rounding of {fp32.name} failed: {type(e).__name__}: {e}") from e
+        return out, {"weight_rounding": f"GPTQ: {done['convolutions']} convolutions, inputs from {done['images']} "
+                                        "calibration images"}
 
     def _int8(self, ctx: ExportContext, qt: Any, fp32: Path, out: Path, head: Head) -> dict[str, Any]:
         sig, name = _signature_input(fp32)
