@@ -61,6 +61,18 @@ def test_speed_then_size_break_ties_among_equally_simple_candidates():
     assert choose([a, b, c], 0.99) is c
 
 
+def test_timings_within_noise_do_not_decide_the_best_agreement_does():
+    """Two equally simple candidates with the same graph (ranges, rounding) time 2% apart: that is noise, so
+    the one that agrees more wins; a candidate 10% faster still wins on speed."""
+    best = _trial("gptq", 1, 0.9645, 0.994, p50=25.0, float_p50=46.0)
+    tie = {"float_p50": 46.0, "vs_agree": (0.0067, -0.001, 0.0125), "vs_map": (0.0, -0.003, 0.004)}
+    cal = _trial("cal64", 1, 0.9578, 0.994, p50=24.4, **tie)
+    assert choose([best, cal], 0.99) is best
+    assert "agrees more" in cal.verdict
+    quick = _trial("cal64", 1, 0.9578, 0.994, p50=22.0, **tie)
+    assert choose([_trial("gptq", 1, 0.9645, 0.994, p50=25.0, float_p50=46.0), quick], 0.99) is quick
+
+
 def test_never_an_int8_setting_slower_than_the_float_variant():
     slow = _trial("default", 0, 0.99, 1.0, p50=30.0, float_p50=20.0)
     fast = _trial("stem0", 1, 0.90, 0.97, p50=15.0, float_p50=20.0)
@@ -68,6 +80,30 @@ def test_never_an_int8_setting_slower_than_the_float_variant():
     assert "slower here" in slow.verdict
     only_slow = _trial("default", 0, 0.99, 1.0, p50=30.0, float_p50=20.0)
     assert choose([only_slow], 0.99) is None and "never recommended" in only_slow.verdict
+
+
+def test_pruning_keeps_a_candidate_the_first_images_cannot_tell_from_the_best():
+    """Successive halving keeps the better half by agreement, the baseline, and a candidate below the half whose
+    paired interval against the best includes 0; one the interval puts below the best is pruned."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from yoloq.tune.search import TuneSearch
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.004, 400)
+    agree = {"base": 0.950, "a": 0.962, "b": 0.960, "close": 0.958, "far": 0.930}
+    trials = [Trial(f"v@{n}", "v", "fmt", n, {}, "", 0 if n == "base" else 1, status="ok", images=125,
+                    agreement=x, rounds=[{"images": 125}]) for n, x in agree.items()]
+    boot = {f"v@{n}": x + noise + rng.normal(0, 0.001, 400) for n, x in agree.items()}  # paired resamples
+    boot["v@close"] = agree["close"] + noise + rng.normal(0, 0.004, 400)  # its own noise: not told from "a"
+    TuneSearch._prune(SimpleNamespace(tune=SimpleNamespace(keep=0.4, seed=0)), trials, boot)
+    status = {t.candidate: t.status for t in trials}
+    assert status == {"base": "ok", "a": "ok", "b": "ok", "close": "ok", "far": "pruned"}, status
+    close, far = trials[3], trials[4]
+    assert not close.rounds[-1]["kept_as_close"]["significant"]
+    assert "below the best" in far.reason and "ranked 5 of 5" in far.reason
 
 
 def test_the_budget_comes_before_agreement():
@@ -150,7 +186,13 @@ def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
     assert worst["changed"] == 1 and "ranks worst in float (model." in worst["why"]
     assert len(worst["options"]["float_patterns"]) == 1
     assert sum(t["chosen"] for t in trials) == 1
-    assert {t["status"] for t in trials} <= {"ok", "pruned"} and any(t["status"] == "pruned" for t in trials)
+    assert {t["status"] for t in trials} <= {"ok", "pruned"}
+    first = sorted(trials, key=lambda t: -t["rounds"][0]["agreement"])
+    for rank, t in enumerate(first, 1):  # the better half and the baseline go on; below it, only the close ones
+        if rank <= -(-len(trials) // 2) or not t["changed"]:
+            assert t["status"] == "ok", t
+        else:
+            assert (t["status"] == "ok") == ("kept_as_close" in t["rounds"][0]), t
     for t in trials:
         assert t["verdict"] and t["rounds"] and t["rounds"][0]["images"] == 6
         if t["status"] == "ok":

@@ -228,7 +228,8 @@ class TuneConfig:
 
     ``data`` is the tuning split (never the evaluation split, never calibration images); candidates are
     scored on its first ``first_images`` images (seeded order), the better ``keep`` share of each
-    backend's candidates then on all of them (successive halving); ``minutes`` bounds the search.
+    backend's candidates (and any the first images cannot tell from the best) then on all of them (successive
+    halving); ``minutes`` bounds the search.
     ``sensitivity``: for a backend that ranks its layers, one candidate per count N that keeps the N blocks
     ranked worst (on ``sensitivity_images`` calibration images) in float; empty: none.
     """

@@ -7,14 +7,17 @@
 3. A candidate *ties* the leader when neither paired interval says the leader is better: the 95% interval of
    leader - candidate excludes 0 from above neither for agreement nor for mAP50-95 against ground truth (and
    it keeps the budget when the leader does).
-4. Of the ties the simplest wins: fewest settings changed from the baseline, then the faster, then the
-   smaller file. A candidate that cannot be told from a simpler one loses to it.
+4. Of the ties the simplest wins: fewest settings changed from the baseline, then the faster (by more than
+   ``SPEED_TIE`` of p50: closer timings are the machine's noise, e.g. two graphs with the same ops), then the
+   smaller file, then the higher agreement. A candidate that cannot be told from a simpler one loses to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+SPEED_TIE = 0.05  # p50 timings within 5% of the fastest tie: one side-by-side pass does not tell them apart
 
 
 @dataclass
@@ -88,6 +91,19 @@ def ties(t: Trial, leader: Trial, min_retention: float) -> bool:
                                                   t.vs_leader.get("map") or {"lo": 1.0}))
 
 
+def simplest(tied: list[Trial], leader: Trial) -> Trial:
+    """Of candidates the leader cannot be told from: the fewest settings changed, then the faster (beyond
+    ``SPEED_TIE``), then the smaller file, then the higher agreement (the leader first)."""
+    inf = float("inf")
+    fewest = min(t.changed for t in tied)
+    group = [t for t in tied if t.changed == fewest]
+    fastest = min(t.p50_ms if t.p50_ms is not None else inf for t in group)
+    group = [t for t in group if (t.p50_ms if t.p50_ms is not None else inf) <= fastest * (1 + SPEED_TIE)]
+    smallest = min(t.size_mb if t.size_mb is not None else inf for t in group)
+    group = [t for t in group if (t.size_mb if t.size_mb is not None else inf) <= smallest]
+    return max(group, key=lambda t: (t is leader, t.agreement or 0.0))
+
+
 def choose(trials: list[Trial], min_retention: float) -> Trial | None:
     """Choose among one variant's trials (rule in the module docstring); every trial gets its ``verdict``.
 
@@ -103,10 +119,8 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
     leader = leader_of(trials, min_retention)
     if leader is None:
         return None
-    tied = sorted((t for t in eligible(trials) if ties(t, leader, min_retention)),
-                  key=lambda t: (t.changed, t.p50_ms if t.p50_ms is not None else float("inf"),
-                                 t.size_mb if t.size_mb is not None else float("inf")))
-    winner = tied[0]
+    tied = [t for t in eligible(trials) if ties(t, leader, min_retention)]
+    winner = simplest(tied, leader)
     winner.chosen = True
     why = "the simplest candidate the best one cannot be told from" if winner is not leader else \
         "the best candidate, and no simpler one ties it"
@@ -120,7 +134,9 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
             t.verdict = f"the best, but the simpler or faster {winner.name} cannot be told from it"
             continue
         if t in tied:
-            t.verdict = f"cannot be told from the best ({leader.name}); {winner.name} is simpler or faster"
+            t.verdict = f"cannot be told from the best ({leader.name}); " + (
+                "it is as simple, as fast (within 5%) and as small, and agrees more" if winner is leader
+                else f"{winner.name} is simpler or faster")
             continue
         if leader.meets(min_retention) and not t.meets(min_retention):
             t.verdict = f"keeps {100 * (t.retention or 0):.1f}% < {100 * min_retention:.0f}% of the reference"

@@ -207,9 +207,11 @@ class TuneSearch:
         m = ev.evaluate()
         return m, ev.per_image(), StoredDetections.from_results(ev.image_ids, ev.results)
 
-    def _round(self, inputs: RunInputs, items: list[tuple[Any, ...]], trials: list[Trial], final: bool) -> None:
+    def _round(self, inputs: RunInputs, items: list[tuple[Any, ...]], trials: list[Trial],
+               final: bool) -> tuple[dict[str, Any], np.ndarray]:
         """Score ``trials`` and the reference on ``items``; fill retention, paired drop, agreement (and, in the
-        final round, each trial's paired intervals against its variant's leader)."""
+        final round, each trial's paired intervals against its variant's leader). Returns each trial's
+        resampled figures and the resample weights, for the pruning that follows a first round."""
         t_start = time.perf_counter()
         self._predict(inputs, self.ref, items)
         ids = [it[2] for it in items]
@@ -247,6 +249,7 @@ class TuneSearch:
             self._versus_leader(trials, resampled, weights)
         self.records[self.ref].metrics = ref_m.to_dict()
         say(f"  round on {len(ids)} tuning images: {len(trials)} candidates in {time.perf_counter() - t_start:.0f}s")
+        return resampled, weights
 
     def _versus_leader(self, trials: list[Trial], resampled: dict[str, Any], weights: np.ndarray) -> None:
         """Paired intervals of leader - candidate, for mAP50-95 and for agreement, over shared resamples."""
@@ -268,17 +271,29 @@ class TuneSearch:
                     t.vs_leader["agreement"] = interval(lead_agree_maps, resampled_maps(agree_pe, weights),
                                                         (leader.agreement or 0) - (t.agreement or 0), self.tune.seed)
 
-    def _prune(self, trials: list[Trial]) -> None:
-        """Keep the better ``keep`` share of each variant's scored candidates by agreement (baseline always)."""
+    def _prune(self, trials: list[Trial], agreements: dict[str, np.ndarray]) -> None:
+        """Keep the better ``keep`` share of each variant's scored candidates by agreement, the baseline, and every
+        candidate whose agreement the first images cannot tell from the best one's (paired interval of the
+        difference includes 0): on 125 images, agreements 0.005 apart are often noise, and a rank alone would
+        drop a candidate that all the images show better."""
         for variant in {t.variant for t in trials}:
             group = [t for t in trials if t.variant == variant and t.status == "ok"]
             n = max(1, math.ceil(self.tune.keep * len(group)))
             ranked = sorted(group, key=lambda t: -(t.agreement or 0.0))
+            best = agreements.get(ranked[0].name) if ranked else None
             for rank, t in enumerate(ranked, 1):
-                if rank > n and t.changed:
-                    t.status = "pruned"
-                    t.reason = (f"agreement {t.agreement:.4f} ranked {rank} of {len(group)} on the first {t.images} "
-                                f"images (kept: the best {n} and the baseline)")
+                if rank <= n or not t.changed:
+                    continue
+                mine = agreements.get(t.name)
+                gap = interval(best, mine, (ranked[0].agreement or 0) - (t.agreement or 0), self.tune.seed) \
+                    if best is not None and mine is not None else None
+                if gap is not None and not gap["significant"]:
+                    t.rounds[-1]["kept_as_close"] = gap  # below the share, but not told from the best
+                    continue
+                why = f", {gap['lo']:+.4f} to {gap['hi']:+.4f} below the best" if gap else ""
+                t.status = "pruned"
+                t.reason = (f"agreement {t.agreement:.4f} ranked {rank} of {len(group)} on the first {t.images} "
+                            f"images{why} (kept: the best {n}, the baseline and any not told from the best)")
 
     # -- timing -------------------------------------------------------------------------------------------
     def _time(self, inputs: RunInputs, items: list[tuple[Any, ...]]) -> None:
@@ -331,9 +346,10 @@ class TuneSearch:
             f"{inputs.evalset.name}/{inputs.evalset.split} ({len(first)} then {len(items)} images); machine "
             f"{self.machine['id']}; output {self.out_dir}")
         order = sorted(self.trials, key=lambda t: (t.changed > 0, self.trials.index(t)))  # baselines first
-        self._round(inputs, first, order, final=len(first) == len(items))
+        resampled, weights = self._round(inputs, first, order, final=len(first) == len(items))
         if len(first) < len(items):
-            self._prune(self.trials)
+            self._prune(self.trials, {n: resampled_maps(pe, weights) for n, (_, pe) in resampled.items()
+                                      if pe is not None})
             self._round(inputs, items, [t for t in order if t.status == "ok"], final=True)
         self._time(inputs, items)
         chosen = {}

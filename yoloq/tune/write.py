@@ -71,16 +71,16 @@ def markdown(trials: list[Trial], chosen: dict[str, Trial | None], facts: dict[s
     """``tune.md``: per tuned variant, every candidate with its figures and verdict."""
     out = [f"# yoloq tune: {facts['model']} on {facts['tuning']}\n",
            f"Machine: {describe(facts['machine'])} (`{facts['machine']['id']}`). Search: {facts['minutes']:.1f} min. "
-           f"Candidates scored on {facts['first']} tuning images, the better half on all {facts['images']}; the "
-           f"reference ({facts['reference']}) keeps mAP50-95 {facts['ref_map']:.4f} there. No evaluation image was "
-           "read.\n",
+           f"Candidates scored on {facts['first']} tuning images, the better half and those not told from the best "
+           f"on all {facts['images']}; the reference ({facts['reference']}) keeps mAP50-95 {facts['ref_map']:.4f} "
+           "there. No evaluation image was read.\n",
            "Kept: candidate mAP50-95 / reference. Drop: reference - candidate with its 95% paired bootstrap interval "
            "(* excludes 0). Agrees: mAP50-95 of the candidate's detections against the reference's confident ones "
            "(score >= 0.25). vs best: the best candidate minus this one, for agreement and mAP, with their paired "
            "intervals. p50: end to end, timed side by side with the backend's float variants in one pass.\n",
            "Rule: only candidates faster than their backend's fastest float variant; the best one (budget, then "
            "agreement); of the candidates neither interval tells from it, the one with the fewest settings changed "
-           "(then the faster, then the smaller).\n"]
+           "(then the faster by more than 5%, then the smaller, then the one that agrees more).\n"]
     for variant, win in chosen.items():
         out.append(f"## {variant}\n")
         out.append(f"**Chosen: {win.candidate}** ({_opts(win.options)})\n" if win else
