@@ -188,7 +188,7 @@ def test_an_option_added_later_keeps_older_runs_as_they_ran():
     assert resolve_options(cls, "int8", {}, "v", stored=True)["keep_attention_float"] is False
     assert resolve_options(cls, "fp32", {}, "v", stored=True).get("keep_attention_float") is None
     old = {k: x for k, x in resolve_options(cls, "int8", {"keep_attention_float": False}, "v").items()
-           if k not in ("keep_attention_float", "keep_stem_float", "weight_clipping")}  # their defaults predate too
+           if k not in ("keep_attention_float", "keep_stem_float", "weight_clipping", "weight_rounding")}  # predate too
     explicit = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": False})
     assert _keyed_options(explicit) == old
     new = VariantConfig(format="litert", precision="int8", options={**old, "keep_attention_float": True})
@@ -198,6 +198,10 @@ def test_an_option_added_later_keeps_older_runs_as_they_ran():
                                                                  options={**old, "weight_clipping": "minmax"}))
     assert _keyed_options(VariantConfig(format="litert", precision="int8",
                                         options={**old, "weight_clipping": "octav"}))["weight_clipping"] == "octav"
+    assert "weight_rounding" not in _keyed_options(VariantConfig(format="litert", precision="int8",
+                                                                 options={**old, "weight_rounding": "nearest"}))
+    assert _keyed_options(VariantConfig(format="litert", precision="int8",
+                                        options={**old, "weight_rounding": "gptq"}))["weight_rounding"] == "gptq"
 
 
 def test_litert_int8_keeps_the_head_decode_in_float(smoke_run):
