@@ -64,14 +64,13 @@ def test_gptq_rounds_a_real_litert_export_on_the_quantizers_grid(smoke_run, tmp_
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
     from conftest import SHARED
 
-    from yoloq.backends.litert_scope import ATTENTION, head_patterns
+    from yoloq.backends.litert_scope import float_weight_patterns
     from yoloq.models import Head
     from yoloq.preprocess import prepare, read_image
 
     fp32 = next((smoke_run["dir"] / "artifacts").rglob("*fp32.tflite"))
     head = Head(type="Detect", index=23, dfl=True, end2end=False)
-    decode, outputs = head_patterns(head, "outputs")
-    rounds = name_filter([*decode, *outputs, ATTENTION], set())
+    rounds = name_filter(float_weight_patterns({}, head), set())  # the default scope's float-stored weights
     imgs = sorted((SHARED / "datasets/coco-mini/train2017").glob("*.jpg"))[:2]
     batches = [prepare([read_image(p)], 320)[0] for p in imgs]
     out = tmp_path / "gptq.tflite"

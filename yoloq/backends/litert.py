@@ -24,6 +24,7 @@ from yoloq.backends.litert_scope import (
     KEEP_ATTENTION_FLOAT,
     KEEP_STEM_FLOAT,
     float_ops,
+    float_weight_patterns,
     head_patterns,
     scope_rules,
     stem_pattern,
@@ -162,6 +163,9 @@ class LiteRtBackend(Backend):
 
     def export(self, ctx: ExportContext) -> Artifact:
         p = ctx.variant.precision
+        if p == "int8" and ctx.option("weight_rounding") == "gptq" and ctx.option("weight_clipping") != "minmax":
+            raise ConfigError("options.weight_rounding: gptq rounds on the largest-weight grid; set weight_clipping: "
+                              "minmax (the default) or weight_rounding: nearest")
         head, fp32 = self._fp32(ctx)
         base_info = {"boxes_normalized": True, "head": head.describe()}
         if p == "fp32":
@@ -257,12 +261,7 @@ class LiteRtBackend(Backend):
         the head's decode and output convolutions, the attention and the user's float patterns and types not)."""
         from yoloq.backends import litert_gptq
 
-        if ctx.option("weight_clipping") != "minmax":
-            raise ConfigError("options.weight_rounding: gptq rounds on the largest-weight grid; set weight_clipping: "
-                              "minmax (the default) or weight_rounding: nearest")
-        decode, outputs = head_patterns(head, ctx.option("keep_head_float"))
-        attention = [ATTENTION] if ctx.option("keep_attention_float") else []
-        rounds = litert_gptq.name_filter([*decode, *outputs, *attention, *(ctx.option("float_patterns") or [])],
+        rounds = litert_gptq.name_filter(float_weight_patterns(ctx.variant.options, head),
                                          set(ctx.option("float_types") or []))
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         out = ctx.workdir / "gptq_fp32.tflite"

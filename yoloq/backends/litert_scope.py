@@ -55,6 +55,15 @@ def stem_pattern(n: int) -> list[str]:
     return [rf"_model/[\w.]+_(?:{'|'.join(str(i) for i in range(n))})[/;]"] if n > 0 else []
 
 
+def float_weight_patterns(options: dict[str, Any], head: Head) -> list[str]:
+    """The tensor-name patterns of the float scope whose weights are not stored in int8 (the head's decode and
+    output convolutions, the attention, the user's patterns): the scope less the stem, which computes in float
+    from int8-stored weights."""
+    decode, outputs = head_patterns(head, options.get("keep_head_float", KEEP_HEAD_FLOAT.default))
+    attention = [ATTENTION] if options.get("keep_attention_float", KEEP_ATTENTION_FLOAT.default) else []
+    return [*decode, *outputs, *attention, *(options.get("float_patterns") or [])]
+
+
 def scope_rules(options: dict[str, Any], op_names: set[str], head: Head) -> list[tuple[str, str]]:
     """The variant's float scope as ai-edge-quantizer rules: (tensor-name regex, TFLite op name).
 
@@ -63,10 +72,8 @@ def scope_rules(options: dict[str, Any], op_names: set[str], head: Head) -> list
     """
     import re
 
-    decode, outputs = head_patterns(head, options.get("keep_head_float", KEEP_HEAD_FLOAT.default))
-    attention = [ATTENTION] if options.get("keep_attention_float", KEEP_ATTENTION_FLOAT.default) else []
     stem = stem_pattern(options.get("keep_stem_float", KEEP_STEM_FLOAT.default))
-    patterns = [*decode, *outputs, *attention, *stem, *(options.get("float_patterns") or [])]
+    patterns = [*float_weight_patterns(options, head), *stem]
     for pat in patterns:
         try:
             re.compile(pat)

@@ -135,7 +135,7 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
             continue
         if t in tied:
             t.verdict = f"cannot be told from the best ({leader.name}); " + (
-                "it is as simple, as fast (within 5%) and as small, and agrees more" if winner is leader
+                f"it is as simple, as fast (within {SPEED_TIE:.0%}) and as small, and agrees more" if winner is leader
                 else f"{winner.name} is simpler or faster")
             continue
         if leader.meets(min_retention) and not t.meets(min_retention):

@@ -13,7 +13,7 @@ import yaml
 
 from yoloq.provenance import describe
 from yoloq.records import write_atomic
-from yoloq.tune.rule import Trial
+from yoloq.tune.rule import SPEED_TIE, Trial
 
 
 def _pct(x: float | None) -> str:
@@ -80,7 +80,7 @@ def markdown(trials: list[Trial], chosen: dict[str, Trial | None], facts: dict[s
            "intervals. p50: end to end, timed side by side with the backend's float variants in one pass.\n",
            "Rule: only candidates faster than their backend's fastest float variant; the best one (budget, then "
            "agreement); of the candidates neither interval tells from it, the one with the fewest settings changed "
-           "(then the faster by more than 5%, then the smaller, then the one that agrees more).\n"]
+           f"(then the faster by more than {SPEED_TIE:.0%}, then the smaller, then the one that agrees more).\n"]
     for variant, win in chosen.items():
         out.append(f"## {variant}\n")
         out.append(f"**Chosen: {win.candidate}** ({_opts(win.options)})\n" if win else
