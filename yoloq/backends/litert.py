@@ -268,7 +268,7 @@ class LiteRtBackend(Backend):
         with step(f"GPTQ {ctx.variant.label}"):
             images = ctx.calibration_images().take(litert_gptq.GPTQ_IMAGES).batches(ctx.imgsz, progress="  GPTQ inputs")
             try:
-                done = litert_gptq.apply(fp32, out, images, rounds)
+                done = litert_gptq.apply(fp32, out, images, rounds, ctx.threads)
             except (OSError, ValueError, np.linalg.LinAlgError) as e:
                 raise ExportError(f"GPTQ rounding of {fp32.name} failed: {type(e).__name__}: {e}") from e
         return out, {"weight_rounding": f"GPTQ: {done['convolutions']} convolutions, inputs from {done['images']} "

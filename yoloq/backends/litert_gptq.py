@@ -63,10 +63,11 @@ def patches(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], dilation: 
     return win.transpose(0, 1, 3, 4, 2).reshape(-1, kh * kw * x.shape[2])
 
 
-def apply(fp32: Path, out: Path, images: Iterable[np.ndarray], rounds: Callable[[str], bool]) -> dict[str, int]:
+def apply(fp32: Path, out: Path, images: Iterable[np.ndarray], rounds: Callable[[str], bool],
+          threads: int = 2) -> dict[str, int]:
     """Write a copy of the FP32 LiteRT model ``fp32`` to ``out`` with the weights of every CONV_2D whose op name
-    ``rounds`` accepts GPTQ-rounded, from input second moments over ``images`` (NCHW float batches of one).
-    Returns the counts of convolutions rounded and images used."""
+    ``rounds`` accepts GPTQ-rounded, from input second moments over ``images`` (NCHW float batches of one), the
+    model run on ``threads`` threads. Returns the counts of convolutions rounded and images used."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
@@ -89,7 +90,7 @@ def apply(fp32: Path, out: Path, images: Iterable[np.ndarray], rounds: Callable[
     if not convs:
         out.write_bytes(bytes(buf))
         return {"convolutions": 0, "images": 0}
-    interp = Interpreter(model_path=str(fp32), experimental_preserve_all_tensors=True, num_threads=2)
+    interp = Interpreter(model_path=str(fp32), experimental_preserve_all_tensors=True, num_threads=threads)
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     nchw = int(inp["shape"][1]) == 3
