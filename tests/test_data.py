@@ -91,6 +91,7 @@ def test_missing_dataset_and_split(tmp_path: Path):
         load_split(DataRef(str(f)))
 
 
+@pytest.mark.shared
 def test_a_dataset_file_can_keep_only_some_classes(tmp_path: Path):
     """``classes: [person]`` keeps every image and only person boxes (a person detector's ground truth)."""
     full = load_split(DataRef("coco1k", "val", max_images=30))
@@ -106,6 +107,7 @@ def test_a_dataset_file_can_keep_only_some_classes(tmp_path: Path):
         load_split(DataRef(str(f), "val"))
 
 
+@pytest.mark.shared
 def test_models_built_by_yoloq_are_found_in_its_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from yoloq.models import resolve_model
     from yoloq.paths import shared_root

@@ -30,7 +30,7 @@ def _pass(split: DatasetSplit, cache: Path) -> tuple[list, list[str]]:
     return list(decoded_items(split, 320, skipped, cache)), skipped
 
 
-def test_second_pass_reads_the_cache_and_gives_the_same_inputs(tmp_path: Path):
+def test_second_pass_reads_the_cache_and_gives_the_same_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     split, cache = _split(tmp_path), tmp_path / "cache"
     victim = split.samples[2].path
     victim.write_bytes(victim.read_bytes()[:300])  # truncated: named and skipped on both passes
@@ -38,7 +38,10 @@ def test_second_pass_reads_the_cache_and_gives_the_same_inputs(tmp_path: Path):
     stored = sorted(p.name for p in cache.iterdir())
     key = cache_key(split, 320)
     assert stored == [f"{key}.json", f"{key}.npy"]  # complete, nothing partial left
+    decodes = []
+    monkeypatch.setattr("yoloq.decoded.read_image", lambda path: decodes.append(path) or read_image(path))
     second, skipped2 = _pass(split, cache)
+    assert decodes == []  # read back from the stored array: no image decoded again
     assert skipped1 == skipped2 == [victim.name]
     assert [i for _, _, i in first] == [i for _, _, i in second] == [1, 2, 4]
     for (x1, lb1, _), (x2, lb2, _), s in zip(first, second, [split.samples[k] for k in (0, 1, 3)]):
@@ -48,7 +51,8 @@ def test_second_pass_reads_the_cache_and_gives_the_same_inputs(tmp_path: Path):
         assert lb1 == lb2 == lbd
 
 
-def test_a_changed_image_is_decoded_afresh_and_a_stopped_pass_leaves_nothing(tmp_path: Path):
+def test_a_changed_image_is_decoded_afresh_and_a_stopped_pass_leaves_nothing(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
     split, cache = _split(tmp_path, 3), tmp_path / "cache"
     items = decoded_items(split, 320, [], cache)
     next(items)
@@ -59,7 +63,10 @@ def test_a_changed_image_is_decoded_afresh_and_a_stopped_pass_leaves_nothing(tmp
     other = split.samples[0].path
     other.write_bytes(split.samples[1].path.read_bytes())  # another image under the same name
     assert cache_key(split, 320) != key
+    decodes = []
+    monkeypatch.setattr("yoloq.decoded.read_image", lambda path: decodes.append(path) or read_image(path))
     (x, _, _), *_ = _pass(split, cache)[0]
+    assert decodes == [s.path for s in split.samples]  # a new key: every image decoded afresh
     assert np.array_equal(x, prepare([read_image(split.samples[1].path)], 320)[0])
 
 
