@@ -161,9 +161,10 @@ class Predictor:
     """
 
     def __init__(self, runtime: Any, imgsz: int, names: tuple[str, ...], end2end: bool,
-                 record: Record | None = None, conf: float = 0.25, iou: float = 0.7) -> None:
+                 record: Record | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+                 multi_label: bool = False) -> None:
         self.runtime, self.imgsz, self.names, self.end2end, self.record = runtime, imgsz, names, end2end, record
-        self.eval = EvalConfig(conf=conf, iou=iou, max_det=300, multi_label=False)
+        self.eval = EvalConfig(conf=conf, iou=iou, max_det=max_det, multi_label=multi_label)
 
     def raw(self, image: np.ndarray | str | Path) -> tuple[np.ndarray, Any]:
         """The model's raw head output on one image, and its letterbox."""
@@ -184,9 +185,13 @@ class Predictor:
         return postprocess(raw, lbs, cfg, self.end2end)[0]
 
 
-def load(path: str | Path, variant: str | None = None, threads: int = 2) -> Predictor:
+def load(path: str | Path, variant: str | None = None, threads: int = 2, thresholds: str = "deploy") -> Predictor:
     """Load an exported model for prediction: a run folder and one of its variants (``variant``; default: its
     reference), with the imgsz, head branch and class names the record knows.
+
+    ``thresholds``: ``"deploy"`` (confidence 0.25, one class a box, IoU 0.7) or ``"evaluation"`` (the settings the
+    run scored mAP with, from the record: Ultralytics' validation defaults unless the config set others), under
+    which ``predict`` gives the run's own detections.
 
     Raises:
         YoloqError: When the folder, variant or its export is missing, or the variant did not run.
@@ -196,6 +201,8 @@ def load(path: str | Path, variant: str | None = None, threads: int = 2) -> Pred
     from yoloq.models import load_source
     from yoloq.paths import from_display
 
+    if thresholds not in ("deploy", "evaluation"):
+        raise ValueError(f"thresholds={thresholds!r}: give 'deploy' or 'evaluation'")
     run_dir = Path(path)
     if not (run_dir / "records.jsonl").is_file():
         raise YoloqError(f"{run_dir} is not a run folder (no records.jsonl): give the folder 'yoloq run' wrote")
@@ -210,4 +217,6 @@ def load(path: str | Path, variant: str | None = None, threads: int = 2) -> Pred
     runtime = get_backend(rec.format).load(Artifact(file, rec.format, rec.precision, rec.artifact_info), threads,
                                            rec.device)
     source = load_source(str(from_display(rec.model["file"], run_dir)))
-    return Predictor(runtime, rec.imgsz, source.names, rec.end2end, rec)
+    settings = {k: rec.eval_settings[k] for k in ("conf", "iou", "max_det", "multi_label")} \
+        if thresholds == "evaluation" else {}
+    return Predictor(runtime, rec.imgsz, source.names, rec.end2end, rec, **settings)
