@@ -26,15 +26,12 @@ BLOCK = ("import sys, runpy\nfor m in ('yoloq', 'torch', 'torchvision', 'ultraly
          "sys.argv = ['predict.py', *sys.argv[1:]]\nrunpy.run_path('predict.py', run_name='__main__')\n")
 
 
-@pytest.mark.shared
-@pytest.mark.parametrize("variant", ["onnxruntime-int8", "openvino-fp16", "litert-int8"])
-def test_a_bundle_runs_without_yoloq_and_gives_its_detections(tmp_path: Path, variant: str):
-    out = tmp_path / "bundle"
-    proc = run_cli("export", "configs/smoke.yaml", "--variant", variant, "--out", str(out), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _check_bundle(out: Path, variant: str, imgsz: int, head: str) -> int:
+    """Run the bundle's predict.py with yoloq, PyTorch and Ultralytics unimportable on four evaluation images and
+    compare its detections with yoloq's own postprocessing of the same export; returns how many it found."""
     meta = json.loads((out / "meta.json").read_text())
     fmt = variant.split("-")[0]
-    assert meta["input"]["size"] == 320 and meta["head"] == "nms" and meta["names"][0] == "person"
+    assert meta["input"]["size"] == imgsz and meta["head"] == head and meta["names"][0] == "person"
     assert meta["letterbox"]["pad"] == 114 and meta["calibration"]["sha256"]
     imports = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
                for n in ast.walk(ast.parse((out / "predict.py").read_text())) if isinstance(n, (ast.Import,
@@ -52,8 +49,8 @@ def test_a_bundle_runs_without_yoloq_and_gives_its_detections(tmp_path: Path, va
     post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
     total = 0
     for f in images:
-        x, lbs = prepare([read_image(Path(f))], 320)
-        want = postprocess(runtime.predict(x), lbs, post)[0]
+        x, lbs = prepare([read_image(Path(f))], imgsz)
+        want = postprocess(runtime.predict(x), lbs, post, head == "end2end")[0]
         have = got[f]
         assert len(have) == len(want), f
         total += len(want)
@@ -61,4 +58,31 @@ def test_a_bundle_runs_without_yoloq_and_gives_its_detections(tmp_path: Path, va
             np.testing.assert_allclose([d["box"] for d in have], want.boxes, atol=0.02)
             np.testing.assert_allclose([d["score"] for d in have], want.scores, atol=1e-5)
             assert [d["class"] for d in have] == want.classes.tolist()
-    assert total > 0
+    return total
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("variant", ["onnxruntime-int8", "openvino-fp16", "litert-int8"])
+def test_a_bundle_runs_without_yoloq_and_gives_its_detections(tmp_path: Path, variant: str):
+    out = tmp_path / "bundle"
+    proc = run_cli("export", "configs/smoke.yaml", "--variant", variant, "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _check_bundle(out, variant, 320, "nms") > 0
+
+
+@pytest.mark.shared
+def test_an_nms_free_bundle_decodes_the_models_own_top_k(tmp_path: Path):
+    """A random-init YOLO26n with its NMS-free one-to-one branch (``eval.nms: false``): the bundle's end-to-end decode
+    gives yoloq's detections."""
+    import yaml
+    from families import build, config
+    from ultralytics import YOLO
+
+    names = YOLO(str(SHARED / "models" / "yolo11n.pt")).names
+    pt = build("yolo26n", tmp_path, names)
+    cfg = config(pt, tmp_path / "run", [{"format": "onnxruntime", "precision": "fp32"}], nms=False)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bundle"
+    proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", "onnxruntime-fp32", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _check_bundle(out, "onnxruntime-fp32", 320, "end2end") > 0
