@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from yoloq.paths import REPO_ROOT, shared_root
 
@@ -31,10 +32,29 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
             item.add_marker(skip)
         # one worker runs the session's smoke run and every test that reads it, and the Ray cluster tests
         # (one local cluster at a time): with ``--dist loadgroup`` the rest spreads over the other workers
-        if "smoke_run" in getattr(item, "fixturenames", ()) or item.path.name == "test_ray.py":
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "originalname", "") == "test_backend_contract" and (params.get("fmt"), params.get("precision")) in SMOKE:
+            item.add_marker(pytest.mark.xdist_group("smoke"))  # reads the smoke run's exports
+        elif "smoke_run" in getattr(item, "fixturenames", ()) or item.path.name == "test_ray.py":
             item.add_marker(pytest.mark.xdist_group("smoke"))
         elif item.path.name == "test_rknn.py":  # one worker sets the RKNN environment up, then uses it
             item.add_marker(pytest.mark.xdist_group("rknn"))
+
+
+SMOKE = {(v["format"], v["precision"]) for v in yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
+         ["variants"]}
+
+
+def side_environment(fmt: str) -> Path | None:
+    """The environment a format's toolkit needs beside yoloq's (``yoloq setup FORMAT``), set up once (workers share
+    it through its lock); the test is skipped with the reason where it cannot install here."""
+    from yoloq.backends.registry import get_backend
+    from yoloq.errors import BackendUnavailable
+
+    try:
+        return get_backend(fmt).setup()
+    except BackendUnavailable as e:
+        pytest.skip(f"{fmt}'s own environment cannot be set up here: {e}")
 
 
 def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 1200) -> subprocess.CompletedProcess:

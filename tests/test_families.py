@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from families import ALL_VARIANTS, END2END, FAMILIES, build, config, export_onnx, matched
+from tolerance import fp64_twin, rounding_tolerance
 
 from yoloq.artifacts import cached_artifact
 from yoloq.backends.base import Artifact
@@ -68,37 +69,8 @@ def _torch(pt: Path, end2end: bool) -> object:
     return get_backend("torch").load(Artifact(pt, "torch", "fp32", {"end2end": end2end, "max_det": 300}), 2)
 
 
-ROUNDING_MARGIN = 10  # how many times torch's own float32 rounding another FP32 kernel may err
-
-
-def _fp64(ref_rt):  # noqa: ANN001, ANN202 - a TorchRuntime and its float64 twin
-    import copy
-
-    import torch
-
-    twin = copy.copy(ref_rt)
-    twin.model, twin._dtype = copy.deepcopy(ref_rt.model).double(), torch.float64
-    return twin
-
-
-def rounding_tolerance(a: np.ndarray, exact: np.ndarray, floor: float) -> float:
-    """The FP32 tolerance for one output: ``ROUNDING_MARGIN`` times what float32 rounding alone moves torch's output
-    by (torch FP32 against the same model in float64), at least ``floor``.
-
-    Two correct FP32 implementations of one graph differ only by rounding: each sums in its own order with its own
-    instructions (AVX2 or AVX-512 FMA, blocked or not), so each lies within a few times torch's own rounding of the
-    exact value; a wrong op or branch moves the output by orders of magnitude more. Derived on the model and image
-    under test, it holds on every machine kind instead of fitting one machine's kernels. Measured on one coco-mini
-    image at 320 (amd-epyc-2c-792874): torch's own score rounding is 2e-6..2e-5 for six random-init families and
-    6.5e-4 for yolov9t (its boxes 0.05 px), whose LiteRT FP32 scores differed from torch's by 2.04e-3 on an
-    AVX2-only EPYC: 10x its rounding, 6.5e-3, allows that; the floors (2e-3, 0.25 px) are the fixed tolerances
-    the other families held on AVX2, AVX-512 and VNNI machines.
-    """
-    return max(floor, ROUNDING_MARGIN * float(np.abs(a - exact).max()))
-
-
 def _agree(ref_rt, rt, batches, end2end: bool, label: str) -> None:  # noqa: ANN001 - runtimes
-    ref64 = _fp64(ref_rt)
+    ref64 = fp64_twin(ref_rt)
     for x, lbs in batches:
         a, b = ref_rt.predict(x), rt.predict(x)
         assert a.shape == b.shape, f"{label}: raw output {b.shape}, torch {a.shape}"

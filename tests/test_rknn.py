@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, side_environment
 
 from yoloq.backends.rknn import sideenv
 from yoloq.errors import BackendUnavailable
@@ -87,14 +87,7 @@ def test_without_its_environment_rknn_is_skipped_in_one_line(tmp_path, monkeypat
 def rknn_env() -> Path:
     """The side environment: set up from the pinned requirements when it is not yet (skip with the reason when
     it cannot install here)."""
-    try:
-        return sideenv.python()
-    except BackendUnavailable:
-        pass
-    try:
-        return sideenv.setup()
-    except BackendUnavailable as e:
-        pytest.skip(f"the RKNN environment cannot be set up here: {e}")
+    return side_environment("rknn")
 
 
 @pytest.mark.shared

@@ -1,7 +1,9 @@
-"""TensorRT, checkable before a GPU: the exact Q/DQ graph TensorRT builds, its CPU variant, the deploy bundle.
+"""TensorRT: the exact Q/DQ graph TensorRT builds, its CPU variant, the deploy bundle, and the engines themselves.
 
-No GPU here: the engine build and runtime are not run (their variants are skipped with the reason);
-what TensorRT reads is checked on the CPU.
+What TensorRT reads is checked on every machine. Where TensorRT and an NVIDIA GPU are present, the run builds
+small FP16 and INT8 engines at imgsz 320 and the tests score and run them (their raw output against torch FP32's, as
+the backend contract test does); elsewhere those variants must be skipped records naming the reason, and the engine
+tests skip with it.
 """
 
 from __future__ import annotations
@@ -42,13 +44,63 @@ def trt_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": out, "records": {r.name: r for r in RecordStore(out).all()}}
 
 
+def _engine_unavailable(precision: str) -> str | None:
+    """Why the config's TensorRT engine of ``precision`` cannot be built here (no TensorRT builder, no GPU), or None."""
+    from yoloq.backends.registry import get_backend
+    from yoloq.errors import BackendUnavailable
+    from yoloq.models import load_source
+
+    variant = next(v for v in load_config(REPO_ROOT / "configs" / "tensorrt.yaml").variants
+                   if v.label == f"tensorrt-{precision}")
+    try:
+        get_backend("tensorrt").check(variant, load_source("yolo11n.pt"))
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
 def test_the_tensorrt_int8_graph_runs_on_the_cpu_as_its_own_variant(trt_run):
     recs = trt_run["records"]
     cpu = recs["tensorrt-int8-graph-on-cpu"]
     assert cpu.ok, cpu.reason
     assert "TensorRT INT8 graph" in cpu.artifact_info["graph"] and cpu.metrics["detections"] > 0
-    for name in ("tensorrt-fp16", "tensorrt-int8"):  # no GPU or TensorRT here: skipped, with the reason
-        assert recs[name].status == "skipped" and ("TensorRT" in recs[name].reason or "CUDA" in recs[name].reason)
+    ref = recs["torch-fp32"].map
+    for name, precision, keep in (("tensorrt-fp16", "fp16", 0.97), ("tensorrt-int8", "int8", 0.80)):
+        why = _engine_unavailable(precision)
+        if why is not None:  # no GPU or TensorRT here: a skipped record with the same reason
+            assert recs[name].status == "skipped" and recs[name].reason == why, recs[name].reason
+        else:  # built and scored on the GPU
+            assert recs[name].ok, recs[name].reason
+            assert recs[name].map >= keep * ref and recs[name].latency["runs"] >= 3
+            assert precision in recs[name].runtime["precision_ran"]  # the layers the engine ran, by precision
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_the_engine_builds_and_runs_on_the_gpu(trt_run, precision):
+    """The run's engine loads and predicts torch FP32's raw head output within its precision's derived tolerance."""
+    why = _engine_unavailable(precision)
+    if why is not None:
+        pytest.skip(why)
+    from conftest import SHARED
+    from tolerance import Errors, arithmetic, tolerance
+
+    from yoloq.artifacts import cached_artifact
+    from yoloq.backends.base import Artifact
+    from yoloq.backends.registry import get_backend
+    from yoloq.models import load_source
+    from yoloq.preprocess import prepare, read_image
+
+    rec = trt_run["records"][f"tensorrt-{precision}"]
+    artifact = cached_artifact(trt_run["dir"] / "artifacts" / rec.name, rec.key)
+    assert artifact is not None and Path(artifact.path).stat().st_size > 0, "no engine on disk"
+    engine = get_backend("tensorrt").load(artifact, 2, "cuda:0")
+    src = load_source("yolo11n.pt")
+    ref = get_backend("torch").load(Artifact(src.path, "torch", "fp32", {"end2end": False, "max_det": 300}), 2)
+    x, _ = prepare([read_image(next((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg")))], 320)
+    y, want = engine.predict(x), ref.predict(x)
+    assert y.shape == want.shape and np.isfinite(y).all()
+    tol = tolerance(ref, x, arithmetic(precision, rec.runtime.get("precision_ran", precision)))
+    assert Errors.of(y, want).within(tol), (Errors.of(y, want), tol)
 
 
 def test_the_graph_is_tensorrt_explicit_quantization(trt_run):
