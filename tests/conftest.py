@@ -33,7 +33,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
         # one worker runs the session's smoke run and every test that reads it, and the Ray cluster tests
         # (one local cluster at a time): with ``--dist loadgroup`` the rest spreads over the other workers
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if getattr(item, "originalname", "") == "test_backend_contract" and (params.get("fmt"), params.get("precision")) in SMOKE:
+        contract = getattr(item, "originalname", "") == "test_backend_contract"
+        if contract and (params.get("fmt"), params.get("precision")) in SMOKE:
             item.add_marker(pytest.mark.xdist_group("smoke"))  # reads the smoke run's exports
         elif "smoke_run" in getattr(item, "fixturenames", ()) or item.path.name == "test_ray.py":
             item.add_marker(pytest.mark.xdist_group("smoke"))

@@ -35,7 +35,8 @@ def test_the_readme_table_lists_every_variant_that_ran():
     for page, run_dir, table in _blocks():
         if page.name == "README.md":
             ok = [r.name for r in sorted(RecordStore(REPO_ROOT / run_dir).all(), key=lambda r: r.order) if r.ok]
-            assert block_names(table) == ok, f"the README's table leaves out {sorted(set(ok) - set(block_names(table)))}"
+            left_out = sorted(set(ok) - set(block_names(table)))
+            assert block_names(table) == ok, f"the README's table leaves out {left_out}"
 
 
 def _history() -> bool:

@@ -69,7 +69,8 @@ def test_every_record_is_complete_and_traceable(smoke_run):
 CONTRACT = [(f, p) for f, cls in sorted(registered().items()) for p in cls.precisions]
 
 
-def _export(request: pytest.FixtureRequest, tmp_path: Path, variant) -> tuple[Artifact, dict, dict | None]:  # noqa: ANN001
+def _export(request: pytest.FixtureRequest, tmp_path: Path,
+            variant: VariantConfig) -> tuple[Artifact, dict, dict | None]:
     """The variant's export, its record and its run's torch FP32 record: the smoke run's where the smoke config has
     the variant, else a run of that variant alone on the smoke config's data (two images scored, no reference)."""
     smoke = load_config(REPO_ROOT / "configs" / "smoke.yaml")

@@ -85,7 +85,8 @@ class Errors:
         """``out`` and ``ref``: raw ``[B, 4 + nc, N]`` outputs of one input."""
         confident = ref[:, 4:].max(axis=1) >= CONFIDENT  # [B, N]
         box = np.abs(out[:, :4].astype(np.float64) - ref[:, :4]).transpose(0, 2, 1)[confident]
-        return cls(float(box.max()) if box.size else 0.0, float(np.abs(out[:, 4:].astype(np.float64) - ref[:, 4:]).max()))
+        score = np.abs(out[:, 4:].astype(np.float64) - ref[:, 4:])
+        return cls(float(box.max()) if box.size else 0.0, float(score.max()))
 
     def within(self, tol: Errors) -> bool:
         """Whether both statistics are within ``tol``'s."""
