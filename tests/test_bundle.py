@@ -20,10 +20,17 @@ from yoloq.config import EvalConfig
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import prepare, read_image
 
-RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
-# predict.py run with these unimportable: what it needs is the runtime, numpy and OpenCV
-BLOCK = ("import sys, runpy\nfor m in ('yoloq', 'torch', 'torchvision', 'ultralytics'):\n    sys.modules[m] = None\n"
-         "sys.argv = ['predict.py', *sys.argv[1:]]\nrunpy.run_path('predict.py', run_name='__main__')\n")
+# the modules each bundle's runtime is (ExecuTorch's Python runtime takes and gives torch tensors: torch comes with it)
+RUNTIMES = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}, "litert": {"ai_edge_litert"},
+            "executorch": {"executorch", "torch"}}
+
+
+def _blocked(fmt: str) -> str:
+    """predict.py run with yoloq, Ultralytics and (unless the runtime needs it) PyTorch unimportable: what it needs
+    is the runtime, numpy and OpenCV."""
+    hidden = [m for m in ("yoloq", "torch", "torchvision", "ultralytics") if m not in RUNTIMES[fmt]]
+    return (f"import sys, runpy\nfor m in {hidden!r}:\n    sys.modules[m] = None\n"
+            "sys.argv = ['predict.py', *sys.argv[1:]]\nrunpy.run_path('predict.py', run_name='__main__')\n")
 
 
 def _check_bundle(out: Path, variant: str, imgsz: int, head: str) -> int:
@@ -36,11 +43,12 @@ def _check_bundle(out: Path, variant: str, imgsz: int, head: str) -> int:
     imports = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
                for n in ast.walk(ast.parse((out / "predict.py").read_text())) if isinstance(n, (ast.Import,
                                                                                                ast.ImportFrom))}
-    assert imports <= {"__future__", "argparse", "json", "sys", "pathlib", "cv2", "numpy", RUNTIMES[fmt]}, imports
-    assert (out / "requirements.txt").read_text().split()[0] in ("onnxruntime", "openvino", "ai-edge-litert")
+    assert imports <= {"__future__", "argparse", "json", "sys", "pathlib", "cv2", "numpy", *RUNTIMES[fmt]}, imports
+    assert (out / "requirements.txt").read_text().split()[0] in ("onnxruntime", "openvino", "ai-edge-litert",
+                                                                "executorch")
     images = [str(p) for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    proc = subprocess.run([sys.executable, "-c", BLOCK, *images, "--json", "dets.json", "--draw", "drawn"], cwd=out,
+    proc = subprocess.run([sys.executable, "-c", _blocked(fmt), *images, "--json", "dets.json", "--draw", "drawn"], cwd=out,
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((out / "dets.json").read_text())
@@ -86,3 +94,25 @@ def test_an_nms_free_bundle_decodes_the_models_own_top_k(tmp_path: Path):
     proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", "onnxruntime-fp32", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _check_bundle(out, "onnxruntime-fp32", 320, "end2end") > 0
+
+
+@pytest.mark.shared
+def test_an_executorch_bundle_runs_its_program(tmp_path: Path):
+    """The ExecuTorch bundle: model.pte run by ExecuTorch's Python runtime alone gives yoloq's detections."""
+    import yaml
+
+    from yoloq.backends.registry import get_backend
+    from yoloq.errors import BackendUnavailable
+
+    try:
+        get_backend("executorch").version()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    cfg["variants"] = [{"format": "executorch", "precision": "fp32"}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg | {"output": str(tmp_path / "run")}))
+    out = tmp_path / "bundle"
+    proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", "executorch-fp32", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "requirements.txt").read_text().split()[0] == "executorch"
+    assert _check_bundle(out, "executorch-fp32", 320, "nms") > 0

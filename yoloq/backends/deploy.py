@@ -78,10 +78,22 @@ def load_model(path, threads):
 
     return run
 ''',
+    "executorch": '''
+def load_model(path, threads):
+    """ExecuTorch's runtime (XNNPACK delegate) on the program's forward method; it takes and gives torch tensors
+    (the executorch package brings torch with it)."""
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(path).load_method("forward")
+    return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])[0].numpy().copy()
+''',
 }
 # the Python packages each bundle needs beside numpy and OpenCV
 REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
-                "rknn": "rknn-toolkit-lite2\nonnxruntime"}
+                "rknn": "rknn-toolkit-lite2\nonnxruntime", "executorch": "executorch"}
 
 
 def loader(fmt: str) -> tuple[str, str] | None:

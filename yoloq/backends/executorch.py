@@ -1,0 +1,207 @@
+"""ExecuTorch with the XNNPACK delegate, PyTorch's own on-device runtime: FP32 through Ultralytics' exporter, INT8
+through PT2E with ExecuTorch's XNNPACK quantizer (static, per-channel weights, calibrated on yoloq's calibration
+images), both run by ExecuTorch's Python runtime.
+
+The INT8 scope works on module names of the Ultralytics model (``model.<i>`` at the top level), as PT2E's quantizer
+filters them: the head's decode (and by default its output convolutions) and the first ``keep_stem_float`` modules
+are left out of quantization and run in float on XNNPACK.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style, TuneCandidate
+from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
+from yoloq.backends.registry import register
+from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
+from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.progress import Counted, step
+
+BRANCHES = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")  # the head's box and class branches, per level
+
+
+class ExecuTorchRuntime:
+    """An ExecuTorch program's ``forward`` on the CPU, XNNPACK's thread pool set to ``threads``."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        self._torch = torch
+        self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+        self.info: dict[str, Any] = {"threads": threads}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The raw head output for one NCHW float32 batch."""
+        out = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(batch, np.float32))])[0]
+        return out.numpy().astype(np.float32, copy=True)
+
+
+def _export_module(source: Any, imgsz: int, end2end: bool, max_det: int) -> Any:
+    """The fused Ultralytics model in export mode (its head returns the decoded output only), as Ultralytics'
+    exporter prepares it, on the one branch this variant runs."""
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(str(source.path)).model
+    head = model.model[-1]
+    if getattr(head, "one2one_cv2", None) is not None:
+        model.end2end = end2end
+        head.max_det, head.agnostic_nms = max_det, False
+    model = model.fuse(verbose=False).float().eval()
+    for m in model.modules():
+        if hasattr(m, "export") and hasattr(m, "format"):  # the Detect head and its subclasses
+            m.export, m.format, m.dynamic = True, "executorch", False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model(torch.zeros(1, 3, imgsz, imgsz))  # build the anchors once, as the exporter's dry run does
+    return model
+
+
+def _scope(model: Any, keep_head: str, stem: int) -> tuple[list[str], list[str]]:
+    """Module names PT2E leaves in float and, inside those, the ones it quantizes after all: the head kept
+    float except its inner convolutions (``outputs``) or its whole branches (``decode``), and the stem."""
+    head_index = len(model.model) - 1
+    head, prefix = model.model[-1], f"model.{head_index}"
+    floats = [f"model.{i}" for i in range(min(stem, head_index))]
+    quantized: list[str] = []
+    if keep_head != "none":
+        floats.append(prefix)
+        for branch in BRANCHES:
+            for i, seq in enumerate(getattr(head, branch, None) or []):
+                inner = list(range(len(seq) - 1)) if keep_head == "outputs" else [None]
+                quantized += [f"{prefix}.{branch}.{i}" + ("" if j is None else f".{j}") for j in inner]
+    return floats, quantized
+
+
+def in_int8(floats: set[str], quantized: set[str]) -> Any:
+    """PT2E's node filter for a scope: a graph node is quantized unless a module it runs in is one of ``floats``,
+    except where one is one of ``quantized`` (the module paths in its ``nn_module_stack``)."""
+
+    def keep(node: Any) -> bool:
+        names = {v[0] for v in (node.meta.get("nn_module_stack") or {}).values()}
+        return bool(names & quantized) or not names & floats
+
+    return keep
+
+
+def scoped(quantizer: Any, keep: Any) -> Any:
+    """``quantizer`` annotating only the nodes ``keep`` accepts. Its filter function alone is not enough: the XNNPACK
+    quantizer annotates every ``cat`` whatever the filter, and a float head's decode concatenates boxes (0..imgsz
+    pixels) with scores (0..1), which one shared int8 scale destroys (scores off by 0.6 on the shared YOLO11n)."""
+    annotate = quantizer.annotate
+    quantizer.set_filter_function(keep)
+
+    def annotate_in_scope(model: Any) -> Any:
+        model = annotate(model)
+        for node in model.graph.nodes:
+            if not keep(node):
+                node.meta.pop("quantization_annotation", None)
+        return model
+
+    quantizer.annotate = annotate_in_scope
+    return quantizer
+
+
+@register
+class ExecuTorchBackend(Backend):
+    """ExecuTorch (XNNPACK delegate) on the CPU."""
+
+    name = "executorch"
+    precisions = ("fp32", "int8")
+    sources = ("pt",)
+    install_hint = "pip install executorch"
+    libraries = ("executorch", "torchao")
+    style = Style(color="#8c564b")
+    options = {
+        "calibration_images": CALIBRATION_IMAGES,
+        "keep_head_float": KEEP_HEAD_FLOAT,
+        "keep_stem_float": keep_stem_float(0),
+        "per_channel": OptionSpec(bool, True, None, "int8 weights per output channel (else per tensor)", INT8),
+    }
+
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+        from importlib.util import find_spec
+
+        if find_spec("executorch") is None:
+            raise BackendUnavailable(f"ExecuTorch is not installed ({self.install_hint})")
+        try:
+            return version("executorch")
+        except PackageNotFoundError:
+            return "unknown"
+
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """The head's scope, the stem in float, fewer calibration images."""
+        return [TuneCandidate(n, o, w) for n, o, w in (
+            ("default", {}, "ExecuTorch's XNNPACK quantizer with yoloq's head scope"),
+            ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
+            ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
+            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's number needed?"))]
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        head = ctx.source.head
+        if head.end2end:  # as Ultralytics' exporter: ExecuTorch's XNNPACK delegate has no top-k
+            head = replace(head, end2end=False, reason="ExecuTorch cannot carry the one-to-one branch (its XNNPACK "
+                                                       "delegate has no top-k; Ultralytics' exporter falls back the "
+                                                       "same way): one-to-many branch + NMS")
+        tag, args = head_args(ctx.source, ctx.max_det, head.end2end)
+        base_info = {"head": head.describe()}
+        if ctx.variant.precision == "fp32":
+            folder = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}executorch")
+            if not (folder / "model.pte").is_file():
+                ultralytics_export(ctx.source, folder, format="executorch", imgsz=ctx.imgsz, batch=1, **args)
+            return Artifact(folder / "model.pte", self.name, "fp32", base_info | {"delegate": "XnnpackPartitioner"})
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        out = ctx.workdir / "model_int8.pte"
+        with step(f"quantize {ctx.variant.label} (PT2E, XNNPACK quantizer)"):
+            try:
+                info = self._int8(ctx, head.end2end, out)
+            except (BackendUnavailable, ExportError):
+                raise
+            except Exception as e:  # noqa: BLE001 - torch.export and the quantizer raise many kinds
+                raise ExportError(f"ExecuTorch INT8 failed: {type(e).__name__}: {e}") from e
+        return Artifact(out, self.name, "int8", base_info | info)
+
+    def _int8(self, ctx: ExportContext, end2end: bool, out: Path) -> dict[str, Any]:
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        torch.set_num_threads(ctx.threads)
+        model = _export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det)
+        example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
+        config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
+        floats, quantized = _scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
+        quantizer = scoped(XNNPACKQuantizer().set_global(config), in_int8(set(floats), set(quantized)))
+        graph = torch.export.export(model, example).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        images = Counted(ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration"), "calibration")
+        with torch.no_grad():
+            for x in images:
+                prepared(torch.from_numpy(x))
+        converted = convert_pt2e(prepared)
+        program = to_edge_transform_and_lower(torch.export.export(converted, example),
+                                              partitioner=[XnnpackPartitioner()]).to_executorch()
+        out.write_bytes(program.buffer)
+        return {"quantizer": "PT2E XNNPACKQuantizer, symmetric int8 (per-channel weights)"
+                             if ctx.option("per_channel") else "PT2E XNNPACKQuantizer, symmetric int8 (per-tensor)",
+                "calibration_used": len(images), "settings": dict(ctx.variant.options),
+                "kept_float": sorted(floats), "quantized_inside_float": sorted(quantized)}
+
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> ExecuTorchRuntime:
+        rt = ExecuTorchRuntime(Path(artifact.path), threads)
+        rt.info["precision_ran"] = "int8 (XNNPACK)" if artifact.precision == "int8" else "fp32 (XNNPACK)"
+        return rt
