@@ -48,8 +48,8 @@ def _check_bundle(out: Path, variant: str, imgsz: int, head: str) -> int:
                                                                 "executorch")
     images = [str(p) for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    proc = subprocess.run([sys.executable, "-c", _blocked(fmt), *images, "--json", "dets.json", "--draw", "drawn"], cwd=out,
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", _blocked(fmt), *images, "--json", "dets.json", "--draw", "drawn"],
+                          cwd=out, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((out / "dets.json").read_text())
     assert len(list((out / "drawn").glob("*.jpg"))) == len(images)
