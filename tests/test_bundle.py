@@ -22,7 +22,7 @@ from yoloq.preprocess import prepare, read_image
 
 # the modules each bundle's runtime is (ExecuTorch's Python runtime takes and gives torch tensors: torch comes with it)
 RUNTIMES = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}, "litert": {"ai_edge_litert"},
-            "executorch": {"executorch", "torch"}}
+            "executorch": {"executorch", "torch"}, "ncnn": {"ncnn"}}
 
 
 def _blocked(fmt: str) -> str:
@@ -45,7 +45,7 @@ def _check_bundle(out: Path, variant: str, imgsz: int, head: str) -> int:
                                                                                                ast.ImportFrom))}
     assert imports <= {"__future__", "argparse", "json", "sys", "pathlib", "cv2", "numpy", *RUNTIMES[fmt]}, imports
     assert (out / "requirements.txt").read_text().split()[0] in ("onnxruntime", "openvino", "ai-edge-litert",
-                                                                "executorch")
+                                                                "executorch", "ncnn")
     images = [str(p) for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     proc = subprocess.run([sys.executable, "-c", _blocked(fmt), *images, "--json", "dets.json", "--draw", "drawn"],
@@ -116,3 +116,32 @@ def test_an_executorch_bundle_runs_its_program(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "requirements.txt").read_text().split()[0] == "executorch"
     assert _check_bundle(out, "executorch-fp32", 320, "nms") > 0
+
+
+@pytest.mark.shared
+def test_an_ncnn_bundle_runs_its_model(tmp_path: Path):
+    """The NCNN bundle (INT8 where ncnn's tools are built, else FP16): model.ncnn.param/.bin run by ncnn's runtime
+    alone give yoloq's detections."""
+    import yaml
+
+    from yoloq.backends.ncnn import tools
+    from yoloq.backends.registry import get_backend
+    from yoloq.errors import BackendUnavailable
+
+    try:
+        get_backend("ncnn").version()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        tools.find()
+        precision = "int8"
+    except BackendUnavailable:
+        precision = "fp16"
+    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    cfg["variants"] = [{"format": "ncnn", "precision": precision}]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg | {"output": str(tmp_path / "run")}))
+    out = tmp_path / "bundle"
+    proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", f"ncnn-{precision}", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "requirements.txt").read_text().split()[0] == "ncnn"
+    assert _check_bundle(out, f"ncnn-{precision}", 320, "nms") > 0

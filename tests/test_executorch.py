@@ -80,16 +80,16 @@ def test_the_int8_scope_names_the_head_and_stem_modules():
     from families import FAMILIES  # noqa: F401 - the same YAMLs the family tests build
     from ultralytics import YOLO
 
-    from yoloq.backends.executorch import _scope
+    from yoloq.backends.torch_scope import module_scope
 
     model = YOLO("yolo11n.yaml").model
-    floats, quantized = _scope(model, "outputs", 2)
+    floats, quantized = module_scope(model, "outputs", 2)
     assert floats == ["model.0", "model.1", "model.23"]
     assert "model.23.cv2.0.0" in quantized and "model.23.cv3.2.1" in quantized
     assert not any(q.endswith(".2") and q.count(".") == 4 for q in quantized)  # the output convolutions stay float
-    floats, quantized = _scope(model, "decode", 0)
+    floats, quantized = module_scope(model, "decode", 0)
     assert floats == ["model.23"] and "model.23.cv2.0" in quantized and "model.23.cv3.2" in quantized
-    assert _scope(model, "none", 0) == ([], [])
+    assert module_scope(model, "none", 0) == ([], [])
 
 
 def test_a_missing_executorch_is_a_skipped_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

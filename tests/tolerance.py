@@ -8,9 +8,10 @@ own model in that arithmetic moves its output away from float64 (its "twin"):
 - fp32: the model in float32 (the families test's rule: 10x);
 - fp16: in float16, or in bfloat16 where the runtime reports bf16 compute (OpenVINO on BF16 CPUs) (10x);
 - int8: every convolution's weights rounded to int8 per output channel (symmetric) and its input to uint8 per
-  tensor over that input's own range, the grid the INT8 backends here quantize on. Each backend chooses its own
-  ranges (calibration, percentiles) and keeps some layers float, so it lies near the twin, not on it: 1.2-1.7x on
-  the shared YOLO11n (intel-xeon 2c with AMX, 2026-12-05); margin 3.
+  tensor over that input's own range, the grid the INT8 backends here quantize on; where a runtime reports
+  symmetric int8 activations (ncnn), its input to signed int8 over its largest magnitude instead. Each backend
+  chooses its own ranges (calibration, percentiles) and keeps some layers float, so it lies near the twin, not on
+  it: 1.2-1.7x on the shared YOLO11n (intel-xeon 2c with AMX, 2026-12-05); margin 3.
 
 Two statistics: the largest box error (input pixels) over the anchors torch scores >= 0.25 (the ones that become
 detections: an unconfident anchor's box is noise) and the largest class-score error over every anchor.
@@ -42,13 +43,16 @@ def _twin(ref_rt: Any, dtype: str) -> Any:
     return twin
 
 
-def _int8_twin(ref_rt: Any) -> Any:
+def _int8_twin(ref_rt: Any, symmetric: bool = False) -> Any:
     import torch
 
     twin = _twin(ref_rt, "float32")
 
     def quantize_input(_: Any, inputs: tuple) -> tuple:
         x = inputs[0]
+        if symmetric:  # signed int8 over the input's largest magnitude (ncnn's activations)
+            scale = max(float(x.abs().max()) / 127, 1e-12)
+            return (torch.fake_quantize_per_tensor_affine(x, scale, 0, -127, 127),)
         lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
         scale = max((hi - lo) / 255, 1e-12)
         return (torch.fake_quantize_per_tensor_affine(x, scale, int(round(-lo / scale)), 0, 255),)
@@ -96,7 +100,7 @@ class Errors:
 def arithmetic(precision: str, ran_as: str) -> str:
     """The twin for a variant of ``precision`` whose record says it ran as ``ran_as``."""
     if precision == "int8":
-        return "int8"
+        return "int8-symmetric" if "symmetric" in ran_as else "int8"
     if precision == "fp16":
         return "bfloat16" if "bf16" in ran_as else "float16"
     return "float32"
@@ -105,7 +109,7 @@ def arithmetic(precision: str, ran_as: str) -> str:
 def tolerance(ref_rt: Any, x: np.ndarray, kind: str) -> Errors:
     """How far an output in arithmetic ``kind`` may lie from torch FP32's on input ``x`` (see the module)."""
     exact = fp64_twin(ref_rt).predict(x)
-    twin = (_int8_twin(ref_rt) if kind == "int8" else _twin(ref_rt, kind)).predict(x).astype(np.float64)
-    err = Errors.of(twin, exact)
-    margin = INT8_MARGIN if kind == "int8" else ROUNDING_MARGIN
+    twin = (_int8_twin(ref_rt, kind == "int8-symmetric") if kind.startswith("int8") else _twin(ref_rt, kind))
+    err = Errors.of(twin.predict(x).astype(np.float64), exact)
+    margin = INT8_MARGIN if kind.startswith("int8") else ROUNDING_MARGIN
     return Errors(max(0.25, margin * err.box), max(2e-3, margin * err.score))

@@ -90,10 +90,40 @@ def load_model(path, threads):
     method = Runtime.get().load_program(path).load_method("forward")
     return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])[0].numpy().copy()
 ''',
+    "ncnn": '''
+def load_model(path, threads):
+    \"\"\"ncnn's runtime on model.ncnn.param/.bin: fp16 storage only in an FP16 bundle, int8 layers where the model
+    has them (an ncnn blob has no batch axis: one image at a time).\"\"\"
+    import ncnn
+
+    precision = json.loads((HERE / "meta.json").read_text())["precision"]
+    lines = (path / "model.ncnn.param").read_text().split("\\n")[2:]
+    layers = [x.split() for x in lines if len(x.split()) >= 4]
+    blob = lambda f, i: f[4 + int(f[2]) + i]  # noqa: E731 - the i-th top blob of a layer
+    inp, out = next(blob(f, 0) for f in layers if f[0] == "Input"), blob(layers[-1], 0)
+    net = ncnn.Net()
+    net.opt.num_threads, net.opt.use_vulkan_compute = threads, False
+    half = precision == "fp16"
+    net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = half
+    net.opt.use_bf16_storage, net.opt.use_int8_inference = False, precision == "int8"
+    net.load_param(str(path / "model.ncnn.param"))
+    net.load_model(str(path / "model.ncnn.bin"))
+
+    def run(x):
+        ys = []
+        for im in np.asarray(x, np.float32):
+            ex = net.create_extractor()
+            ex.input(inp, ncnn.Mat(np.ascontiguousarray(im)))
+            ys.append(np.array(ex.extract(out)[1], np.float32))
+        return np.stack(ys)
+
+    return run
+''',
 }
 # the Python packages each bundle needs beside numpy and OpenCV
 REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
-                "rknn": "rknn-toolkit-lite2\nonnxruntime", "executorch": "executorch"}
+                "rknn": "rknn-toolkit-lite2\nonnxruntime", "executorch": "executorch",
+                "ncnn": "ncnn"}
 
 
 def loader(fmt: str) -> tuple[str, str] | None:

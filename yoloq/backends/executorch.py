@@ -19,10 +19,9 @@ from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, St
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
+from yoloq.backends.torch_scope import export_module, module_scope
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import Counted, step
-
-BRANCHES = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")  # the head's box and class branches, per level
 
 
 class ExecuTorchRuntime:
@@ -42,43 +41,6 @@ class ExecuTorchRuntime:
         """The raw head output for one NCHW float32 batch."""
         out = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(batch, np.float32))])[0]
         return out.numpy().astype(np.float32, copy=True)
-
-
-def _export_module(source: Any, imgsz: int, end2end: bool, max_det: int) -> Any:
-    """The fused Ultralytics model in export mode (its head returns the decoded output only), as Ultralytics'
-    exporter prepares it, on the one branch this variant runs."""
-    import torch
-    from ultralytics import YOLO
-
-    model = YOLO(str(source.path)).model
-    head = model.model[-1]
-    if getattr(head, "one2one_cv2", None) is not None:
-        model.end2end = end2end
-        head.max_det, head.agnostic_nms = max_det, False
-    model = model.fuse(verbose=False).float().eval()
-    for m in model.modules():
-        if hasattr(m, "export") and hasattr(m, "format"):  # the Detect head and its subclasses
-            m.export, m.format, m.dynamic = True, "executorch", False
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model(torch.zeros(1, 3, imgsz, imgsz))  # build the anchors once, as the exporter's dry run does
-    return model
-
-
-def _scope(model: Any, keep_head: str, stem: int) -> tuple[list[str], list[str]]:
-    """Module names PT2E leaves in float and, inside those, the ones it quantizes after all: the head kept
-    float except its inner convolutions (``outputs``) or its whole branches (``decode``), and the stem."""
-    head_index = len(model.model) - 1
-    head, prefix = model.model[-1], f"model.{head_index}"
-    floats = [f"model.{i}" for i in range(min(stem, head_index))]
-    quantized: list[str] = []
-    if keep_head != "none":
-        floats.append(prefix)
-        for branch in BRANCHES:
-            for i, seq in enumerate(getattr(head, branch, None) or []):
-                inner = list(range(len(seq) - 1)) if keep_head == "outputs" else [None]
-                quantized += [f"{prefix}.{branch}.{i}" + ("" if j is None else f".{j}") for j in inner]
-    return floats, quantized
 
 
 def in_int8(floats: set[str], quantized: set[str]) -> Any:
@@ -181,10 +143,10 @@ class ExecuTorchBackend(Backend):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         torch.set_num_threads(ctx.threads)
-        model = _export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det)
+        model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "executorch")
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
         config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
-        floats, quantized = _scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
+        floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
         quantizer = scoped(XNNPACKQuantizer().set_global(config), in_int8(set(floats), set(quantized)))
         graph = torch.export.export(model, example).module()
         prepared = prepare_pt2e(graph, quantizer)
