@@ -40,6 +40,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
             item.add_marker(pytest.mark.xdist_group("smoke"))
         elif item.path.name == "test_rknn.py":  # one worker sets the RKNN environment up, then uses it
             item.add_marker(pytest.mark.xdist_group("rknn"))
+        elif item.path.name == "test_imx500.py":  # one worker makes the one IMX500 export its tests share
+            item.add_marker(pytest.mark.xdist_group("imx500"))
 
 
 SMOKE = {(v["format"], v["precision"]) for v in yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())

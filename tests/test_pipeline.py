@@ -66,7 +66,9 @@ def test_every_record_is_complete_and_traceable(smoke_run):
         assert not str(r["artifact"]).startswith(str(Path.home()))
 
 
-CONTRACT = [(f, p) for f, cls in sorted(registered().items()) for p in cls.precisions]
+# every backend whose model gives the raw head output (IMX500's ends in Sony's NMS layer: its detections are compared
+# with torch's in test_imx500)
+CONTRACT = [(f, p) for f, cls in sorted(registered().items()) for p in cls.precisions if f != "imx500"]
 
 
 def _export(request: pytest.FixtureRequest, tmp_path: Path,

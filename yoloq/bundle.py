@@ -111,13 +111,15 @@ def predict_source(loader_source: str) -> str:
 def _meta(cfg: RunConfig, label: str, precision: str, model_file: str, head: dict[str, Any], names: tuple[str, ...],
           calibration: dict[str, Any]) -> dict[str, Any]:
     """``meta.json``: every rule ``predict.py`` follows, so a device team can re-implement it anywhere."""
-    end2end = head.get("branch") == "one2one"
+    in_model = bool(head.get("nms_in_model"))  # the model ends in its own NMS (Sony's layer on the IMX500)
+    end2end = head.get("branch") == "one2one" or in_model
     return {"variant": label, "precision": precision, "model_file": model_file, "yoloq": __version__,
             "input": {"size": cfg.imgsz, "dtype": "float32", "layout": "NCHW (NHWC where a LiteRT model wants it)",
                       "color": "RGB", "scale": "pixel / 255"},
             "letterbox": {"pad": PAD_VALUE, "resize": "long side to size, bilinear", "placement": "centred"},
             "head": "end2end" if end2end else "nms",
-            "output": "[1, K, 6]: x1, y1, x2, y2, score, class (the model's top-k)" if end2end else
+            "output": ("[1, K, 6]: x1, y1, x2, y2, score, class (after the NMS inside the model)" if in_model else
+                       "[1, K, 6]: x1, y1, x2, y2, score, class (the model's top-k)") if end2end else
                       f"[1, {4 + len(names)}, N]: cx, cy, w, h in input pixels, then one score per class",
             "postprocess": "boxes with score > conf; best class per box; class-offset greedy NMS at iou; max_det; "
                            "boxes mapped back by the letterbox and clipped to the image",

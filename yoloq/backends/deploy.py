@@ -119,11 +119,32 @@ def load_model(path, threads):
 
     return run
 ''',
+    "imx500": '''
+def load_model(path, threads):
+    \"\"\"The IMX500 model simulated on a PC: MCT's quantized ONNX in ONNX Runtime with MCT's quantizer ops and Sony's
+    NMS op registered (the camera itself runs packerOut.zip: see README.md); [1, K, 6] after the model's NMS.\"\"\"
+    import mct_quantizers
+    import onnxruntime as ort
+    from edgemdt_cl.pytorch.nms import nms_ort  # noqa: F401 - registers Sony's NMS op
+
+    so = mct_quantizers.get_ort_session_options()
+    so.enable_mem_reuse = False
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(next(path.glob("*.onnx"))), so, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        boxes, scores, labels = session.run(None, {name: np.ascontiguousarray(x, np.float32)})[:3]
+        return np.concatenate([boxes, scores[..., None], labels[..., None]], axis=-1).astype(np.float32)
+
+    return run
+''',
 }
 # the Python packages each bundle needs beside numpy and OpenCV
 REQUIREMENTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
                 "rknn": "rknn-toolkit-lite2\nonnxruntime", "executorch": "executorch",
-                "ncnn": "ncnn"}
+                "ncnn": "ncnn", "imx500": "onnxruntime\nonnxruntime-extensions\nmct-quantizers\nedge-mdt-cl\ntorch\n"
+                                          "torchvision"}
 
 
 def loader(fmt: str) -> tuple[str, str] | None:

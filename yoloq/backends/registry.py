@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from yoloq.config import RunConfig, VariantConfig
 
 _BACKENDS: dict[str, type[Backend]] = {}
-_MODULES = ("torch_backend", "onnxruntime", "openvino", "litert", "executorch", "ncnn", "tensorrt", "rknn")
+_MODULES = ("torch_backend", "onnxruntime", "openvino", "litert", "executorch", "ncnn", "tensorrt", "rknn", "imx500")
 _loaded = False
 
 

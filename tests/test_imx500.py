@@ -1,0 +1,128 @@
+"""Sony IMX500: YOLO11n quantized by Sony's MCT for the IMX500 in its own environment (``yoloq setup imx500``), the
+camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime with MCT's ops (simulated); its
+bundle's predict.py runs that model alone; YOLO26n is a skipped record naming what MCT's IMX export supports. One
+export at imgsz 320 on 8 calibration images serves every test. Skipped with the reason where Sony's tools cannot be
+set up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import SHARED, run_cli, side_environment
+
+from yoloq.errors import BackendUnavailable
+
+pytestmark = pytest.mark.shared
+
+
+def _config(tmp: Path, model: str, out: Path, variants: list[dict]) -> Path:
+    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
+    cfg |= {"model": model, "variants": variants, "output": str(out), "data": cfg["data"] | {"max_images": 4},
+            "calibration": cfg["calibration"] | {"images": 8},
+            "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 2, "images": 1}}
+    path = tmp / f"{Path(model).stem}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def imx(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run of torch FP32 and IMX500 INT8 into a bundle's work folder (the bundle then reuses that export)."""
+    from yoloq.backends.registry import get_backend
+
+    try:
+        get_backend("imx500").version()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    side_environment("imx500")
+    from yoloq.backends.imx500.backend import java_version
+
+    if java_version() < 17:
+        pytest.skip("imxconv-pt needs Java 17 or later (apt-get install openjdk-17-jre-headless)")
+    tmp = tmp_path_factory.mktemp("imx500")
+    cfg = _config(tmp, "yolo11n.pt", tmp / "bundle" / "work", [{"format": "torch", "precision": "fp32"},
+                                                              {"format": "imx500", "precision": "int8"}])
+    proc = run_cli("run", str(cfg), "--out", str(tmp / "bundle" / "work"), timeout=3600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    recs = {r["name"]: r for r in map(json.loads, (tmp / "bundle" / "work" / "records.jsonl").read_text().splitlines())}
+    return {"tmp": tmp, "cfg": cfg, "records": recs}
+
+
+def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
+    """The record: ok, ran as the simulated IMX500, no latency (with the reason), the camera package beside the
+    quantized ONNX, NMS inside the model; its detections on evaluation images are torch FP32's."""
+    from yoloq.artifacts import cached_artifact
+    from yoloq.backends.base import Artifact
+    from yoloq.backends.registry import get_backend
+    from yoloq.config import EvalConfig
+    from yoloq.postprocess import postprocess
+    from yoloq.preprocess import prepare, read_image
+
+    rec, ref = imx["records"]["imx500-int8"], imx["records"]["torch-fp32"]
+    assert rec["status"] == "ok", rec["reason"]
+    assert "simulated on CPU" in rec["runtime"]["precision_ran"]
+    assert rec["latency"] is None or not rec["latency"].get("p50_ms")
+    assert "IMX500 sensor" in json.dumps(rec)
+    info = rec["artifact_info"]
+    assert info["head"]["nms_in_model"] and info["calibration_used"] == 8 and info["camera_package"] == "packerOut.zip"
+    folder = imx["tmp"] / "bundle" / "work" / "artifacts" / "imx500-int8"
+    art = cached_artifact(folder, rec["key"])
+    assert (Path(art.path) / "packerOut.zip").stat().st_size > 100_000 and (Path(art.path) / "labels.txt").is_file()
+    assert rec["metrics"]["map50_95"] >= 0.80 * ref["metrics"]["map50_95"]
+    runtime = get_backend("imx500").load(art, 2)
+    torch_rt = get_backend("torch").load(Artifact(SHARED / "models" / "yolo11n.pt", "torch", "fp32",
+                                                  {"end2end": False, "max_det": 300}), 2)
+    post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+    found = kept = 0
+    for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]:
+        x, lbs = prepare([read_image(p)], 320)
+        y = runtime.predict(x)
+        assert y.shape == (1, 300, 6) and np.isfinite(y).all()
+        a, b = postprocess(torch_rt.predict(x), lbs, post)[0], postprocess(y, lbs, post)[0]
+        found, kept = found + len(a), kept + _kept(a, b)
+    # int8 moves boxes and scores a little: each confident torch detection must be found (same class, IoU >= 0.5)
+    assert found > 0 and kept >= 0.9 * found, f"IMX500 INT8 found {kept} of torch FP32's {found} detections"
+
+
+def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
+    """How many of ``ref``'s detections ``other`` has too: the same class at IoU >= 0.5."""
+    if not len(ref) or not len(other):
+        return 0
+    lt = np.maximum(ref.boxes[:, None, :2], other.boxes[None, :, :2])
+    rb = np.minimum(ref.boxes[:, None, 2:], other.boxes[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(2)
+    area_r, area_o = (ref.boxes[:, 2:] - ref.boxes[:, :2]).prod(1), (other.boxes[:, 2:] - other.boxes[:, :2]).prod(1)
+    iou = inter / (area_r[:, None] + area_o[None] - inter)
+    return int(((iou >= 0.5) & (ref.classes[:, None] == other.classes[None])).any(1).sum())
+
+
+def test_an_imx500_bundle_runs_the_simulated_model(imx):
+    """``yoloq export``: the camera's packerOut.zip and labels, and a predict.py whose simulated model (ONNX Runtime
+    with MCT's and Sony's ops, no yoloq or Ultralytics) gives yoloq's detections."""
+    from test_bundle import RUNTIMES, _check_bundle
+
+    out = imx["tmp"] / "bundle"
+    proc = run_cli("export", str(imx["cfg"]), "--variant", "imx500-int8", "--out", str(out), timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "quantize imx500-int8" not in proc.stderr  # the run's export, reused
+    assert {"packerOut.zip", "labels.txt"} <= {p.name for p in out.rglob("*")}
+    assert "imx500-package" in (out / "README.md").read_text()
+    assert (out / "requirements.txt").read_text().split()[0] == "onnxruntime" and "imx500" in RUNTIMES
+    assert _check_bundle(out, "imx500-int8", 320, "end2end") > 0
+
+
+def test_a_family_mcts_imx_export_does_not_take_is_a_skipped_record(tmp_path):
+    """YOLO26n (random init): skipped, naming what Sony's IMX500 export takes; nothing is exported."""
+    from families import build
+    from ultralytics import YOLO
+
+    pt = build("yolo26n", tmp_path, YOLO(str(SHARED / "models" / "yolo11n.pt")).names)
+    cfg = _config(tmp_path, str(pt), tmp_path / "o", [{"format": "imx500", "precision": "int8"}])
+    proc = run_cli("run", str(cfg), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text().splitlines()[0])
+    assert rec["status"] == "skipped" and "YOLOv8n and YOLO11n" in rec["reason"]

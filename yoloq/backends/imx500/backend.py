@@ -1,0 +1,207 @@
+"""Sony IMX500, the sensor with an on-chip NPU in the Raspberry Pi AI Camera: INT8 by Sony's Model Compression
+Toolkit (post-training quantization for the IMX500 target platform, through Ultralytics' IMX export, on yoloq's
+calibration images), converted for the camera by ``imxconv-pt`` (``packerOut.zip``).
+
+Sony's tools pin what yoloq's environment cannot take: they run in their own environment (``yoloq setup imx500``)
+behind a one-shot worker. The quantized model MCT exports (an ONNX whose quantizers are MCT's custom ops, with Sony's
+multiclass NMS layer at its end) is scored here in ONNX Runtime with those ops registered, as Ultralytics validates an
+IMX export on a PC: the camera's arithmetic simulated on the CPU, so it has no latency here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
+from yoloq.backends.registry import register
+from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
+from yoloq.backends.sideenv import SideEnv
+from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.progress import step
+
+HERE = Path(__file__).resolve().parent
+ENV = SideEnv("imx500", HERE / "requirements.txt", "import model_compression_toolkit, edgemdt_tpc, ultralytics",
+              "YOLOQ_IMX500_PYTHON", "about 6 GB; Sony's tools pin torch<2.12, networkx<3.6 and mct-quantizers 1.6")
+EXPORT_TIMEOUT_S = 4 * 3600
+SUPPORTED = ("yolov8n", "yolo11n")  # what Ultralytics' IMX export (MCT's settings for the IMX500) takes: detectors
+RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
+
+
+class Imx500Runtime:
+    """The MCT-quantized ONNX in ONNX Runtime with MCT's quantizer ops and Sony's NMS op registered: ``[B, K, 6]``
+    (x1, y1, x2, y2, score, class in input pixels) after the model's own NMS."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import mct_quantizers
+        import onnxruntime as ort
+        from edgemdt_cl.pytorch.nms import nms_ort  # noqa: F401 - registers Sony's NMS op with ONNX Runtime
+
+        so = mct_quantizers.get_ort_session_options()
+        so.enable_mem_reuse = False  # as Ultralytics runs it: MCT's ops alias their buffers
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.info: dict[str, Any] = {"threads": threads}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        boxes, scores, labels = self.session.run(None, {self.input: np.ascontiguousarray(batch, np.float32)})[:3]
+        return np.concatenate([boxes, scores[..., None], labels[..., None]], axis=-1).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _family(path: str) -> tuple[str, str]:
+    from ultralytics import YOLO
+
+    model = YOLO(path)
+    return Path(str(model.model.yaml.get("yaml_file", ""))).stem, model.task
+
+
+def java_version() -> int:
+    """The major version of the ``java`` on PATH (0 where there is none)."""
+    exe = shutil.which("java")
+    if exe is None:
+        return 0
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"(?:openjdk|java) (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+@register
+class Imx500Backend(Backend):
+    """Sony IMX500 INT8, simulated on this CPU."""
+
+    name = "imx500"
+    precisions = ("int8",)
+    sources = ("pt",)
+    install_hint = "pip install mct-quantizers edge-mdt-cl onnxruntime-extensions; then 'yoloq setup imx500'"
+    libraries = ("mct-quantizers", "edge-mdt-cl", "onnxruntime-extensions")
+    style = Style(color="#7f7f7f")
+    timed_here = False
+    options = {
+        "calibration_images": CALIBRATION_IMAGES,
+        "nms_conf": OptionSpec(float, 0.001, None, "score threshold of the NMS inside the model (keep it at or below "
+                               "eval.conf)", INT8, minimum=0.0, maximum=1.0),
+        "nms_iou": OptionSpec(float, 0.7, None, "IoU threshold of the NMS inside the model", INT8, minimum=0.0,
+                              maximum=1.0),
+    }
+
+    def version(self) -> str:
+        from importlib.metadata import version
+        from importlib.util import find_spec
+
+        missing = [m for m in RUNTIME if find_spec(m) is None]
+        if missing:
+            raise BackendUnavailable(f"the IMX500 simulation needs {', '.join(missing)} ({self.install_hint})")
+        return f"mct-quantizers {version('mct-quantizers')}"
+
+    @classmethod
+    def key_extra(cls) -> dict[str, str]:
+        """The side environment's pins (their hash): another MCT makes another model."""
+        return {"imx500_pins": ENV.pins_digest()}
+
+    def check(self, variant: Any, source: Any) -> None:
+        super().check(variant, source)
+        family, task = _family(str(source.path))
+        if task != "detect" or not any(family.startswith(f) for f in SUPPORTED):
+            raise BackendUnavailable(f"Sony's IMX500 export (MCT's settings in Ultralytics) takes YOLOv8n and YOLO11n "
+                                     f"detectors only; {source.path.name} is {family or 'unknown'} ({task})")
+        ENV.python()
+        if java_version() < 17:
+            raise BackendUnavailable("imxconv-pt (Sony's IMX500 converter) needs Java 17 or later: "
+                                     "apt-get install openjdk-17-jre-headless")
+
+    def setup(self) -> Path:
+        """Sony's tools in their own environment, from the pinned requirements (about 6 GB the first time)."""
+        from yoloq.progress import say
+
+        if not ENV.is_ready():
+            say(f"setting up Sony's IMX500 tools in their own environment, {ENV.env_dir()} (pinned: "
+                f"yoloq/backends/imx500/requirements.txt; about 6 GB, a few minutes)")
+        return ENV.setup()
+
+    def untimed_reason(self) -> str:
+        return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
+                "(the bundle's predict.py times it where it runs)")
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        head = replace(ctx.source.head, end2end=False, reason="Sony's multiclass NMS layer inside the model (on the "
+                                                              "IMX500), as Ultralytics' IMX export builds it")
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        cal = ctx.workdir / "calibration.npy"
+        images = [np.rint(x[0] * 255.0).astype(np.uint8)  # exact: yoloq's inputs are uint8 pixels / 255
+                  for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
+        if not images:
+            raise ExportError("no calibration image could be read")
+        stack = np.stack(images)
+        out, done = ctx.workdir / "imx500", ctx.workdir / "done.json"
+        req = {"model": str(ctx.source.path), "imgsz": ctx.imgsz, "calibration": str(cal), "out": str(out),
+               "conf": ctx.option("nms_conf"), "iou": ctx.option("nms_iou"), "max_det": ctx.max_det,
+               "reply": str(ctx.workdir / "reply.json")}
+        key = hashlib.sha256(json.dumps([ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(),
+                                         req["imgsz"], req["conf"], req["iou"], req["max_det"]]).encode()).hexdigest()
+        reply = json.loads(done.read_text()) if done.is_file() else {}
+        if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
+            reply = self._run_worker(ctx, req, stack)
+            done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
+            os.replace(done.with_suffix(".partial"), done)
+        head_info = head.describe() | {"nms_in_model": True, "nms": {"conf": req["conf"], "iou": req["iou"],
+                                                                     "max_det": req["max_det"]}}
+        return Artifact(out, self.name, "int8", {
+            "head": head_info, "quantizer": "Sony MCT post-training quantization, IMX500 target platform (TPC 4.0), "
+            "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
+            "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
+            "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip"})
+
+    def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
+        cal, out, reply_path = Path(req["calibration"]), Path(req["out"]), Path(req["reply"])
+        np.save(cal, images.astype(np.float32) / 255.0)
+        shutil.rmtree(out, ignore_errors=True)
+        reply_path.unlink(missing_ok=True)
+        (ctx.workdir / "request.json").write_text(json.dumps(req))
+        log = ctx.workdir / "imx500-export.log"
+        with step(f"quantize {ctx.variant.label} (Sony MCT for the IMX500, imxconv-pt; in its own environment)"):
+            with open(log, "w") as f:
+                try:
+                    subprocess.run([str(ENV.python()), str(HERE / "worker.py"), str(ctx.workdir / "request.json")],
+                                   stdout=f, stderr=subprocess.STDOUT, timeout=EXPORT_TIMEOUT_S,
+                                   env={**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""})
+                except subprocess.TimeoutExpired:
+                    raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
+        cal.unlink(missing_ok=True)
+        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": f"no reply; see {log}"}
+        if not reply.get("ok"):
+            raise ExportError(f"IMX500 export: {reply.get('error')} (log: {log})")
+        if not next(out.glob("*.onnx"), None) or not (out / "packerOut.zip").is_file():
+            raise ExportError(f"the IMX500 export left no quantized ONNX or packerOut.zip in {out} (log: {log})")
+        return reply
+
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Imx500Runtime:
+        folder = Path(artifact.path)
+        onnx_file = next(folder.glob("*.onnx"), None) if folder.is_dir() else folder
+        if onnx_file is None:
+            raise ExportError(f"no quantized ONNX in {folder}")
+        rt = Imx500Runtime(onnx_file, threads)
+        rt.info["precision_ran"] = "int8 (IMX500, simulated on CPU: MCT's quantizers in ONNX Runtime)"
+        return rt
+
+    def deploy_notes(self, model_file: str) -> tuple[dict[str, Any], list[str]]:
+        return {}, [
+            f"On the Raspberry Pi with the AI Camera: `sudo apt install imx500-all`, then "
+            f"`imx500-package -i {model_file}/packerOut.zip -o rpk` makes `rpk/network.rpk`, the file picamera2's "
+            f"IMX500 helper loads (`IMX500('rpk/network.rpk')`; labels: `{model_file}/labels.txt`).",
+            "The network ends in Sony's NMS: its outputs are boxes (x1, y1, x2, y2 in input pixels of the letterboxed "
+            "input), scores, classes and the count; undo the letterbox on the Pi as predict.py does.",
+            "predict.py here runs the simulated model (model_imx.onnx) on a PC: the same detections the camera "
+            "computes, up to the NPU's rounding."]
+
