@@ -22,7 +22,8 @@ from yoloq.preprocess import prepare, read_image
 
 # the modules each bundle's runtime is (ExecuTorch's Python runtime takes and gives torch tensors: torch comes with it)
 RUNTIMES = {"onnxruntime": {"onnxruntime"}, "openvino": {"openvino"}, "litert": {"ai_edge_litert"},
-            "executorch": {"executorch", "torch"}, "ncnn": {"ncnn"}}
+            "executorch": {"executorch", "torch"}, "ncnn": {"ncnn"},
+            "imx500": {"onnxruntime", "onnxruntime_extensions", "mct_quantizers", "edgemdt_cl", "torch", "torchvision"}}
 
 
 def _blocked(fmt: str) -> str:

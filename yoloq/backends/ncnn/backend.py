@@ -9,6 +9,7 @@ the convolutions the scope keeps in float; ``ncnn2int8`` quantizes only those it
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -101,6 +102,30 @@ def conv_names(model: Any, param: Path, imgsz: int) -> dict[str, str]:
     return names
 
 
+def _activation_scales(table: list[str], param: Path, log: str, method: str, input_range: bool) -> list[str]:
+    """The table's lines with the activation scales ``method`` and ``input_range`` ask for: ``max`` sets each
+    activation's scale to 127 over its largest magnitude (ncnn2table prints it: ``<layer> : max = ...``);
+    ``input_range`` gives the convolutions that read the image (pixels / 255) the scale of [0, 1], 127."""
+    absmax = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s+: max = (\S+)\s+threshold", log, re.M)}
+    layers = read_param(param)
+    image = next(tops[0] for kind, _, _, tops, _ in layers if kind == "Input")
+    reads_image = {name for kind, name, bottoms, _, _ in layers if kind in CONVS and image in bottoms}
+    out = []
+    for line in table:
+        name = line.split(" ", 1)[0]
+        if name.endswith("_param_0"):
+            out.append(line)
+        elif input_range and name in reads_image:
+            out.append(f"{name} 127.0")
+        elif method == "max":
+            if absmax.get(name, 0.0) <= 0:
+                raise ExportError(f"ncnn2table printed no maximum for {name}: the max method cannot set its scale")
+            out.append(f"{name} {127.0 / absmax[name]:f}")
+        else:
+            out.append(line)
+    return out
+
+
 def _run(cmd: list[str], log: Path, what: str) -> None:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
@@ -127,8 +152,11 @@ class NcnnBackend(Backend):
         "calibration_images": CALIBRATION_IMAGES,
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_stem_float": keep_stem_float(0),
-        "method": OptionSpec(str, "kl", ("kl", "aciq", "eq"), "ncnn2table's activation calibration: KL "
-                             "divergence, ACIQ, or equalization", INT8),
+        "method": OptionSpec(str, "kl", ("kl", "aciq", "eq", "max"), "ncnn2table's activation calibration: KL "
+                             "divergence, ACIQ, equalization, or max (each activation's largest magnitude over the "
+                             "calibration images, from ncnn2table's own statistics: no clipping)", INT8),
+        "input_range": OptionSpec(bool, True, None, "the convolutions reading the image get its known range [0, 1] "
+                                  "(scale 127) instead of a calibrated clip", INT8),
     }
 
     def version(self) -> str:
@@ -157,11 +185,14 @@ class NcnnBackend(Backend):
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
         """ncnn2table's calibration method, the head's scope, the stem in float."""
         return [TuneCandidate(n, o, w) for n, o, w in (
-            ("default", {}, "ncnn2table's KL calibration with yoloq's head scope"),
+            ("default", {}, "ncnn2table's KL calibration with yoloq's head scope, the image's known range"),
             ("aciq", {"method": "aciq"}, "ACIQ clipping instead of KL"),
+            ("max", {"method": "max"}, "each activation's largest magnitude: no clipping"),
             ("eq", {"method": "eq"}, "ncnn2table's equalization search"),
+            ("input-calibrated", {"input_range": False}, "the image's range calibrated too (KL clips pixels)"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
-            ("stem2", {"keep_stem_float": 2}, "the first two layers in float"))]
+            ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
+            ("stem2-max", {"keep_stem_float": 2, "method": "max"}, "the first two layers in float, no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -199,15 +230,17 @@ class NcnnBackend(Backend):
         (work / "calibration.txt").write_text("\n".join(paths) + "\n")
         log = work / "ncnn-tools.log"
         table = work / "model.table"
-        s = ctx.imgsz
+        s, method = ctx.imgsz, ctx.option("method")
+        log.unlink(missing_ok=True)
         _run([str(bin_dir / "ncnn2table"), str(fp32 / PARAM), str(fp32 / BIN), str(work / "calibration.txt"),
               str(table), "mean=[0,0,0]", "norm=[1,1,1]", f"shape=[{s},{s},3]", "pixel=RGB",
-              f"thread={ctx.threads}", f"method={ctx.option('method')}", "type=1"], log, "ncnn2table")
+              f"thread={ctx.threads}", f"method={'kl' if method == 'max' else method}", "type=1"], log, "ncnn2table")
+        lines = _activation_scales(table.read_text().splitlines(), fp32 / PARAM, log.read_text(), method,
+                                   ctx.option("input_range"))
         model = export_module(ctx.source, s, end2end, ctx.max_det, "ncnn")
         floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
         names = conv_names(model, fp32 / PARAM, s)
         kept = {n for n, m in names.items() if in_float(m, set(floats), set(quantized))}
-        lines = table.read_text().splitlines()
         scoped = [x for x in lines if x.split(" ", 1)[0].removesuffix("_param_0") not in kept]
         (work / "model.scoped.table").write_text("\n".join(scoped) + "\n")
         out = work / "model"
