@@ -173,13 +173,16 @@ class Imx500Backend(Backend):
         with step(f"quantize {ctx.variant.label} (Sony MCT for the IMX500, imxconv-pt; in its own environment)"):
             with open(log, "w") as f:
                 try:
-                    subprocess.run([str(ENV.python()), str(HERE / "worker.py"), str(ctx.workdir / "request.json")],
-                                   stdout=f, stderr=subprocess.STDOUT, timeout=EXPORT_TIMEOUT_S,
-                                   env={**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""})
+                    rc = subprocess.run([str(ENV.python()), str(HERE / "worker.py"),
+                                         str(ctx.workdir / "request.json")], stdout=f, stderr=subprocess.STDOUT,
+                                        timeout=EXPORT_TIMEOUT_S,
+                                        env={**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""}).returncode
                 except subprocess.TimeoutExpired:
                     raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
         cal.unlink(missing_ok=True)
-        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": f"no reply; see {log}"}
+        died = (f"the export process was killed by signal {-rc}" + (" (out of memory? MCT took 14 GB at imgsz 640)"
+                                                                     if rc == -9 else "")) if rc < 0 else "no reply"
+        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": died}
         if not reply.get("ok"):
             raise ExportError(f"IMX500 export: {reply.get('error')} (log: {log})")
         if not next(out.glob("*.onnx"), None) or not (out / "packerOut.zip").is_file():
