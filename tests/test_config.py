@@ -53,7 +53,7 @@ def test_default_config_is_the_issue_matrix():
     (with_(imgsz=100), "config key 'imgsz': got 100, expected a multiple of 32"),
     (with_(eval={"conf": 1.5}), "config key 'eval.conf': got 1.5, expected 0 <= conf < 1"),
     (with_(latency={"min_runs": 0}), "config key 'latency.min_runs': got 0, expected >= 1"),
-    (with_(variants=[{"format": "tflite"}]), "unknown format 'tflite'; valid formats: executorch, litert, onnxruntime"),
+    (with_(variants=[{"format": "tflite"}]), "unknown format 'tflite'; valid formats: executorch, imx500, litert, ncnn, onnxruntime"),
     (with_(variants=[{"format": "openvino", "precision": "int4"}]), "got 'int4', expected one of fp32, fp16, int8"),
     (with_(variants=[{"format": "tensorrt", "precision": "fp32", "device": "cuda"}]),
      "'fp32' is not a tensorrt precision"),

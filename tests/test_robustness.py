@@ -72,7 +72,7 @@ def bad_input_cases(tmp_path: Path) -> dict[str, tuple[dict, str]]:
         "unknown key": ({"imgsz2": 320}, "unknown config key 'imgsz2'; did you mean 'imgsz'?"),
         "wrong type": ({"imgsz": "large"}, "config key 'imgsz': got 'large', expected an integer"),
         "out of range": ({"eval": {"iou": 1.5}}, "config key 'eval.iou': got 1.5, expected 0 < iou <= 1"),
-        "unknown format": ({"variants": [{"format": "ncnn"}]}, "unknown format 'ncnn'; valid formats:"),
+        "unknown format": ({"variants": [{"format": "mnn"}]}, "unknown format 'mnn'; valid formats:"),
         "unknown precision": ({"variants": [{"format": "litert", "precision": "int4"}]},
                               "config key 'variants[0].precision': got 'int4', expected one of fp32, fp16, int8"),
         "model missing": ({"model": str(tmp_path / "nope.pt")}, "model file not found"),
