@@ -132,7 +132,7 @@ class Imx500Backend(Backend):
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
-                "(the bundle's predict.py times it where it runs)")
+                "(time it on the camera: picamera2's IMX500 helper reports the network's own inference time)")
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = replace(ctx.source.head, end2end=False, reason="Sony's multiclass NMS layer inside the model (on the "
