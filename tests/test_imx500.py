@@ -1,8 +1,8 @@
 """Sony IMX500: YOLO11n quantized by Sony's MCT for the IMX500 in its own environment (``yoloq setup imx500``), the
-camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime with MCT's ops (simulated); its
-bundle's predict.py runs that model alone; YOLO26n is a skipped record naming what MCT's IMX export supports. One
-export at imgsz 320 on 8 calibration images serves every test. Skipped with the reason where Sony's tools cannot be
-set up."""
+camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime (simulated); its bundle's
+predict.py runs that model alone; YOLO26n is a skipped record naming what MCT's IMX export supports. One export at
+imgsz 320 on 8 calibration images (the mixed-precision search on 2) serves every test. Skipped with the reason where
+Sony's tools cannot be set up."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def imx(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pytest.skip("imxconv-pt needs Java 17 or later (apt-get install openjdk-17-jre-headless)")
     tmp = tmp_path_factory.mktemp("imx500")
     cfg = _config(tmp, "yolo11n.pt", tmp / "bundle" / "work", [{"format": "torch", "precision": "fp32"},
-                                                              {"format": "imx500", "precision": "int8"}])
+                                                              {"format": "imx500", "precision": "int8",
+                                                               "options": {"mixed_precision_images": 2}}])
     proc = run_cli("run", str(cfg), "--out", str(tmp / "bundle" / "work"), timeout=3600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     recs = {r["name"]: r for r in map(json.loads, (tmp / "bundle" / "work" / "records.jsonl").read_text().splitlines())}
@@ -54,9 +55,12 @@ def imx(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     """The record: ok, ran as the simulated IMX500, no latency (with the reason), the camera package beside the
-    quantized ONNX, NMS inside the model; its detections on evaluation images are torch FP32's."""
+    quantized ONNX, NMS inside the model; its detections on evaluation images are torch FP32's. MCT's quantizer ops
+    and the standard ops the simulation runs them as give the same outputs bit for bit on those images."""
     from yoloq.artifacts import cached_artifact
     from yoloq.backends.base import Artifact
+    from yoloq.backends.imx500.backend import Imx500Runtime
+    from yoloq.backends.imx500.simulation import identical
     from yoloq.backends.registry import get_backend
     from yoloq.config import EvalConfig
     from yoloq.postprocess import postprocess
@@ -65,15 +69,18 @@ def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     rec, ref = imx["records"]["imx500-int8"], imx["records"]["torch-fp32"]
     assert rec["status"] == "ok", rec["reason"]
     assert "simulated on CPU" in rec["runtime"]["precision_ran"]
+    assert "standard ONNX ops" in rec["runtime"]["precision_ran"]
     assert rec["latency"] is None or not rec["latency"].get("p50_ms")
     assert "IMX500 sensor" in json.dumps(rec)
     info = rec["artifact_info"]
     assert info["head"]["nms_in_model"] and info["calibration_used"] == 8 and info["camera_package"] == "packerOut.zip"
+    assert info["simulation"]["identical"] and info["simulation"]["activations_rewritten"] > 100
     folder = imx["tmp"] / "bundle" / "work" / "artifacts" / "imx500-int8"
     art = cached_artifact(folder, rec["key"])
     assert (Path(art.path) / "packerOut.zip").stat().st_size > 100_000 and (Path(art.path) / "labels.txt").is_file()
     assert rec["metrics"]["map50_95"] >= 0.80 * ref["metrics"]["map50_95"]
     runtime = get_backend("imx500").load(art, 2)
+    mct_ops = Imx500Runtime(next(Path(art.path).glob("*.onnx")), 2)  # MCT's own Python ops
     torch_rt = get_backend("torch").load(Artifact(SHARED / "models" / "yolo11n.pt", "torch", "fp32",
                                                   {"end2end": False, "max_det": 300}), 2)
     post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
@@ -81,6 +88,7 @@ def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     for p in sorted((SHARED / "datasets" / "coco-mini" / "val2017").glob("*.jpg"))[:4]:
         x, lbs = prepare([read_image(p)], 320)
         y = runtime.predict(x)
+        assert identical(runtime.outputs(x), mct_ops.outputs(x))
         assert y.shape == (1, 300, 6) and np.isfinite(y).all()
         a, b = postprocess(torch_rt.predict(x), lbs, post)[0], postprocess(y, lbs, post)[0]
         found, kept = found + len(a), kept + _kept(a, b)

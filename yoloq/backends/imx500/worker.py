@@ -6,7 +6,8 @@ Ultralytics sets, then ``imxconv-pt``, which needs Java) with yoloq's calibratio
 own dataset. One request: the path of a JSON file with ``model`` (a ``.pt``), ``imgsz``, ``calibration`` (an ``.npy``
 of NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_det`` (the NMS the model carries),
 ``out`` (the folder to create) and ``reply`` (where the JSON reply goes: ``ok``, ``seconds``, ``versions`` or
-``error``).
+``error``); optionally ``mixed_precision_images`` (how many images MCT's mixed-precision search scores each layer's
+bit widths on; Ultralytics sets 10).
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def export(req: dict) -> dict:
     images = np.load(req["calibration"])
     batches = [{"img": torch.from_numpy(images[i:i + 1] * 255.0)} for i in range(len(images))]  # MCT divides by 255
     Exporter.get_int8_calibration_dataloader = lambda self, prefix="": batches  # yoloq's images, not a dataset yaml
+    if req.get("mixed_precision_images"):
+        import model_compression_toolkit as mct
+
+        base, n = mct.core.MixedPrecisionQuantizationConfig, int(req["mixed_precision_images"])
+
+        class MixedPrecision(base):  # Ultralytics' config with the number of images the search scores on
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **(kwargs | {"num_of_images": n}))
+
+        mct.core.MixedPrecisionQuantizationConfig = MixedPrecision
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / Path(req["model"]).name
