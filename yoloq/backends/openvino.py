@@ -192,13 +192,19 @@ class OpenVinoBackend(Backend):
             scores.append(validate(lambda x: compiled(x)[out], list(data)))
             return scores[-1]
 
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
         q = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(images), nncf.Dataset(list(validate.items), lambda item: item[0]), validation_fn,
             max_drop=ctx.option("max_drop"), drop_type=nncf.DropType.ABSOLUTE,
             advanced_quantization_parameters=common["advanced_parameters"],  # this call's name for it
+            # NNCF reverts one group of operations to float per iteration: max_float_groups bounds them
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=ctx.option("max_float_groups")),
             **{k: v for k, v in common.items() if k != "advanced_parameters"})
         return q, {"heldout_images": len(validate.items), "max_drop": ctx.option("max_drop"),
-                   "validations": len(scores), "heldout_maps": [round(v, 5) for v in scores]}
+                   "max_float_groups": ctx.option("max_float_groups"), "validations": len(scores),
+                   "heldout_maps": [round(v, 5) for v in scores]}
 
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
         """The compiled model's executed nodes (OpenVINO's per-node profiling): kernel, precision, time, MACs."""
