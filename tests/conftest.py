@@ -42,6 +42,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
             item.add_marker(pytest.mark.xdist_group("rknn"))
         elif item.path.name == "test_imx500.py":  # one worker makes the one IMX500 export its tests share
             item.add_marker(pytest.mark.xdist_group("imx500"))
+        elif "executorch_run" in getattr(item, "fixturenames", ()) or (contract and params.get("fmt") == "executorch"):
+            item.add_marker(pytest.mark.xdist_group("executorch"))  # one worker lowers YOLO11n to ExecuTorch once
 
 
 SMOKE = {(v["format"], v["precision"]) for v in yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
@@ -65,6 +67,28 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 1200) -> subproces
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "yoloq", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def executorch_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ExecuTorch FP32 and INT8 of YOLO11n on the smoke config's first 2 images, run once (each lowering takes ~1 min):
+    the contract tests read its exports, the bundle test bundles a copy of it."""
+    from yoloq.backends.registry import get_backend
+    from yoloq.errors import BackendUnavailable
+
+    try:
+        get_backend("executorch").version()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    tmp = tmp_path_factory.mktemp("executorch")
+    cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
+    cfg |= {"variants": [{"format": "executorch", "precision": p} for p in ("fp32", "int8")],
+            "data": cfg["data"] | {"max_images": 2}, "output": str(tmp / "run"),
+            "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 2, "images": 1}}
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli("run", str(tmp / "cfg.yaml"), "--out", str(tmp / "run"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return {"cfg": tmp / "cfg.yaml", "dir": tmp / "run"}
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,23 +99,14 @@ def test_an_nms_free_bundle_decodes_the_models_own_top_k(tmp_path: Path):
 
 
 @pytest.mark.shared
-def test_an_executorch_bundle_runs_its_program(tmp_path: Path):
-    """The ExecuTorch bundle: model.pte run by ExecuTorch's Python runtime alone gives yoloq's detections."""
-    import yaml
-
-    from yoloq.backends.registry import get_backend
-    from yoloq.errors import BackendUnavailable
-
-    try:
-        get_backend("executorch").version()
-    except BackendUnavailable as e:
-        pytest.skip(str(e))
-    cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
-    cfg["variants"] = [{"format": "executorch", "precision": "fp32"}]
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg | {"output": str(tmp_path / "run")}))
+def test_an_executorch_bundle_runs_its_program(executorch_run: dict, tmp_path: Path):
+    """The ExecuTorch bundle: model.pte run by ExecuTorch's Python runtime alone gives yoloq's detections (the
+    session's ExecuTorch run's export, reused from a copy: the export removes its work folder when done)."""
     out = tmp_path / "bundle"
-    proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", "executorch-fp32", "--out", str(out))
+    shutil.copytree(executorch_run["dir"], out / "work")
+    proc = run_cli("export", str(executorch_run["cfg"]), "--variant", "executorch-fp32", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "export executorch" not in proc.stderr  # the run's export, reused
     assert (out / "requirements.txt").read_text().split()[0] == "executorch"
     assert _check_bundle(out, "executorch-fp32", 320, "nms") > 0
 

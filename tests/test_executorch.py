@@ -26,8 +26,9 @@ def executorch_here() -> None:
 
 @pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
 def test_families_through_executorch(tmp_path, family, nms):
-    """Every variant ok with the branch it ran recorded; FP32's raw output is torch's within float32 rounding; INT8
-    keeps the head's decode and output convolutions float and its detections near torch's."""
+    """Every variant ok with the branch it ran recorded; FP32's raw output is torch's within float32 rounding (YOLO26n:
+    YOLOv8n's DFL head is YOLO11n's, whose FP32 the contract test checks); INT8 keeps the head's decode and output
+    convolutions float, runs and predicts."""
     from families import build, config, matched
     from tolerance import fp64_twin, rounding_tolerance
     from ultralytics import YOLO
@@ -44,35 +45,39 @@ def test_families_through_executorch(tmp_path, family, nms):
     from yoloq.records import RecordStore
 
     pt = build(family, tmp_path, YOLO(str(shared_root() / "models" / "yolo11n.pt")).names)
-    variants = [{"format": "torch", "precision": "fp32"}, {"format": "executorch", "precision": "fp32"},
-                {"format": "executorch", "precision": "int8"}]
+    fp32 = family != "yolov8n"  # Ultralytics' FP32 export of a DFL head: YOLO11n's contract test (a lowering saved)
+    variants = [{"format": "torch", "precision": "fp32"}, {"format": "executorch", "precision": "int8"}] + \
+        ([{"format": "executorch", "precision": "fp32"}] if fp32 else [])
     cfg = resolve_config(parse_config(config(pt, tmp_path / "out", variants, nms), REPO_ROOT))
     run(cfg, tmp_path / "out")
     recs = {r.name: r for r in RecordStore(tmp_path / "out").all()}
     assert all(r.ok for r in recs.values()), {n: r.reason for n, r in recs.items()}
     e2e = nms is False  # torch runs the NMS-free branch; ExecuTorch falls back to one-to-many + NMS, as Ultralytics'
     assert recs["torch-fp32"].head["branch"] == ("one2one" if e2e else "one2many")
-    assert {recs[n].head["branch"] for n in ("executorch-fp32", "executorch-int8")} == {"one2many"}
+    assert {r.head["branch"] for n, r in recs.items() if n.startswith("executorch")} == {"one2many"}
     if e2e:
         assert "no top-k" in recs["executorch-int8"].head["reason"]
     int8 = recs["executorch-int8"].artifact_info
     assert int8["calibration_used"] == 4 and any(k.endswith("cv2.0.0") for k in int8["quantized_inside_float"])
     ref = get_backend("torch").load(Artifact(pt, "torch", "fp32", {"end2end": False, "max_det": 300}), 2)
     runtimes = {n: get_backend("executorch").load(cached_artifact(tmp_path / "out" / "artifacts" / n, recs[n].key), 2)
-                for n in ("executorch-fp32", "executorch-int8")}
+                for n in recs if n.startswith("executorch")}
     sample = load_split(cfg.data, REPO_ROOT).samples[0]
     x, lbs = prepare([read_image(sample.path)], 320)
     a = ref.predict(x)
-    b = runtimes["executorch-fp32"].predict(x)
-    assert a.shape == b.shape
-    exact = fp64_twin(ref).predict(x)  # the one-to-many branch, as ExecuTorch runs it
-    np.testing.assert_allclose(b[:, :4], a[:, :4], atol=rounding_tolerance(a[:, :4], exact[:, :4], 0.25), rtol=1e-3)
-    np.testing.assert_allclose(b[:, 4:], a[:, 4:], atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 2e-3))
-    post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
-    da, db = postprocess(a, lbs, post, False)[0], postprocess(b, lbs, post, False)[0]
-    assert len(da) > 0 and matched(da, db) >= 0.9
+    if fp32:
+        b = runtimes["executorch-fp32"].predict(x)
+        assert a.shape == b.shape
+        exact = fp64_twin(ref).predict(x)  # the one-to-many branch, as ExecuTorch runs it
+        np.testing.assert_allclose(b[:, :4], a[:, :4], atol=rounding_tolerance(a[:, :4], exact[:, :4], 0.25),
+                                   rtol=1e-3)
+        np.testing.assert_allclose(b[:, 4:], a[:, 4:], atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 2e-3))
+        post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+        da, db = postprocess(a, lbs, post, False)[0], postprocess(b, lbs, post, False)[0]
+        assert len(da) > 0 and matched(da, db) >= 0.9
     q = runtimes["executorch-int8"].predict(x)  # INT8 runs and predicts (a random-init model's int8 error is
     assert q.shape == a.shape and np.isfinite(q).all()  # no measure: the contract test bounds the trained YOLO11n's)
+
 
 def test_the_int8_scope_names_the_head_and_stem_modules():
     """``keep_head_float: outputs`` leaves the head out but quantizes its inner convolutions; ``decode`` its whole

@@ -86,7 +86,10 @@ def _agree(ref_rt, rt, batches, end2end: bool, label: str) -> None:  # noqa: ANN
         assert matched(da, db) >= 0.9, f"{label}: detections differ from torch's"
 
 
-CASES = [(f, None) for f in FAMILIES] + [(f, False) for f in END2END]
+# YOLO11n's own case is left to the trained YOLO11n, which goes through every format in the smoke run and the
+# contract tests; an NMS-free head run with NMS (its one-to-many branch) is YOLO26n's case (one calibration image);
+# every family x branch x format: tests/bench_families.py
+CASES = [(f, None) for f in FAMILIES if f not in ("yolo11n", "yolov10n")] + [(f, False) for f in END2END]
 
 
 @pytest.mark.parametrize(("family", "nms"), CASES, ids=[f"{f}-{'e2e' if n is False else 'nms'}" for f, n in CASES])

@@ -1,7 +1,8 @@
 """Sony IMX500: YOLO11n quantized by Sony's MCT for the IMX500 in its own environment (``yoloq setup imx500``), the
 camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime (simulated); its bundle's
-predict.py runs that model alone; YOLO26n is a skipped record naming what MCT's IMX export supports. One export at
-imgsz 320 on 8 calibration images (the mixed-precision search on 2) serves every test. Skipped with the reason where
+predict.py runs that model alone; YOLOv8n (random init) goes through the same export; YOLO26n is a skipped record
+naming what MCT's IMX export supports. One YOLO11n export at imgsz 320 on 8 calibration images (the mixed-precision
+search on 2) serves the YOLO11n tests. Skipped with the reason where
 Sony's tools cannot be set up."""
 
 from __future__ import annotations
@@ -121,6 +122,28 @@ def test_an_imx500_bundle_runs_the_simulated_model(imx):
     assert "imx500-package" in (out / "README.md").read_text()
     assert (out / "requirements.txt").read_text().split()[0] == "onnxruntime" and "imx500" in RUNTIMES
     assert _check_bundle(out, "imx500-int8", 320, "end2end") > 0
+
+
+def test_yolov8n_goes_through_sonys_export_and_the_simulation(imx, tmp_path):
+    """YOLOv8n (random init, the other family MCT's IMX settings cover): exported for the IMX500 (2 calibration
+    images, the mixed-precision search on 1), scored by simulation with the standard ops checked bit for bit."""
+    from families import build
+    from ultralytics import YOLO
+
+    pt = build("yolov8n", tmp_path, YOLO(str(SHARED / "models" / "yolo11n.pt")).names)
+    cfg = yaml.safe_load(_config(tmp_path, str(pt), tmp_path / "o", [
+        {"format": "imx500", "precision": "int8", "options": {"mixed_precision_images": 1, "nms_conf": 0.25}}]
+    ).read_text())  # nms_conf: an untrained model scores every anchor alike, and Sony's NMS then takes ~20 s an image
+    cfg |= {"data": cfg["data"] | {"max_images": 2}, "calibration": cfg["calibration"] | {"images": 2},
+            "eval": {"conf": 0.25, "iou": 0.7, "max_det": 300, "multi_label": False}}
+    (tmp_path / "v8.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli("run", str(tmp_path / "v8.yaml"), "--out", str(tmp_path / "o"), timeout=3600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "o" / "records.jsonl").read_text().splitlines()[0])
+    assert rec["status"] == "ok", rec["reason"]
+    info = rec["artifact_info"]
+    assert info["simulation"]["identical"] and info["head"]["nms_in_model"] and info["calibration_used"] == 2
+    assert "standard ONNX ops" in rec["runtime"]["precision_ran"] and rec["metrics"]["images"] == 2
 
 
 def test_a_family_mcts_imx_export_does_not_take_is_a_skipped_record(tmp_path):

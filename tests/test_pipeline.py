@@ -80,6 +80,8 @@ def _export(request: pytest.FixtureRequest, tmp_path: Path,
         smoke_run = request.getfixturevalue("smoke_run")
         run_dir, ref = smoke_run["dir"], smoke_run["records"]["torch-fp32"]
         name = next(v.label for v in smoke.variants if (v.format, v.precision) == (variant.format, variant.precision))
+    elif variant.format == "executorch":  # the session's one ExecuTorch run (shared with the bundle test)
+        run_dir, name, ref = request.getfixturevalue("executorch_run")["dir"], variant.label, None
     else:
         cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
         cfg |= {"variants": [{"format": variant.format, "precision": variant.precision, "device": variant.device}],
