@@ -109,6 +109,18 @@ def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
     return int(((iou >= 0.5) & (ref.classes[:, None] == other.classes[None])).any(1).sum())
 
 
+def test_explain_gives_each_layers_bits_on_the_imx500(imx):
+    """``yoloq explain``: every convolution of MCT's model with the bits the IMX500 runs it at and its MACs (YOLO11n
+    at 320: ~0.8 GMACs), no times (the network runs on the sensor)."""
+    import re
+
+    from yoloq.explain import explain
+
+    text = explain(imx["tmp"] / "bundle" / "work", "imx500-int8", runs=1)
+    share, gmacs = map(float, re.search(r"int8 share: ([\d.]+)% of ([\d.]+) GMACs", text).groups())
+    assert share > 90 and 0.7 < gmacs < 0.9, text[:2000]
+
+
 def test_an_imx500_bundle_runs_the_simulated_model(imx):
     """``yoloq export``: the camera's packerOut.zip and labels, and a predict.py whose simulated model (ONNX Runtime
     with MCT's and Sony's ops, no yoloq or Ultralytics) gives yoloq's detections."""

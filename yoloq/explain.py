@@ -68,6 +68,8 @@ def reason(layer: LayerRun, kept: list[str]) -> str:
     if any(base == k or layer.name.endswith(k) or base.startswith(k + "/") for k in kept):
         return ("kept in float by the variant's scope (keep_head_float / keep_attention_float / keep_stem_float / "
                 "float_nodes / float_blocks)")
+    if layer.precision.startswith("int"):  # e.g. "int4 weights", "int16 activations"
+        return "quantized at another bit width by the target's own rules (mixed precision, 16-bit where it keeps it)"
     if layer.precision == "bf16":
         return "a float op the runtime runs in bf16 (the CPU's inference precision), no int8 kernel"
     return f"no int8 kernel for this op in the quantized graph ({layer.op.split(' ')[0]})"

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style
-from yoloq.backends.imx500.simulation import identical, standard_ops
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
+from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
@@ -236,6 +237,24 @@ class Imx500Backend(Backend):
                                     "bit for bit against MCT's own)" if standard else
                                     "int8 (IMX500, simulated on CPU: MCT's quantizers in ONNX Runtime)")
         return rt
+
+    def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:
+        """Each convolution and matmul of MCT's quantized model with the bits the IMX500 runs it at (its weights'
+        quantizer and its input's) and its MACs (its output's shape from one simulated run on ``batch``); no times:
+        the network runs on the sensor."""
+        import onnx
+
+        folder = Path(artifact.path)
+        path = next(folder.glob("*.onnx")) if folder.is_dir() else folder
+        model = onnx.load(str(path))
+        convs = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+        probe = onnx.ModelProto.FromString(model.SerializeToString())
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(c, onnx.TensorProto.FLOAT, None) for c in convs)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx.save(probe, str(Path(tmp) / path.name))
+            rt = Imx500Runtime(Path(tmp) / path.name, threads)
+            values = rt.session.run(convs, {rt.input: np.ascontiguousarray(batch, np.float32)})
+        return layer_bits(model, {c: v.shape for c, v in zip(convs, values, strict=True)})
 
     def deploy_notes(self, model_file: str) -> tuple[dict[str, Any], list[str]]:
         return {}, [

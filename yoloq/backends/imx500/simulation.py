@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from yoloq.backends.base import LayerRun
+
 DOMAIN = "mct_quantizers"
 WEIGHTS = ("WeightsSymmetricQuantizer", "WeightsPOTQuantizer")
 ACTIVATIONS = ("ActivationSymmetricQuantizer", "ActivationPOTQuantizer")
@@ -90,3 +92,31 @@ def identical(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     """Whether two runs' outputs are the same bit for bit."""
     return len(a) == len(b) and all(x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True)
                                     for x, y in zip(a, b, strict=True))
+
+
+def layer_bits(model: Any, shapes: dict[str, tuple[int, ...]]) -> list[LayerRun]:
+    """Each Conv/MatMul of an MCT-exported model (``onnx.ModelProto``) with its bits: ``int8`` where its weights and
+    input are 8-bit, else e.g. ``int4 weights`` or ``int16 activations``; MACs from ``shapes`` (each op's output
+    shape, as a run gave them) and the weights' shapes."""
+    from onnx import numpy_helper
+
+    weight_bits = {n.output[0]: int(_attrs(n)["num_bits"]) for n in model.graph.node
+                   if n.domain == DOMAIN and n.op_type.startswith("Weights")}
+    act_bits = {n.output[0]: int(_attrs(n)["num_bits"]) for n in model.graph.node
+                if n.domain == DOMAIN and n.op_type.startswith("Activation")}
+    consts = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    consts |= {n.output[0]: numpy_helper.to_array(_attrs(n)["value"]).shape for n in model.graph.node
+               if n.op_type == "Constant" and "value" in _attrs(n)}
+    weight_of = {n.output[0]: consts.get(n.input[0]) for n in model.graph.node if n.output[0] in weight_bits}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        w = next((i for i in n.input[1:] if i in weight_bits), None)
+        wb, ab = weight_bits.get(w, 8) if w else None, act_bits.get(n.input[0], 8)
+        parts = ([f"int{wb} weights"] if wb not in (None, 8) else []) + ([f"int{ab} activations"] if ab != 8 else [])
+        y, wshape = shapes.get(n.output[0]), weight_of.get(w) if w else None
+        macs = int(np.prod(y[1:]) * np.prod(wshape[1:])) if n.op_type == "Conv" and y and wshape else 0
+        name = (n.name or n.output[0]).replace("/layer/", "/")  # MCT wraps each op in a "layer" module
+        out.append(LayerRun(name, f"{n.op_type} (IMX500)", ", ".join(parts) or "int8", None, macs))
+    return out
