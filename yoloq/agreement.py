@@ -56,6 +56,12 @@ class StoredDetections:
         z = np.load(path)
         return cls(z["image_ids"], z["det_image"], z["category"], z["bbox"], z["score"])
 
+    def subset(self, image_ids: np.ndarray) -> StoredDetections:
+        """The detections on ``image_ids`` only."""
+        keep = np.isin(self.det_image, image_ids)
+        return StoredDetections(self.image_ids[np.isin(self.image_ids, image_ids)], self.det_image[keep],
+                                self.category[keep], self.bbox[keep], self.score[keep])
+
     def results(self) -> list[dict[str, Any]]:
         """The COCO results list."""
         return [{"image_id": int(i), "category_id": int(c), "bbox": [float(x) for x in b], "score": float(s)}

@@ -46,6 +46,19 @@ class PerImageEval:
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
 
+    def subset(self, image_ids: np.ndarray) -> PerImageEval:
+        """The same matches on ``image_ids`` only (COCO matches each image on its own, so this is what evaluating
+        those images alone gives)."""
+        keep = np.isin(self.image_ids, image_ids)
+        remap = np.cumsum(keep) - 1
+        img, tp, fp = [], [], []
+        for k in range(len(self.img)):
+            m = keep[self.img[k]]
+            img.append(remap[self.img[k][m]])
+            tp.append(self.tp[k][:, m])
+            fp.append(self.fp[k][:, m])
+        return PerImageEval(self.image_ids[keep], self.rec_thrs, tuple(img), tuple(tp), tuple(fp), self.npos[:, keep])
+
     @classmethod
     def load(cls, path: Path) -> PerImageEval:
         """Read what :meth:`save` wrote."""

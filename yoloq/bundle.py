@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from yoloq import __version__
-from yoloq.artifacts import workdir_of
+from yoloq.artifacts import variant_key, workdir_of
 from yoloq.backends.base import ExportContext
 from yoloq.backends.deploy import loader
 from yoloq.backends.registry import get_backend
@@ -74,7 +74,8 @@ def export_bundle(cfg: RunConfig, label: str, out: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
     (shutil.copy2 if src.is_file() else shutil.copytree)(src, dest)
-    record = {"variant": {"name": label, "format": variant.format, "precision": str(variant.precision),
+    key = variant_key(cfg, inputs.source, inputs.calibration, variant)
+    record = {"key": key, "variant": {"name": label, "format": variant.format, "precision": str(variant.precision),
                           "device": variant.device, "options": dict(variant.options)}, "imgsz": cfg.imgsz,
               "model": {"name": inputs.source.name, "file": display_path(inputs.source.path),
                         "sha256": inputs.source.sha256}, "head": inputs.source.head.describe(),
@@ -86,13 +87,19 @@ def export_bundle(cfg: RunConfig, label: str, out: Path) -> Path:
     standalone = loader(variant.format)
     if standalone is not None:
         head = dict(art.info.get("head") or inputs.source.head.describe())
-        write_atomic(out / "meta.json", json.dumps(_meta(cfg, label, str(variant.precision), dest.name, head,
-                                                         inputs.source.names, inputs.calibration.describe()), indent=1))
+        meta = _meta(cfg, label, str(variant.precision), dest.name, head, inputs.source.names,
+                     inputs.calibration.describe())
+        write_atomic(out / "meta.json", json.dumps(meta | {"key": key}, indent=1))
         write_atomic(out / "predict.py", predict_source(standalone[0]))
+        write_atomic(out / "timing.py", (Path(__file__).parent / "deploy_time.py").read_text())
         write_atomic(out / "requirements.txt", f"{standalone[1]}\nnumpy\nopencv-python-headless\n")
         notes = [*notes, "", "Run it without yoloq (the runtime, numpy and OpenCV only: `requirements.txt`):", "",
                  "```bash", "pip install -r requirements.txt",
                  "python predict.py image.jpg --draw out/ --json dets.json", "```", "",
+                 "Time it on the device (yoloq's harness rules: warm-up, >= 100 runs and 10 s, p50/p90/p99, the "
+                 "load of other processes), then add the result to the run's report on the host:", "", "```bash",
+                 "python timing.py images/ --threads 4 --out timing.json",
+                 "yoloq report RUN_DIR --device-timings timing.json    # on the host", "```", "",
                  "`meta.json` holds what `predict.py` follows: input size and layout, the letterbox, the output "
                  "layout, the head (NMS or end-to-end), class names, thresholds, the calibration hash."]
     write_atomic(out / "README.md", _readme(label, notes))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from yoloq.config import EMULATED_CPUS
 from yoloq.errors import YoloqError
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -104,6 +105,12 @@ def _report(run_dir: Path) -> dict[str, Any]:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args.run_dir)
+    if args.device_timings:
+        from yoloq.device_timings import add_device_timings
+        from yoloq.records import RecordStore
+
+        for line in add_device_timings(RecordStore(run_dir), [Path(f) for f in args.device_timings]):
+            print(line, file=sys.stderr)
     info = _report(run_dir)
     print(f"report: {run_dir / 'report.html'} ({info['intervals']} bootstrap intervals in "
           f"{info['bootstrap_s']:.1f}s)", file=sys.stderr)
@@ -267,10 +274,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_setup(args: argparse.Namespace) -> int:
     from yoloq.backends.registry import get_backend
 
+    if args.format == "aarch64":  # not a format: the Arm userland that emulated variants run in
+        from yoloq.emulate.userland import Userland
+
+        print(f"aarch64: ready ({Userland().setup()})", file=sys.stderr)
+        return EXIT_OK
     where = get_backend(args.format).setup()
     print(f"{args.format}: ready ({where})" if where else f"{args.format}: nothing to set up beside yoloq's own "
           f"environment", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from yoloq.emulate.userland import Userland
+
+    land = Userland()
+    land.check()
+    return subprocess.run(land.command(args.cpu, [args.script, *args.args]), env=land.env()).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")
+    rep.add_argument("--device-timings", nargs="+", metavar="FILE", help="timing.py results from devices (a bundle's "
+                     "timing script): added to the records as each device's figures, beside this machine's")
     rep.set_defaults(func=_cmd_report)
     chk = sub.add_parser("check", help="exit 1 when any variant breaks the accuracy budget (for CI)")
     chk.add_argument("run_dir")
@@ -344,8 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=_cmd_compare)
     st = sub.add_parser("setup", help="create what a format needs beside yoloq's environment (a toolkit whose "
                                       "pins cannot share it, in its own)")
-    st.add_argument("format", help="a format, e.g. the Rockchip NPU one")
+    st.add_argument("format", help="a format, e.g. the Rockchip NPU one, or 'aarch64': the Arm userland (qemu-user) "
+                                   "that variants with 'emulate: aarch64' are scored in")
     st.set_defaults(func=_cmd_setup)
+    em = sub.add_parser("emulate", help="run a Python script on an emulated Arm CPU (the userland of 'yoloq setup "
+                                        "aarch64'): a bundle's predict.py, or its timing.py with --emulated")
+    em.add_argument("--cpu", default="cortex-a76", choices=EMULATED_CPUS, help="the CPU model qemu emulates")
+    em.add_argument("script", help="the Python file to run with the aarch64 Python 3.11")
+    em.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    em.set_defaults(func=_cmd_emulate)
     return p
 
 

@@ -23,7 +23,6 @@ from yoloq.schema import from_mapping
 
 __all__ = ["from_mapping"]  # the one YAML-to-dataclass converter, re-exported for callers of the config
 
-
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
@@ -79,6 +78,31 @@ class CalibrationConfig:
         _check(self.images >= 1, "calibration.images", self.images, ">= 1")
 
 
+EMULATED_CPUS = ("cortex-a76", "cortex-a72", "cortex-a55")  # qemu's -cpu models: Pi 5 / RK3588, Pi 4, RK356x
+
+
+@dataclass(frozen=True)
+class EmulateConfig:
+    """Also score a variant on an emulated CPU (qemu-user): ``arch``, ``cpu`` model, ``workers`` (0: one per core),
+    ``max_images`` (only the first N evaluation images, compared with the x86 record on those)."""
+
+    arch: str = "aarch64"
+    cpu: str = "cortex-a76"
+    workers: int = 0
+    max_images: Optional[int] = None
+
+    @classmethod
+    def shorthand(cls, text: str) -> dict[str, Any]:
+        """``emulate: aarch64`` (a Cortex-A76) or ``emulate: cortex-a72`` (that CPU)."""
+        return {"cpu": text} if text in EMULATED_CPUS else {"arch": text}
+
+    def __post_init__(self) -> None:
+        _check(self.arch == "aarch64", "emulate.arch", self.arch, "'aarch64'")
+        _check(self.cpu in EMULATED_CPUS, "emulate.cpu", self.cpu, f"one of {', '.join(EMULATED_CPUS)}")
+        _check(0 <= self.workers <= 64 and (self.max_images or 1) >= 1, "emulate", self,
+               "workers 0 (one per core) to 64, max_images >= 1 or null")
+
+
 _TARGET = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _RAY_BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
 
@@ -99,6 +123,7 @@ class VariantConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     target: str | None = None  # a Ray resource: the variant's latency pass runs on a node that has it
     artifact: str | None = None  # an existing export (e.g. Ultralytics' own) evaluated as it is, not exported
+    emulate: Optional[EmulateConfig] = None  # also scored on this instruction set, emulated (a second record)
     resolved: bool = False
 
     def __post_init__(self) -> None:
@@ -126,11 +151,8 @@ class VariantConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Detection thresholds; the defaults are Ultralytics' validation defaults.
-
-    ``nms`` is ``yolo val``'s: ``null`` (default) runs the one-to-many branch with NMS, ``false`` the
-    NMS-free one-to-one branch of heads that have one (YOLOv10, YOLO26), whose top-k keeps ``max_det``.
-    """
+    """Detection thresholds; the defaults are Ultralytics' validation defaults. ``nms`` is ``yolo val``'s: ``null``
+    runs the one-to-many branch with NMS, ``false`` the NMS-free one-to-one branch (YOLOv10, YOLO26: top-k)."""
 
     conf: float = 0.001
     iou: float = 0.7
@@ -151,12 +173,9 @@ class EvalConfig:
 class LatencyConfig:
     """The latency harness: warm-up, then at least ``min_runs`` runs and ``min_seconds`` seconds.
 
-    ``conf`` is the deployment score threshold the timed postprocess uses (as ``yolo predict``); the
-    accuracy pass keeps the evaluation thresholds (``eval.conf`` 0.001, as ``yolo val``).
-    ``interleave`` times all of a run's variants side by side after their accuracy passes, in
-    round-robin blocks of ``block`` runs, so machine drift cannot fake a speed-up (``min_seconds``
-    then bounds the whole pass); ``false`` times each variant alone, each for ``min_seconds``.
-    """
+    ``conf``: the deployment threshold of the timed postprocess (as ``yolo predict``; accuracy keeps ``eval.conf``).
+    ``interleave`` times all variants side by side in round-robin blocks of ``block`` runs, so machine drift cannot
+    fake a speed-up (``min_seconds`` then bounds the whole pass); ``false`` times each alone for ``min_seconds``."""
 
     warmup: int = 10
     min_runs: int = 100
@@ -270,6 +289,7 @@ class RunConfig:
     report: ReportConfig = ReportConfig()
     qat: QatConfig = QatConfig()
     tune: TuneConfig = TuneConfig()
+    emulate: Optional[EmulateConfig] = None  # every variant also scored emulated (a variant's own setting wins)
     base_dir: str = "."
 
     def __post_init__(self) -> None:
@@ -281,6 +301,9 @@ class RunConfig:
         _check(not dupes, "variants", dupes, "unique variant names (set 'name:' to tell them apart)")
         if self.reference is not None:
             _check(self.reference in labels, "reference", self.reference, f"one of {labels}")
+
+    def emulation(self, v: VariantConfig) -> EmulateConfig | None:
+        return v.emulate or self.emulate  # where ``v`` is also scored emulated: its own setting, else the run's
 
     @property
     def reference_label(self) -> str:
@@ -303,8 +326,9 @@ class RunConfig:
             d["eval"].pop("nms", None)
         if d["qat"].get("start") is None:
             d["qat"].pop("start")
-        if d["tune"] == _plain(TuneConfig()):  # the same for a config without a tune section
-            d.pop("tune")
+        for k, empty in (("tune", _plain(TuneConfig())), ("emulate", None)):  # as a config without the section
+            if d[k] == empty:
+                d.pop(k)
         return d
 
     def hash(self) -> str:
@@ -321,7 +345,7 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, VariantConfig):
         d = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         d.pop("resolved")
-        for k in ("target", "artifact"):  # the defaults: left out, so configs and hashes from before stay valid
+        for k in ("target", "artifact", "emulate"):  # defaults left out: configs and hashes stay as they were
             if d[k] is None:
                 d.pop(k)
         return d

@@ -18,27 +18,54 @@ from yoloq.records import Record, RecordStore, reference_of, speedup
 
 
 def _pairs(store: RecordStore, report: ReportConfig) -> int:
-    """For each record paired with another (``pair.ptq``: QAT against PTQ), the paired interval of
-    PTQ - QAT mAP50-95 (positive: PTQ is better), as ``metrics.qat_vs_ptq``. Returns how many."""
+    """Paired intervals between records that name a partner: a QAT record's ``pair.ptq`` (PTQ - QAT, as
+    ``metrics.qat_vs_ptq``; positive: PTQ is better) and an emulated twin's ``pair.host`` (x86 - emulated, as
+    ``metrics.vs_host``, with the twin's agreement with the x86 detections and whether they are identical).
+    Returns how many were computed."""
     n = 0
-    for qat in store.all():
-        ptq = store.get(qat.pair.get("ptq", "")) if qat.pair else None
-        if ptq is None or not (qat.ok and ptq.ok) or not report.bootstrap:
-            continue
-        files = [evaldata_path(store.run_dir, x.name) for x in (ptq, qat)]
-        if not all(f.is_file() for f in files):
-            continue
-        old = qat.metrics.get("qat_vs_ptq") or {}
-        if (old.get("ptq_key"), old.get("key"), old.get("resamples"), old.get("seed")) == \
-                (ptq.key, qat.key, report.bootstrap, report.seed):
-            continue
-        a, b = PerImageEval.load(files[0]), PerImageEval.load(files[1])
-        if not np.array_equal(a.image_ids, b.image_ids):
-            continue
-        ci = paired_bootstrap(a, b, report.bootstrap, report.seed)
-        qat.metrics["qat_vs_ptq"] = ci | {"ptq": ptq.name, "ptq_key": ptq.key, "key": qat.key}
-        n += 1
+    for r in store.all():
+        for field, metric in (("ptq", "qat_vs_ptq"), ("host", "vs_host")):
+            other = store.get(r.pair.get(field, "")) if r.pair else None
+            if other is None or not (r.ok and other.ok) or not report.bootstrap:
+                continue
+            files = [evaldata_path(store.run_dir, x.name) for x in (other, r)]
+            if not all(f.is_file() for f in files):
+                continue
+            old = r.metrics.get(metric) or {}
+            if (old.get(f"{field}_key"), old.get("key"), old.get("resamples"), old.get("seed")) == \
+                    (other.key, r.key, report.bootstrap, report.seed):
+                continue
+            a, b = PerImageEval.load(files[0]), PerImageEval.load(files[1])
+            part = field == "host" and len(b.image_ids) < len(a.image_ids) and np.isin(b.image_ids, a.image_ids).all()
+            if part:  # a twin scored on the first images only: its x86 record on those same images
+                a = a.subset(b.image_ids)
+            if not np.array_equal(a.image_ids, b.image_ids):
+                continue
+            ci = paired_bootstrap(a, b, report.bootstrap, report.seed)
+            r.metrics[metric] = ci | {field: other.name, f"{field}_key": other.key, "key": r.key} | \
+                (_twin_agreement(store, other, r) if field == "host" else {}) | \
+                ({"images": int(len(b.image_ids)), "host_map": float(weighted_map(a, np.ones(len(a.image_ids)))[0])}
+                 if part else {})
+            n += 1
     return n
+
+
+def _twin_agreement(store: RecordStore, host: Record, twin: Record) -> dict[str, Any]:
+    """How closely an emulated twin reproduces its x86 record's detections: pycocotools agreement against the x86
+    confident boxes, whether every detection is the same, and the largest score change of a kept box."""
+    files = [detections_path(store.run_dir, x.name) for x in (host, twin)]
+    if not all(f.is_file() for f in files):
+        return {}
+    a, b = StoredDetections.load(files[0]), StoredDetections.load(files[1])
+    a = a.subset(b.image_ids)
+    same = all(np.array_equal(x, y) for x, y in ((a.det_image, b.det_image), (a.category, b.category),
+                                                 (a.bbox, b.bbox), (a.score, b.score)))
+    try:
+        agree = agreement(a, b)
+    except ValueError:
+        return {"identical": same}
+    return {"identical": same, "agreement": agree["map50_95"], "agreement_boxes": agree["boxes"],
+            "detections": [int(len(a.score)), int(len(b.score))]}
 
 
 def _agreements(store: RecordStore, ref: Record | None) -> int:

@@ -45,7 +45,8 @@ def accuracy_pass(runtime: Runtime, evalset: DatasetSplit, class_map: tuple[int,
     Returns:
         The metrics and the names of images that could not be read (skipped, not scored).
     """
-    evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}")
+    evaluator, skipped = score(runtime.predict, evalset, class_map, imgsz, cfg, end2end, label=f"evaluate {label}",
+                               in_flight=int(getattr(runtime, "in_flight", 1)))
     return finish_accuracy(evaluator, run_dir, label), skipped
 
 

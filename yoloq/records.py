@@ -54,6 +54,8 @@ class Record:
     speedup: dict[str, Any] = field(default_factory=dict)
     explain: dict[str, Any] = field(default_factory=dict)  # yoloq explain's summary: int8 shares, float layers
     execution: dict[str, Any] = field(default_factory=dict)  # where it ran: {"engine": "ray", "node": ...}
+    # timings a device made with the bundle's timing.py, per device: that device's figures, never this machine's
+    device_latency: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # fields of newer yoloq versions, kept as they were
 

@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from yoloq.records import RecordStore, reference_of, write_atomic
+from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE, device_table, emulated_table
 from yoloq.report.table import (
     COLUMNS,
     TERMINAL,
@@ -26,13 +27,15 @@ from yoloq.report.table import (
 __all__ = ["build", "write_reports"]
 
 
+
 def build(store: RecordStore) -> dict[str, Any]:
     """Everything a report shows, from the run's records (in config order)."""
     records = store.all()
     ref = reference_of(records)
     return {"run": store.run_dir.name, "records": records, "ref": ref, "table": rows(records),
             "losses": per_class_losses(records, ref), "sizes": size_table(records), "qat": qat_table(records),
-            "environment": environment(records), "notes": notes(records, ref), "explain": explain_table(records)}
+            "environment": environment(records), "notes": notes(records, ref), "explain": explain_table(records),
+            "emulated": emulated_table(records), "devices": device_table(records)}
 
 
 def write_reports(store: RecordStore) -> str:
@@ -53,6 +56,12 @@ def write_reports(store: RecordStore) -> str:
     if data["qat"]:
         md += ["## QAT against PTQ (paired bootstrap over the evaluation images; * = significant)", "",
                markdown_table(data["qat"], tuple(data["qat"][0])), ""]
+    if data["emulated"]:
+        md += ["## On the device's instruction set (emulated)", "", EMULATED_NOTE, "",
+               markdown_table(data["emulated"], tuple(data["emulated"][0])), ""]
+    if data["devices"]:
+        md += ["## Timed on the devices", "", DEVICE_NOTE, "",
+               markdown_table(data["devices"], tuple(data["devices"][0])), ""]
     if data["explain"]:
         md += ["## INT8 explained (yoloq explain: the runtime's executed graph)", "",
                markdown_table(data["explain"], tuple(data["explain"][0])), ""]

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE
 from yoloq.report.table import COLUMNS
 
 CSS = """
@@ -56,6 +57,13 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
     if data.get("qat"):
         parts += ["<h2>QAT against PTQ (PTQ - QAT, paired 95% interval; * = significant)</h2>",
                   _table(data["qat"], tuple(data["qat"][0]), tid="qat")]
+    if data.get("emulated"):
+        parts += ["<h2>On the device's instruction set (emulated)</h2>",
+                  f"<p class='notes'>{html.escape(EMULATED_NOTE)}</p>",
+                  _table(data["emulated"], tuple(data["emulated"][0]), tid="emulated")]
+    if data.get("devices"):
+        parts += ["<h2>Timed on the devices</h2>", f"<p class='notes'>{html.escape(DEVICE_NOTE)}</p>",
+                  _table(data["devices"], tuple(data["devices"][0]), tid="devices")]
     if data.get("explain"):
         parts += ["<h2>INT8 explained (yoloq explain)</h2>",
                   _table(data["explain"], tuple(data["explain"][0]), tid="explain")]
