@@ -22,14 +22,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("YOLOQ_OUTSIDE_LOAD_FLAG", "1.0")
 
 
+FULL_REASON = ("full tier: the family matrix and the slowest end-to-end variants (python -m pytest --full, about twice "
+               "as long); the default tier covers each feature and format once")
+
+
+def pytest_addoption(parser):  # noqa: ANN001 - pytest hook
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run the full tier: every YOLO family through every format, and the slowest variants "
+                          "of end-to-end tests (also: YOLOQ_FULL_TESTS=1)")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
     skip = None
     if not (SHARED / "models" / "yolo11n.pt").is_file():
         skip = pytest.mark.skip(reason=f"shared models/datasets not found at {SHARED} (set YOLOQ_SHARED)")
+    full = config.getoption("--full") or os.environ.get("YOLOQ_FULL_TESTS") == "1"
     for item in items:
         if skip is not None and "shared" in item.keywords:
             item.add_marker(skip)
+        if not full and "full" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=FULL_REASON))
         # one worker runs the session's smoke run and every test that reads it, and the Ray cluster tests
         # (one local cluster at a time): with ``--dist loadgroup`` the rest spreads over the other workers
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -40,6 +53,8 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
             item.add_marker(pytest.mark.xdist_group("smoke"))
         elif item.path.name == "test_rknn.py":  # one worker sets the RKNN environment up, then uses it
             item.add_marker(pytest.mark.xdist_group("rknn"))
+        elif item.path.name == "test_emulate.py":  # one worker scores the emulated run its tests read
+            item.add_marker(pytest.mark.xdist_group("emulate"))
         elif item.path.name == "test_imx500.py":  # one worker makes the one IMX500 export its tests share
             item.add_marker(pytest.mark.xdist_group("imx500"))
         elif "executorch_run" in getattr(item, "fixturenames", ()) or (contract and params.get("fmt") == "executorch"):

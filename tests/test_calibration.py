@@ -113,6 +113,7 @@ def test_bin_counts_equal_numpys_histogram():
 
 
 @pytest.mark.shared
+@pytest.mark.full  # an optimization (one calibration for several scopes), checked byte for byte: about 1 min
 def test_variants_that_differ_only_in_scope_share_one_calibration(tmp_path: Path):
     """Two ONNX Runtime INT8 variants with the same images and range method calibrate once; the second's INT8
     file is byte for byte the one it gets calibrating alone."""

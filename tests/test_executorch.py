@@ -24,6 +24,7 @@ def executorch_here() -> None:
         pytest.skip(str(e))
 
 
+@pytest.mark.full  # ExecuTorch's lowering takes 1-2 min a model: YOLO11n's contract and bundle tests cover it
 @pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
 def test_families_through_executorch(tmp_path, family, nms):
     """Every variant ok with the branch it ran recorded; FP32's raw output is torch's within float32 rounding (YOLO26n:

@@ -25,6 +25,7 @@ def _config(tmp_path: Path, artifact: Path, imgsz: int = 320) -> Path:
 
 
 @pytest.mark.shared
+@pytest.mark.full  # Ultralytics' own INT8 export with its calibration: about 2 min
 def test_ultralytics_own_int8_export_runs_beside_yoloqs(tmp_path: Path):
     folder = ultralytics_openvino_int8(tmp_path / "ul", 320, fraction=0.25)
     out = tmp_path / "run"

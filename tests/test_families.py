@@ -92,7 +92,14 @@ def _agree(ref_rt, rt, batches, end2end: bool, label: str) -> None:  # noqa: ANN
 CASES = [(f, None) for f in FAMILIES if f not in ("yolo11n", "yolov10n")] + [(f, False) for f in END2END]
 
 
-@pytest.mark.parametrize(("family", "nms"), CASES, ids=[f"{f}-{'e2e' if n is False else 'nms'}" for f, n in CASES])
+# the default tier keeps YOLO26n's NMS-free branch (no DFL, one-to-one); YOLO11n's DFL/NMS head goes through every
+# format in the smoke run and the contract tests; the rest of the matrix is the full tier (--full)
+DEFAULT_CASE = ("yolo26n", False)
+
+
+@pytest.mark.parametrize(("family", "nms"), [c if c == DEFAULT_CASE else pytest.param(*c, marks=pytest.mark.full)
+                                             for c in CASES],
+                         ids=[f"{f}-{'e2e' if n is False else 'nms'}" for f, n in CASES])
 def test_family_runs_every_format_and_fp32_matches_torch(zoo, batches, tmp_path, family, nms):
     pt = zoo[family]
     tiny = family == "yolo26n" and nms is None  # one calibration image: INT8 still calibrates on every format
@@ -121,7 +128,8 @@ def test_family_runs_every_format_and_fp32_matches_torch(zoo, batches, tmp_path,
 ONNX_CASES = [("yolo26n", True), ("yolo26n", False), ("yolov10n", True)]  # every family: bench_families.py
 
 
-@pytest.mark.parametrize(("family", "e2e"), ONNX_CASES, ids=[f"{f}-{'e2e' if e else 'nms'}" for f, e in ONNX_CASES])
+@pytest.mark.parametrize(("family", "e2e"), [pytest.param(*c, marks=pytest.mark.full) for c in ONNX_CASES],
+                         ids=[f"{f}-{'e2e' if e else 'nms'}" for f, e in ONNX_CASES])
 def test_ultralytics_onnx_source_runs_its_own_branch(zoo, batches, tmp_path, family, e2e):
     onnx_path = export_onnx(zoo[family], IMGSZ, e2e)
     src = load_source(str(onnx_path))

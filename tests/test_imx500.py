@@ -59,6 +59,7 @@ def imx(tmp_path_factory: pytest.TempPathFactory, sony_tools: None) -> dict:
     return {"tmp": tmp, "cfg": cfg, "records": recs}
 
 
+@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
 def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     """The record: ok, ran as the simulated IMX500, no latency (with the reason), the camera package beside the
     quantized ONNX, NMS inside the model; its detections on evaluation images are torch FP32's. MCT's quantizer ops
@@ -114,6 +115,7 @@ def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
     return int(((iou >= 0.5) & (ref.classes[:, None] == other.classes[None])).any(1).sum())
 
 
+@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
 def test_explain_gives_each_layers_bits_on_the_imx500(imx):
     """``yoloq explain``: every convolution of MCT's model with the bits the IMX500 runs it at and its MACs (YOLO11n
     at 320: ~0.8 GMACs), no times (the network runs on the sensor)."""
@@ -126,6 +128,7 @@ def test_explain_gives_each_layers_bits_on_the_imx500(imx):
     assert share > 90 and 0.7 < gmacs < 0.9, text[:2000]
 
 
+@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
 def test_an_imx500_bundle_runs_the_simulated_model(imx):
     """``yoloq export``: the camera's packerOut.zip and labels, and a predict.py whose simulated model (ONNX Runtime
     with MCT's and Sony's ops, no yoloq or Ultralytics) gives yoloq's detections."""
@@ -141,6 +144,7 @@ def test_an_imx500_bundle_runs_the_simulated_model(imx):
     assert _check_bundle(out, "imx500-int8", 320, "end2end") > 0
 
 
+@pytest.mark.full  # Sony's export is minutes even small: YOLO11n's IMX500 tests cover the backend
 def test_yolov8n_goes_through_sonys_export_and_the_simulation(sony_tools, tmp_path):
     """YOLOv8n (random init, the other family MCT's IMX settings cover): exported for the IMX500 at imgsz 160 (2
     calibration images, the mixed-precision search on 1), scored by simulation with the standard ops checked bit

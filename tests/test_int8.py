@@ -67,7 +67,7 @@ def test_sensitivity_refuses_a_float_variant():
     assert proc.returncode == 2 and "int8 variant" in proc.stderr
 
 
-@pytest.mark.parametrize("fmt", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("fmt", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.full)])
 def test_accuracy_control_records_what_stayed_float(tmp_path: Path, fmt: str):
     options = {"accuracy_control": True, "max_drop": 0.0, "calibration_images": 16, "holdout_images": 4,
                "keep_head_float": "none", "max_float_groups": 2}

@@ -41,7 +41,8 @@ def _tools() -> str | None:
     return None
 
 
-@pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
+@pytest.mark.parametrize(("family", "nms"), [pytest.param("yolov8n", None, marks=pytest.mark.full), ("yolo26n", False)],
+                         ids=["yolov8n", "yolo26n-e2e"])
 def test_families_through_ncnn(tmp_path, family, nms):
     """Every variant ok with the branch it ran recorded (INT8 skipped with the reason only where ncnn's tools cannot be
     built); FP32's raw output is torch's within float32 rounding; INT8 keeps the head's output convolutions and decode

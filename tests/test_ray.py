@@ -125,6 +125,7 @@ def test_cluster_run_matches_local_times_on_target_and_resumes_after_driver_cras
     assert listening_outside_loopback(cluster.pids()) == []
 
 
+@pytest.mark.full  # a second cluster (1.5 min): the default tier keeps the driver-crash test
 def test_worker_node_killed_mid_run_finishes_with_nothing_lost(cluster, smoke_run, tmp_path):
     out = tmp_path / "fault"
     proc = _driver(cluster, out)

@@ -122,7 +122,9 @@ def test_rknn_fp16_and_int8_are_scored_by_the_simulator(tmp_path, rknn_env):
 
 
 @pytest.mark.shared
-@pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
+@pytest.mark.parametrize(("family", "nms"), [pytest.param("yolov8n", None, marks=pytest.mark.full),
+                                               pytest.param("yolo26n", False, marks=pytest.mark.full)],
+                         ids=["yolov8n", "yolo26n-e2e"])
 def test_families_through_rknn(tmp_path, rknn_env, family, nms):
     """Random-init YOLOv8n (DFL head) and YOLO26n (no DFL, NMS-free one-to-one branch) through RKNN FP16 and INT8:
     every variant ok, the branch that ran recorded, FP16's detections those of torch FP32."""
@@ -185,6 +187,7 @@ def test_the_toolkits_accuracy_analysis_ranks_blocks():
 
 
 @pytest.mark.shared
+@pytest.mark.full  # the default tier scores RKNN through the simulator once
 def test_rknn_sensitivity_and_bundle(tmp_path, rknn_env):
     """yoloq sensitivity ranks an RKNN INT8 variant's blocks by the toolkit's analysis (calibration images only);
     yoloq export writes a board bundle: model.rknn, the CPU tail, and a predict.py on rknn-toolkit-lite2."""
@@ -205,6 +208,7 @@ def test_rknn_sensitivity_and_bundle(tmp_path, rknn_env):
 
 
 @pytest.mark.shared
+@pytest.mark.full  # tune itself is tested on ONNX Runtime in the default tier
 def test_yoloq_tune_chooses_among_rknn_settings(tmp_path, rknn_env):
     """yoloq tune over RKNN INT8's candidates on tuning images (coco1k tune, 8 images at 320), the block the
     toolkit's analysis ranks worst in float16 among them: every candidate scored through the simulator, none

@@ -178,6 +178,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 900) -> None:
     proc.wait()
 
 
+@pytest.mark.full  # 2.5 min; resume after an interruption is also checked by the Ray driver-crash test
 def test_sigkill_during_export_and_evaluation_then_resume(smoke_run, tmp_path: Path):
     """Kill a run mid-export, then mid-evaluation; the re-run loses nothing and matches an uninterrupted run."""
     out = tmp_path / "out"
