@@ -22,8 +22,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("YOLOQ_OUTSIDE_LOAD_FLAG", "1.0")
 
 
-FULL_REASON = ("full tier: the family matrix and the slowest end-to-end variants (python -m pytest --full, about twice "
-               "as long); the default tier covers each feature and format once")
+FULL_REASON = ("full tier: the family matrix and the slowest end-to-end variants (python -m pytest --full); the "
+               "default tier covers each feature and format once")
 
 
 def pytest_addoption(parser):  # noqa: ANN001 - pytest hook

@@ -179,3 +179,19 @@ def test_a_family_mcts_imx_export_does_not_take_is_a_skipped_record(tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     rec = json.loads((tmp_path / "o" / "records.jsonl").read_text().splitlines()[0])
     assert rec["status"] == "skipped" and "YOLOv8n and YOLO11n" in rec["reason"]
+
+
+def test_an_nms_threshold_above_the_evaluations_is_refused():
+    """The NMS inside the IMX500 model at a score above eval.conf would drop boxes the evaluator keeps (a lower mAP,
+    silently): the config is refused in one line naming both."""
+    from yoloq.backends.registry import resolve_config
+    from yoloq.config import parse_config
+    from yoloq.errors import ConfigError
+
+    base = {"model": "m.pt", "data": "coco-mini"}
+    with pytest.raises(ConfigError, match=r"options.nms_conf': got 0.25, expected at most eval.conf \(0.001\)"):
+        resolve_config(parse_config(base | {"variants": [{"format": "imx500", "precision": "int8",
+                                                          "options": {"nms_conf": 0.25}}]}))
+    ok = resolve_config(parse_config(base | {"eval": {"conf": 0.25}, "variants": [
+        {"format": "imx500", "precision": "int8", "options": {"nms_conf": 0.25}}]}))
+    assert ok.variants[0].options["nms_conf"] == 0.25

@@ -33,6 +33,7 @@ class OptionSpec:
     precisions: tuple[str, ...] = ALL_PRECISIONS
     minimum: float | None = None  # smallest allowed value of a number option
     maximum: float | None = None  # largest allowed value of a number option
+    at_most: str | None = None  # a run setting (e.g. "eval.conf") the value may not exceed
     # the value a run's stored config means when it lacks this option (it predates it): a later
     # default must not change what `yoloq reproduce` re-runs; "<default>": the default
     before: Any = "<default>"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -154,6 +155,12 @@ def resolve_config(cfg: RunConfig, stored: bool = False) -> RunConfig:
         ConfigError: Naming the key, the value and what is allowed.
     """
     variants = tuple(resolve_variant(v, f"variants[{i}]", stored) for i, v in enumerate(cfg.variants))
+    for i, v in enumerate(variants):
+        for k, spec in _BACKENDS[v.format].options.items():
+            limit = functools.reduce(getattr, spec.at_most.split("."), cfg) if spec.at_most else None
+            if limit is not None and k in v.options and v.options[k] > limit:
+                raise ConfigError(f"config key 'variants[{i}].options.{k}': got {v.options[k]}, expected at most "
+                                  f"{spec.at_most} ({limit}): {spec.help}")
     qat = cfg.qat
     if not qat.formats:
         qat = dataclasses.replace(qat, formats=tuple(sorted(n for n, c in _BACKENDS.items() if c.reads_qdq_onnx)))

@@ -135,8 +135,9 @@ class Imx500Backend(Backend):
     timed_here = False
     options = {
         "calibration_images": CALIBRATION_IMAGES,
-        "nms_conf": OptionSpec(float, 0.001, None, "score threshold of the NMS inside the model (keep it at or below "
-                               "eval.conf)", INT8, minimum=0.0, maximum=1.0),
+        "nms_conf": OptionSpec(float, 0.001, None, "score threshold of the NMS inside the model (at most eval.conf: "
+                               "above it, the model drops boxes the evaluation keeps)", INT8, minimum=0.0, maximum=1.0,
+                               at_most="eval.conf"),
         "nms_iou": OptionSpec(float, 0.7, None, "IoU threshold of the NMS inside the model", INT8, minimum=0.0,
                               maximum=1.0),
         "mixed_precision_images": OptionSpec(int, MP_IMAGES, None, "images MCT's mixed-precision search scores each "
