@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -72,6 +74,11 @@ def test_report_command_rebuilds_from_records(smoke_run, tmp_path: Path):
     assert "pareto_latency.png" in md
 
 
+FIT_SCRIPT = ("<script>var t = document.getElementById('variants').getBoundingClientRect();"
+              "document.body.setAttribute('data-fit', JSON.stringify({right: Math.round(t.right), "
+              "page: document.documentElement.scrollWidth, view: window.innerWidth}))</script>")
+
+
 def _browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
@@ -86,6 +93,13 @@ def test_report_html_renders_in_a_browser(smoke_run, tmp_path: Path):
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     table = re.search(r'<table id="variants">(.*?)</table>', dom, re.S).group(1)
     assert table.count("<tr") - 1 == len(smoke_run["records"])  # one row per variant under the header
+    # the variants table fits a 1,400-pixel window: the browser's own layout, measured by a script in a copy
+    probe = tmp_path / "fit.html"
+    probe.write_text(page.read_text().replace("</body>", FIT_SCRIPT + "</body>"))
+    fit_dom = subprocess.run([*flags, "--window-size=1400,900", "--dump-dom", probe.as_uri()], capture_output=True,
+                             text=True, timeout=120).stdout
+    fit = json.loads(html.unescape(re.search(r'data-fit="([^"]*)"', fit_dom).group(1)))
+    assert fit["view"] == 1400 and fit["right"] <= 1400 and fit["page"] <= 1400, fit
     # the plots: decode what the browser rendered and check they are real, non-blank images
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2400", page.as_uri()],

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE
-from yoloq.report.table import COLUMNS
+from yoloq.report.table import COLUMNS, TERMINAL
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1500px}
@@ -16,7 +16,9 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
-td.reason{text-align:left;white-space:normal;max-width:360px;color:#a33}
+td.reason{text-align:left;white-space:normal;min-width:160px;max-width:300px;color:#a33}
+td.wrap{text-align:left;white-space:normal;min-width:90px;max-width:200px}
+td.verdict{text-align:left;white-space:normal;min-width:220px;max-width:420px}
 tr.failed td{background:#fdecec}tr.skipped td{color:#888}
 .pass{color:#176e2c;font-weight:600}.fail{color:#b00020;font-weight:600}.sig{color:#b00020}
 img{max-width:720px;border:1px solid #ddd;margin:6px 12px 6px 0}
@@ -24,10 +26,17 @@ img{max-width:720px;border:1px solid #ddd;margin:6px 12px 6px 0}
 """
 
 
+WRAP = ("ran as", "device", "emulated CPU", "not int8 (layers, time ms)", "details")  # long text wraps in its cell
+
+
 def _cell(col: str, val: str) -> str:
     cls = {"PASS": "pass", "FAIL": "fail"}.get(val, "")
     if col == "reason":
         cls = "reason"
+    elif col in WRAP:
+        cls = "wrap"
+    elif col == "verdict":
+        cls = "verdict"
     if col == "drop [95% CI]" and val.endswith("*"):
         cls = "sig"
     return f'<td class="{cls}">{html.escape(val)}</td>' if cls else f"<td>{html.escape(val)}</td>"
@@ -51,7 +60,9 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>yoloq report: {html.escape(data['run'])}</h1>",
         "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in data["notes"]) + "</ul>",
-        "<h2>Variants</h2>", _table(data["table"], COLUMNS, row_class="status", tid="variants"),
+        "<h2>Variants</h2>", _table(data["table"], TERMINAL, row_class="status", tid="variants"),
+        f"<p class='notes'>Every column ({', '.join(c for c in COLUMNS if c not in TERMINAL)} too) is in "
+        "summary.csv.</p>",
         "<h2>Pareto: accuracy against latency and size</h2>", imgs,
     ]
     if data.get("qat"):
