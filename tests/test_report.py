@@ -116,3 +116,37 @@ def test_report_html_renders_in_a_browser(smoke_run, tmp_path: Path):
     for s in srcs:
         plot = cv2.imdecode(np.frombuffer(base64.b64decode(s), np.uint8), cv2.IMREAD_COLOR)
         assert plot.shape[0] > 300 and plot.std() > 10
+
+
+def test_int8_differences_are_matched_and_drawn_from_the_kept_detections(smoke_run, tmp_path: Path):
+    """Hand-made boxes: a moved box is matched, a relabelled one is lost and added, a weak one is ignored; on the
+    smoke run, each INT8 variant's most different images are drawn side by side from its kept detections."""
+    import shutil as sh
+
+    import cv2
+
+    from yoloq.agreement import StoredDetections
+    from yoloq.records import RecordStore
+    from yoloq.report.differences import match, most_different, write_differences
+
+    ids = np.array([1, 2])
+    ref = StoredDetections(ids, np.array([1, 1, 2]), np.array([1, 3, 1]),
+                           np.array([[0, 0, 10, 10], [50, 50, 10, 10], [0, 0, 5, 5]], float), np.array([.9, .8, .1]))
+    var = StoredDetections(ids, np.array([1, 1]), np.array([1, 4]),
+                           np.array([[1, 0, 10, 10], [50, 50, 10, 10]], float), np.array([.7, .6]))
+    _, _, lost, added = match(ref, var, 1)
+    assert lost.tolist() == [False, True] and added.tolist() == [False, True]
+    assert most_different(ref, var) == [{"image_id": 1, "lost": 1, "added": 1}]  # image 2: only a 0.1 box
+    run = tmp_path / "run"
+    sh.copytree(smoke_run["dir"], run)
+    store = RecordStore(run)
+    ref_rec = next(r for r in store.all() if r.reference)
+    rows = write_differences(run, store.all(), ref_rec)
+    int8 = {r.name for r in store.all() if r.ok and r.precision == "int8"}
+    assert {d["variant"] for d in rows} == int8
+    for d in rows:
+        if d["image"]:
+            pic = cv2.imread(str(run / d["file"]))
+            assert pic is not None and pic.shape[1] > pic.shape[0] and int(d["lost"]) + int(d["added"]) > 0
+    run_cli("report", str(run))
+    assert "## Where INT8 differs most from the reference" in (run / "report.md").read_text()

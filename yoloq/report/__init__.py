@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from yoloq.records import RecordStore, reference_of, write_atomic
+from yoloq.report.differences import DIFFERENCES_NOTE, write_differences
 from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE, device_table, emulated_table
 from yoloq.report.table import (
     COLUMNS,
@@ -51,6 +52,7 @@ def write_reports(store: RecordStore) -> str:
     w.writerows(data["table"])
     write_atomic(run_dir / "summary.csv", buf.getvalue())
     plots = pareto_plots(data["records"], run_dir)
+    data["differences"] = write_differences(run_dir, data["records"], data["ref"])
     md = [f"# yoloq report: {data['run']}", "", *data["notes"], "", markdown_table(data["table"]), ""]
     md += [f"![{name}]({path.name})" for name, path in plots.items()] + [""]
     if data["qat"]:
@@ -65,6 +67,10 @@ def write_reports(store: RecordStore) -> str:
     if data["explain"]:
         md += ["## INT8 explained (yoloq explain: the runtime's executed graph)", "",
                markdown_table(data["explain"], tuple(data["explain"][0])), ""]
+    if data["differences"]:
+        md += ["## Where INT8 differs most from the reference", "", DIFFERENCES_NOTE, "",
+               markdown_table(data["differences"], tuple(data["differences"][0])), ""]
+        md += [f"![{d['variant']} {d['image']}]({d['file']})" for d in data["differences"] if d["image"]] + [""]
     if data["losses"]:
         md += ["## Classes that lose most", "",
                markdown_table(data["losses"], tuple(data["losses"][0])), ""]

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from yoloq.report.differences import DIFFERENCES_NOTE
 from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE
 from yoloq.report.table import COLUMNS, TERMINAL
 
@@ -21,7 +22,7 @@ td.wrap{text-align:left;white-space:normal;min-width:90px;max-width:200px}
 td.verdict{text-align:left;white-space:normal;min-width:220px;max-width:420px}
 tr.failed td{background:#fdecec}tr.skipped td{color:#888}
 .pass{color:#176e2c;font-weight:600}.fail{color:#b00020;font-weight:600}.sig{color:#b00020}
-img{max-width:720px;border:1px solid #ddd;margin:6px 12px 6px 0}
+img{max-width:720px;border:1px solid #ddd;margin:6px 12px 6px 0}img.diff{max-width:1280px;display:block}
 .notes li,.env li{font-size:13px;margin:2px 0}
 """
 
@@ -78,6 +79,12 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
     if data.get("explain"):
         parts += ["<h2>INT8 explained (yoloq explain)</h2>",
                   _table(data["explain"], tuple(data["explain"][0]), tid="explain")]
+    if data.get("differences"):
+        parts += ["<h2>Where INT8 differs most from the reference</h2>",
+                  f"<p class='notes'>{html.escape(DIFFERENCES_NOTE)}</p>",
+                  _table(data["differences"], tuple(data["differences"][0]), tid="differences")]
+        parts += [f'<img class="diff" alt="{html.escape(d["variant"])} {html.escape(d["image"])}" '
+                  f'src="{html.escape(d["file"])}">' for d in data["differences"] if d["image"]]
     if data["losses"]:
         parts += ["<h2>Classes that lose most</h2>", _table(data["losses"], tuple(data["losses"][0]), tid="losses")]
     if data["sizes"]:
