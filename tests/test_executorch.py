@@ -45,9 +45,8 @@ def test_families_through_executorch(tmp_path, family, nms):
     from yoloq.records import RecordStore
 
     pt = build(family, tmp_path, YOLO(str(shared_root() / "models" / "yolo11n.pt")).names)
-    fp32 = True  # the full tier lowers both precisions of both families
-    variants = [{"format": "torch", "precision": "fp32"}, {"format": "executorch", "precision": "int8"}] + \
-        ([{"format": "executorch", "precision": "fp32"}] if fp32 else [])
+    variants = [{"format": "torch", "precision": "fp32"}, {"format": "executorch", "precision": "int8"},
+                {"format": "executorch", "precision": "fp32"}]
     cfg = resolve_config(parse_config(config(pt, tmp_path / "out", variants, nms), REPO_ROOT))
     run(cfg, tmp_path / "out")
     recs = {r.name: r for r in RecordStore(tmp_path / "out").all()}
@@ -65,16 +64,15 @@ def test_families_through_executorch(tmp_path, family, nms):
     sample = load_split(cfg.data, REPO_ROOT).samples[0]
     x, lbs = prepare([read_image(sample.path)], 320)
     a = ref.predict(x)
-    if fp32:
-        b = runtimes["executorch-fp32"].predict(x)
-        assert a.shape == b.shape
-        exact = fp64_twin(ref).predict(x)  # the one-to-many branch, as ExecuTorch runs it
-        np.testing.assert_allclose(b[:, :4], a[:, :4], atol=rounding_tolerance(a[:, :4], exact[:, :4], 0.25),
-                                   rtol=1e-3)
-        np.testing.assert_allclose(b[:, 4:], a[:, 4:], atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 2e-3))
-        post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
-        da, db = postprocess(a, lbs, post, False)[0], postprocess(b, lbs, post, False)[0]
-        assert len(da) > 0 and matched(da, db) >= 0.9
+    b = runtimes["executorch-fp32"].predict(x)
+    assert a.shape == b.shape
+    exact = fp64_twin(ref).predict(x)  # the one-to-many branch, as ExecuTorch runs it
+    np.testing.assert_allclose(b[:, :4], a[:, :4], atol=rounding_tolerance(a[:, :4], exact[:, :4], 0.25),
+                               rtol=1e-3)
+    np.testing.assert_allclose(b[:, 4:], a[:, 4:], atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 2e-3))
+    post = EvalConfig(conf=0.25, iou=0.7, max_det=300, multi_label=False)
+    da, db = postprocess(a, lbs, post, False)[0], postprocess(b, lbs, post, False)[0]
+    assert len(da) > 0 and matched(da, db) >= 0.9
     q = runtimes["executorch-int8"].predict(x)  # INT8 runs and predicts (a random-init model's int8 error is
     assert q.shape == a.shape and np.isfinite(q).all()  # no measure: the contract test bounds the trained YOLO11n's)
 
