@@ -67,8 +67,9 @@ def add_device_timings(store: RecordStore, files: list[Path]) -> list[str]:
         art = from_display(rec.artifact, store.run_dir) if rec.artifact else None
         match = file_sha256(art) == data.get("model_sha256") if art is not None and art.exists() else None
         dev = data.get("device") or {}
-        name = f"{dev.get('name') or dev.get('arch') or 'device'}{' (emulated)' if dev.get('emulated') else ''}, " \
-               f"{data.get('threads')} threads"
+        label = str(dev.get("name") or dev.get("arch") or "device")
+        flag = " (emulated)" if dev.get("emulated") and "emulated" not in label.lower() else ""
+        name = f"{label}{flag}, {data.get('threads')} threads"
         rec.device_latency[name] = {k: data.get(k) for k in KEEP} | {"file": f.name, "same_bytes": match}
         said.append(f"  {rec.name}: {name}: p50 {data['p50_ms']:.1f} ms over {data['runs']} runs"
                     + (" (emulated: not the device's speed)" if dev.get("emulated") else ""))

@@ -135,7 +135,8 @@ def finalize(store: RecordStore, budget: BudgetConfig, report: ReportConfig) -> 
     seconds = time.perf_counter() - t0
     agreed = _agreements(store, ref)
     for r in records:
-        r.budget = verdict(r, ref, budget)
+        # a twin scored on fewer images than the reference has no budget verdict: its mAP is another set's
+        r.budget = {} if r.pair.get("images") else verdict(r, ref, budget)
         r.speedup = speedup(records, r) if r.ok else {}
     store.save()
     kept = sum(1 for r in records if ref and r.metrics.get("map_drop_ci") and _current(r, ref, report)) - n
