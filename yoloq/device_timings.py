@@ -37,7 +37,8 @@ def _read(f: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise YoloqError(f"--device-timings {f}: cannot be read as JSON ({e}); give the file a bundle's timing.py "
                          "wrote") from None
-    if not isinstance(data, dict) or data.get("yoloq_timing") != 1 or "variant" not in data:
+    if not isinstance(data, dict) or data.get("yoloq_timing") != 1 or \
+            not {"variant", "p50_ms", "runs", "device"} <= set(data):
         raise YoloqError(f"--device-timings {f}: not a timing.py result (run 'python timing.py IMAGES --out FILE' "
                          "in the variant's bundle)")
     return data

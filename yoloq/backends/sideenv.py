@@ -21,6 +21,16 @@ from yoloq.paths import cache_root
 SETUP_TIMEOUT_S = 1800  # one step of a setup (an install downloads a few GB)
 
 
+def end_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a worker that reads requests from its stdin: closing its input ends it; killed if it does not."""
+    if proc.poll() is None:
+        proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @dataclass(frozen=True)
 class SideEnv:
     """One toolkit's environment: ``name`` (its folder's prefix and ``yoloq setup NAME``), the pinned

@@ -23,6 +23,7 @@ from yoloq.cluster import tasks
 from yoloq.cluster.connect import Cluster
 from yoloq.cluster.ship import Shard, Shipment, pack, unpack
 from yoloq.config import RunConfig, VariantConfig
+from yoloq.emulate.twin import emulated_twins
 from yoloq.evaluate import CocoEvaluator
 from yoloq.machine_load import run_lock
 from yoloq.passes import finish_accuracy, latency_images
@@ -247,6 +248,7 @@ def _run_on_ray(cfg: RunConfig, address: str, out_dir: Path, shard_images: int) 
     run = RayRun(cluster, cfg, inputs, store, shard_images)
     try:
         run.run_variants(plan(cfg, inputs, store, list(cfg.variants)))
+        emulated_twins(cfg, inputs, store, list(cfg.variants))  # scored on this (the driver's) machine
         run.time_targets(list(cfg.variants))
         return finish_run(cfg, store)
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from yoloq.backends.deploy import loader
+from yoloq.backends.sideenv import end_process
 from yoloq.config import EmulateConfig
 from yoloq.emulate.userland import Userland, pins
 from yoloq.errors import BackendUnavailable
@@ -89,8 +90,8 @@ class _Worker:
 
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                     stderr=open(log, "ab"))
+        self._log = open(log, "ab")  # noqa: SIM115 - the worker's stderr for its lifetime, closed by close()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, stderr=self._log)
         self.hello = json.loads(self._line())
 
     def _line(self) -> bytes:
@@ -121,12 +122,8 @@ class _Worker:
         return np.frombuffer(data, dtype=meta["dtype"]).reshape(meta["shape"]).copy()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        end_process(self.proc)
+        self._log.close()
 
 
 class EmulatedRuntime:

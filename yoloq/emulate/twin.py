@@ -49,7 +49,7 @@ def emulated_twins(cfg: RunConfig, inputs: RunInputs, store: RecordStore, varian
         host = store.get(v.label)
         key = twin_key(host.key if host else variant_key(cfg, inputs.source, inputs.calibration, v), cfg, v)
         prev = store.get(name)
-        if prev and prev.key == key and prev.status in ("ok", "skipped"):
+        if prev and prev.key == key and prev.ok:  # a skipped twin is tried again: the userland may be set up since
             if host is not None and prev.order != host.order:
                 prev.order = host.order
             if prev.ok and host is not None and "divergence" not in prev.metrics:

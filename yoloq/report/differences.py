@@ -116,7 +116,14 @@ def write_differences(run_dir: Path, records: list[Record], ref: Record | None) 
         if not picks:
             out.append({"variant": r.name, "image": "", "lost": "0", "added": "0",
                         "file": "the same confident boxes as the reference on every image"})
+        made = max(detections_path(run_dir, x.name).stat().st_mtime for x in (ref, r))
         for p in picks:
+            f = run_dir / "differences" / f"{r.name}-{p['image_id']}.jpg"
+            row = {"variant": r.name, "image": paths[p["image_id"]].name if p["image_id"] in paths else "",
+                   "lost": str(p["lost"]), "added": str(p["added"]), "file": f"differences/{f.name}"}
+            if f.is_file() and f.stat().st_mtime >= made:  # drawn from these detections already
+                out.append(row)
+                continue
             img = cv2.imread(str(paths.get(p["image_id"], "")), cv2.IMREAD_COLOR)
             if img is None:
                 continue
@@ -126,9 +133,7 @@ def write_differences(run_dir: Path, records: list[Record], ref: Record | None) 
             pic = np.concatenate([left, np.full((img.shape[0], 8, 3), 255, np.uint8), right], 1)
             scale = min(1.0, 1280 / pic.shape[1])
             pic = cv2.resize(pic, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else pic
-            f = run_dir / "differences" / f"{r.name}-{p['image_id']}.jpg"
             f.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(f), pic, [cv2.IMWRITE_JPEG_QUALITY, 85])
-            out.append({"variant": r.name, "image": paths[p["image_id"]].name, "lost": str(p["lost"]),
-                        "added": str(p["added"]), "file": f"differences/{f.name}"})
+            out.append(row)
     return out

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yoloq.backends.sideenv import SideEnv
+from yoloq.backends.sideenv import SideEnv, end_process
 from yoloq.errors import ExportError
 
 HERE = Path(__file__).resolve().parent
@@ -98,12 +98,7 @@ class Worker:
 
     def close(self) -> None:
         """Stop the worker (closing its input ends it) and close the log."""
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        end_process(self.proc)
         self._replies.close()
         self._log.close()
 
