@@ -80,7 +80,8 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_config_is_the_first_stage():
     deps = _graph()["yoloq.config"]
-    assert deps <= {"yoloq.errors", "yoloq.schema"}, deps
+    assert deps <= {"yoloq.errors", "yoloq.schema", "yoloq.config_harness"}, deps
+    assert _graph()["yoloq.config_harness"] <= {"yoloq.errors", "yoloq.schema"}
 
 
 def test_backends_import_no_evaluation_or_later_stage():

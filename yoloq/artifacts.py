@@ -25,7 +25,7 @@ from yoloq.records import write_atomic
 
 # config sections that never change an export or its accuracy (latency settings only change timing,
 # which the latency pass keys by its own settings)
-_NOT_IN_KEY = ("variants", "output", "reference", "budget", "report", "qat", "latency", "tune", "emulate")
+_NOT_IN_KEY = ("variants", "output", "reference", "budget", "report", "qat", "latency", "streams", "tune", "emulate")
 
 
 def _keyed_options(v: VariantConfig) -> dict:

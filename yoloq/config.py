@@ -18,21 +18,14 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
+from yoloq.config_harness import LatencyConfig, StreamsConfig
 from yoloq.errors import ConfigError
+from yoloq.schema import at_least as _at_least
+from yoloq.schema import check as _check
 from yoloq.schema import from_mapping
 
-__all__ = ["from_mapping"]  # the one YAML-to-dataclass converter, re-exported for callers of the config
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
-
-
-def _at_least(obj: Any, section: str, **least: float) -> None:
-    """Check that each named field of ``obj`` is at least its given minimum."""
-    for k, m in least.items():
-        _check(getattr(obj, k) >= m, f"{section}.{k}", getattr(obj, k), f">= {m:g}")
-
+# the one YAML-to-dataclass converter and the harnesses' settings, re-exported for callers of the config
+__all__ = ["LatencyConfig", "StreamsConfig", "from_mapping"]
 
 class Precision(str, enum.Enum):
     """The numeric precision a variant asks for (what actually ran is in each record's runtime)."""
@@ -170,29 +163,6 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class LatencyConfig:
-    """The latency harness: warm-up, then at least ``min_runs`` runs and ``min_seconds`` seconds.
-
-    ``conf``: the deployment threshold of the timed postprocess (as ``yolo predict``; accuracy keeps ``eval.conf``).
-    ``interleave`` times all variants side by side in round-robin blocks of ``block`` runs, so machine drift cannot
-    fake a speed-up (``min_seconds`` then bounds the whole pass); ``false`` times each alone for ``min_seconds``."""
-
-    warmup: int = 10
-    min_runs: int = 100
-    min_seconds: float = 10.0
-    threads: int = 2
-    batch: int = 1
-    images: int = 16
-    conf: float = 0.25
-    interleave: bool = True
-    block: int = 5
-
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.conf < 1.0, "latency.conf", self.conf, "0 <= conf < 1")
-        _at_least(self, "latency", block=1, warmup=0, min_runs=1, min_seconds=0, threads=1, batch=1, images=1)
-
-
-@dataclass(frozen=True)
 class BudgetConfig:
     """The accuracy a non-reference variant must keep: a share of the reference mAP50-95 and/or a drop."""
 
@@ -283,6 +253,7 @@ class RunConfig:
     calibration: CalibrationConfig = CalibrationConfig()
     eval: EvalConfig = EvalConfig()
     latency: LatencyConfig = LatencyConfig()
+    streams: StreamsConfig = StreamsConfig()
     output: str = "results/run"
     reference: str | None = None
     budget: BudgetConfig = BudgetConfig()
@@ -326,7 +297,8 @@ class RunConfig:
             d["eval"].pop("nms", None)
         if d["qat"].get("start") is None:
             d["qat"].pop("start")
-        for k, empty in (("tune", _plain(TuneConfig())), ("emulate", None)):  # as a config without the section
+        defaults = (("tune", _plain(TuneConfig())), ("emulate", None), ("streams", _plain(StreamsConfig())))
+        for k, empty in defaults:  # as a config without the section
             if d[k] == empty:
                 d.pop(k)
         return d
@@ -336,6 +308,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("output", None)
         d.pop("tune", None)  # where settings are chosen never changes what a run measures
+        d.pop("streams", None)  # nor does the throughput pass (it has its own settings key in each record)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,5 +1,5 @@
-"""The two measurement passes, kept apart: accuracy (every evaluation image, pycocotools) and latency
-(preloaded images, the harness owns the clock, variants timed side by side or alone)."""
+"""The measurement passes, kept apart: accuracy (every evaluation image, pycocotools), latency (preloaded images,
+the harness owns the clock, variants timed side by side or alone) and throughput (several streams in flight)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from yoloq.accuracy import score
 from yoloq.agreement import StoredDetections
 from yoloq.backends.base import Runtime
-from yoloq.config import EvalConfig, LatencyConfig
+from yoloq.config import EvalConfig, LatencyConfig, StreamsConfig
 from yoloq.data.types import DatasetSplit
 from yoloq.errors import DataError
 from yoloq.evaluate import CocoEvaluator, CocoMetrics
@@ -23,6 +23,7 @@ from yoloq.latency import LatencyStats, measure, measure_interleaved
 from yoloq.machine_load import OutsideLoad
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import read_image
+from yoloq.throughput import measure_streams
 
 
 def evaldata_path(run_dir: Path, name: str) -> Path:
@@ -122,3 +123,34 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
         out[n] = s.to_dict() | extra | {"mode": "alone", "pass_seconds": round(time.perf_counter() - t0, 1),
                                         "outside_load": load.result}
     return out
+
+
+def throughput_settings(streams: StreamsConfig, latency: LatencyConfig) -> dict[str, Any]:
+    """The settings a throughput curve depends on: the pass's own and the latency harness's it shares."""
+    return dataclasses.asdict(streams) | {"levels": list(streams.levels), "threads": latency.threads,
+                                          "images": latency.images, "conf": latency.conf}  # as the record stores it
+
+
+def throughput_pass(runtimes: dict[str, dict[int, list[Runtime]]], keys: dict[str, str], images: list[np.ndarray],
+                    imgsz: int, streams: StreamsConfig, latency: LatencyConfig,
+                    posts: dict[str, Callable[..., Any]]) -> dict[str, dict[str, Any]]:
+    """Frames per second of ``runtimes`` (per variant, per stream count: one runtime per stream), side by side.
+
+    Returns:
+        Per variant name, the throughput record field: ``levels`` (the curve: streams, fps, per-frame p50/p90),
+        ``concurrency`` (per stream count, how the runtimes shared the machine), the settings, the pass's key,
+        wall time and the share of the CPU other processes took meanwhile.
+    """
+    if not runtimes:
+        return {}
+    settings = throughput_settings(streams, latency)
+    gkey = hashlib.sha256(json.dumps([sorted(keys.items()), settings]).encode()).hexdigest()[:16]
+    t0 = time.perf_counter()
+    with OutsideLoad() as load:
+        curves = measure_streams({n: (by, posts[n]) for n, by in runtimes.items()}, images, imgsz, streams,
+                                 progress="throughput side by side")
+    wall = round(time.perf_counter() - t0, 1)
+    return {n: {"levels": [lv.to_dict() for lv in curves[n]], "threads": latency.threads,
+                "concurrency": {str(k): str(rts[0].info.get("concurrency", "")) for k, rts in runtimes[n].items()},
+                "settings": settings, "group": gkey, "pass_seconds": wall, "outside_load": load.result}
+            for n in runtimes}

@@ -24,7 +24,15 @@ from yoloq.emulate.twin import emulated_twins, twin_name
 from yoloq.finalize import finalize
 from yoloq.inputs import RunInputs, apply_artifact, default_out, fail_record, make_validator, new_record, prepare_inputs
 from yoloq.machine_load import run_lock
-from yoloq.passes import accuracy_pass, deploy_post, latency_images, latency_pass, latency_settings
+from yoloq.passes import (
+    accuracy_pass,
+    deploy_post,
+    latency_images,
+    latency_pass,
+    latency_settings,
+    throughput_pass,
+    throughput_settings,
+)
 from yoloq.progress import say, set_library_log
 from yoloq.provenance import machine, machine_id, same_machine
 from yoloq.records import Record, RecordStore, write_atomic
@@ -144,6 +152,60 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
     store.save()
 
 
+def needs_streams(records: list[Record], cfg: RunConfig) -> list[Record]:
+    """The timed records whose throughput to measure: none when they already share one pass under today's
+    settings that no outside load disturbed, else all of them (side by side again)."""
+    settings = throughput_settings(cfg.streams, cfg.latency)
+    groups = {r.throughput.get("group") for r in records}
+    fresh = all(r.throughput.get("settings") == settings and not (r.throughput.get("outside_load") or {}).get(
+        "flagged") for r in records)
+    return [] if (fresh and len(groups) == 1 and None not in groups) else records
+
+
+def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
+    """The throughput pass over every variant the latency pass timed: 1, 2, 4 ... streams in flight, each runtime's
+    own concurrency, side by side. A variant that cannot load for it keeps its other figures and says why."""
+    cfg = inputs.cfg
+    by_label = {v.label: v for v in variants}
+    timed = [r for r in store.all() if r.name in by_label and r.ok and r.latency.get("p50_ms")]
+    todo = needs_streams(timed, cfg) if cfg.streams.levels else []
+    if not todo:
+        return
+    import torch
+
+    runtimes: dict[str, dict[int, list[Runtime]]] = {}
+    for r in todo:
+        v = by_label[r.name]
+        try:
+            artifact = cached_artifact(workdir_of(inputs.out_dir, v), r.key)
+            if artifact is None:
+                raise FileNotFoundError(f"its export is not in {workdir_of(inputs.out_dir, v)}")
+            backend = get_backend(v.format)
+            runtimes[r.name] = {n: backend.load_streams(artifact, n, cfg.latency.threads, v.device)
+                                for n in cfg.streams.levels}
+        except Exception as e:  # noqa: BLE001 - its accuracy and latency stand; the curve says why it is missing
+            r.throughput = {"error": f"{type(e).__name__}: {e}"}
+    levels = ", ".join(map(str, cfg.streams.levels))
+    say(f"throughput: {len(runtimes)} variants with {levels} streams in flight, side by side")
+    recs = {r.name: r for r in todo}
+    posts = {n: deploy_post(cfg.eval, cfg.latency, recs[n].end2end) for n in runtimes}
+    try:
+        curves = throughput_pass(runtimes, {r.name: r.key for r in todo}, latency_images(inputs.evalset,
+                                 cfg.latency.images), cfg.imgsz, cfg.streams, cfg.latency, posts)
+    except Exception as e:  # noqa: BLE001 - a runtime failed mid-way: no curve of this pass is kept
+        curves = {}
+        for n in runtimes:
+            recs[n].throughput = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        torch.set_num_threads(cfg.latency.threads)  # split between streams while they ran
+        del runtimes
+        gc.collect()
+    for n, curve in curves.items():
+        recs[n].throughput = curve
+        say(f"  {n}: " + "  ".join(f"{lv['streams']}: {lv['fps']:.1f} FPS" for lv in curve["levels"]))
+    store.save()
+
+
 def describe(rec: Record) -> str:
     """One line: mAP, p50 and size, or the status and reason."""
     if not rec.ok:
@@ -224,6 +286,7 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
         say(f"  {v.label}: {describe(rec)}")
     emulated_twins(cfg, inputs, store, variants)
     time_variants(inputs, store, variants)
+    stream_variants(inputs, store, variants)
     code = finish_run(cfg, store)
     set_library_log(None)
     return code

@@ -38,6 +38,7 @@ class Record:
     imgsz: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    throughput: dict[str, Any] = field(default_factory=dict)  # frames per second with 1, 2, 4 ... streams in flight
     size_mb: float | None = None
     artifact: str | None = None
     artifact_info: dict[str, Any] = field(default_factory=dict)

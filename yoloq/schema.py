@@ -79,3 +79,15 @@ def from_mapping(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
     if missing:
         raise ConfigError(f"config is missing required key '{(where + '.') if where else ''}{missing[0]}'")
     return cls(**kwargs)
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError naming ``key``, the ``value`` given and what is ``allowed``, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"config key '{key}': got {value!r}, expected {allowed}")
+
+
+def at_least(obj: Any, section: str, **least: float) -> None:
+    """Check that each named field of ``obj`` is at least its given minimum."""
+    for k, m in least.items():
+        check(getattr(obj, k) >= m, f"{section}.{k}", getattr(obj, k), f">= {m:g}")

@@ -251,6 +251,18 @@ class Backend(ABC):
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Runtime:
         """Load an artifact into a runtime using exactly ``threads`` CPU threads."""
 
+    def load_streams(self, artifact: Artifact, streams: int, threads: int, device: str = "cpu") -> list[Runtime]:
+        """``streams`` runtimes of ``artifact`` to run concurrently, one per stream, on ``threads`` CPU threads in
+        all: by default separate sessions (interpreters, nets) with the threads split between them (at least one
+        each, so more streams than threads oversubscribe the cores, as more cameras would). A runtime with its own
+        throughput mode overrides this (OpenVINO: one model compiled for throughput, one request per stream).
+        Each runtime's ``info["concurrency"]`` says how they share the machine."""
+        per = max(1, threads // streams)
+        runtimes = [self.load(artifact, per, device) for _ in range(streams)]
+        for rt in runtimes:
+            rt.info["concurrency"] = f"{streams} separate runtime{'s' * (streams > 1)} x {per} thread{'s' * (per > 1)}"
+        return runtimes
+
     def qdq_variant_options(self, onnx_path: Path, machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` (``reads_qdq_onnx``) on ``machine``
         (a fingerprint: a backend may adapt the file to its kernels there)."""

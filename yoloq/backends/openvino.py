@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,14 +18,16 @@ from yoloq.progress import Counted, step
 
 
 class OvRuntime:
-    """A compiled OpenVINO model on the CPU with explicit threads and inference precision."""
+    """A compiled OpenVINO model on the CPU with explicit threads and inference precision: for latency (one stream,
+    ``requests`` None) or for throughput (the THROUGHPUT hint, told how many requests will be in flight)."""
 
-    def __init__(self, xml: Path, threads: int, precision_hint: str | None) -> None:
+    def __init__(self, xml: Path, threads: int, precision_hint: str | None, requests: int | None = None) -> None:
         import openvino as ov
 
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                                  "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
+        config |= {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"} if requests is None else \
+            {"PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": requests}
         if precision_hint:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
         self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
@@ -33,6 +36,17 @@ class OvRuntime:
         ran = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         self.info: dict[str, Any] = {"threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                                      "inference_precision": ran}
+        if requests is not None:
+            cpu_streams = int(self.compiled.get_property("NUM_STREAMS"))
+            self.info["concurrency"] = (f"one model compiled with the THROUGHPUT hint, {requests} infer request"
+                                        f"{'s' * (requests > 1)} in flight; OpenVINO chose {cpu_streams} CPU stream"
+                                        f"{'s' * (cpu_streams > 1)} on {self.info['threads']} threads")
+
+    def another_request(self) -> OvRuntime:
+        """The same compiled model with its own infer request (one per stream in flight)."""
+        other = copy.copy(self)
+        other.request, other.info = self.compiled.create_infer_request(), dict(self.info)
+        return other
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Run one synchronous inference."""
@@ -244,11 +258,17 @@ class OpenVinoBackend(Backend):
             out.append(LayerRun(name, f"{p.node_type} ({p.exec_type})", prec, total[name] / runs, macs.get(name, 0)))
         return out
 
-    def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> OvRuntime:
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu", requests: int | None = None) -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.
         hint = "f32" if artifact.precision == "fp32" else None
-        rt = OvRuntime(model_xml(Path(artifact.path)), threads, hint)
+        rt = OvRuntime(model_xml(Path(artifact.path)), threads, hint, requests)
         ran = rt.info["inference_precision"]
         rt.info["precision_ran"] = {"fp32": ran, "fp16": f"{ran} compute (fp16 weights)",
                                     "int8": f"int8 ({ran} for float ops)"}[artifact.precision]
         return rt
+
+    def load_streams(self, artifact: Artifact, streams: int, threads: int, device: str = "cpu") -> list[OvRuntime]:
+        """One model compiled with OpenVINO's THROUGHPUT hint for ``streams`` requests in flight (it chooses its CPU
+        streams, as ``benchmark_app -hint throughput`` does), one infer request per stream."""
+        first = self.load(artifact, threads, device, requests=streams)
+        return [first] + [first.another_request() for _ in range(streams - 1)]

@@ -12,6 +12,7 @@ from typing import Any
 from yoloq.records import RecordStore, reference_of, write_atomic
 from yoloq.report.differences import DIFFERENCES_NOTE, write_differences
 from yoloq.report.emulated import DEVICE_NOTE, EMULATED_NOTE, device_table, emulated_table
+from yoloq.report.streams import summary_columns, throughput_plot, throughput_summary
 from yoloq.report.table import (
     COLUMNS,
     TERMINAL,
@@ -36,7 +37,8 @@ def build(store: RecordStore) -> dict[str, Any]:
     return {"run": store.run_dir.name, "records": records, "ref": ref, "table": rows(records),
             "losses": per_class_losses(records, ref), "sizes": size_table(records), "qat": qat_table(records),
             "environment": environment(records), "notes": notes(records, ref), "explain": explain_table(records),
-            "emulated": emulated_table(records), "devices": device_table(records)}
+            "emulated": emulated_table(records), "devices": device_table(records),
+            "streams": throughput_summary(records)}
 
 
 def write_reports(store: RecordStore) -> str:
@@ -47,14 +49,22 @@ def write_reports(store: RecordStore) -> str:
     run_dir = store.run_dir
     data = build(store)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
+    csv_rows = [row | summary_columns(r) for row, r in zip(data["table"], data["records"])]
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS) + list(summary_columns(data["records"][0])) if csv_rows
+                       else list(COLUMNS))
     w.writeheader()
-    w.writerows(data["table"])
+    w.writerows(csv_rows)
     write_atomic(run_dir / "summary.csv", buf.getvalue())
     plots = pareto_plots(data["records"], run_dir)
+    data["throughput_plot"] = throughput_plot(data["records"], run_dir) if data["streams"] else None
     data["differences"] = write_differences(run_dir, data["records"], data["ref"])
     md = [f"# yoloq report: {data['run']}", "", *data["notes"], "", markdown_table(data["table"]), ""]
     md += [f"![{name}]({path.name})" for name, path in plots.items()] + [""]
+    if data["streams"]:
+        st = data["streams"]
+        md += ["## Throughput: streams in flight", "", st["note"], "", *(f"- {line}" for line in st["cameras"]), "",
+                markdown_table(st["table"], tuple(st["table"][0])), ""]
+        md += ["![throughput](throughput.png)", ""] if data["throughput_plot"] else []
     if data["qat"]:
         md += ["## QAT against PTQ (paired bootstrap over the evaluation images; * = significant)", "",
                markdown_table(data["qat"], tuple(data["qat"][0])), ""]

@@ -66,6 +66,14 @@ def render_html(data: dict[str, Any], plots: dict[str, Path]) -> str:
         "summary.csv.</p>",
         "<h2>Pareto: accuracy against latency and size</h2>", imgs,
     ]
+    if data.get("streams"):
+        st = data["streams"]
+        parts += ["<h2>Throughput: streams in flight</h2>", f"<p class='notes'>{html.escape(st['note'])}</p>",
+                  "<ul class='notes'>" + "".join(f"<li>{html.escape(c)}</li>" for c in st["cameras"]) + "</ul>",
+                  _table(st["table"], tuple(st["table"][0]), tid="streams")]
+        if data.get("throughput_plot"):
+            parts.append(f'<img class="plot" alt="throughput" src="data:image/png;base64,'
+                         f'{base64.b64encode(Path(data["throughput_plot"]).read_bytes()).decode()}">')
     if data.get("qat"):
         parts += ["<h2>QAT against PTQ (PTQ - QAT, paired 95% interval; * = significant)</h2>",
                   _table(data["qat"], tuple(data["qat"][0]), tid="qat")]

@@ -1,0 +1,113 @@
+"""The throughput pass: frames per second with several streams in flight, each runtime's own concurrency, kept in
+the records and shown as a curve and as cameras served."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from yoloq.artifacts import variant_key
+from yoloq.config import StreamsConfig, load_config, parse_config
+from yoloq.errors import ConfigError
+from yoloq.paths import REPO_ROOT
+from yoloq.preprocess import read_image
+from yoloq.throughput import cameras, measure_streams
+
+SMOKE = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.mark.shared
+def test_every_timed_variant_has_its_curve(smoke_run):
+    cfg = load_config(SMOKE)
+    groups = set()
+    for name, r in smoke_run["records"].items():
+        t = r["throughput"]
+        assert [lv["streams"] for lv in t["levels"]] == list(cfg.streams.levels), name
+        for lv in t["levels"]:
+            assert lv["frames"] >= 1 and lv["seconds"] >= cfg.streams.seconds, (name, lv)
+            assert lv["fps"] == pytest.approx(lv["frames"] / lv["seconds"], rel=0.01), (name, lv)
+            assert 0 < lv["p50_ms"] <= lv["p90_ms"], (name, lv)
+        assert t["settings"]["fps"] == 15 and t["threads"] == 2
+        groups.add(t["group"])
+        ran = t["concurrency"]["2"]
+        if r["format"] == "openvino":  # OpenVINO's own throughput mode: one model, a request per stream
+            assert "THROUGHPUT hint, 2 infer requests" in ran, ran
+        else:  # separate sessions or interpreters with the two threads split between them
+            assert ran == "2 separate runtimes x 1 thread", (name, ran)
+    assert len(groups) == 1  # one side-by-side pass timed them all
+
+
+@pytest.mark.shared
+def test_the_report_says_how_many_cameras_each_variant_serves(smoke_run):
+    d, records = smoke_run["dir"], smoke_run["records"]
+    md = (d / "report.md").read_text()
+    assert "## Throughput: streams in flight" in md and "![throughput](throughput.png)" in md
+    for name, r in records.items():
+        best = max(r["throughput"]["levels"], key=lambda lv: lv["fps"])
+        n = int(best["fps"] // 15)
+        assert f"- {name}: {n} camera{'s' * (n != 1)} at 15 FPS ({best['fps']:.1f} FPS with {best['streams']}" in md
+    rows = {row["variant"].replace(" (ref)", ""): row for row in csv.DictReader((d / "summary.csv").open())}
+    for name, r in records.items():
+        assert rows[name]["cameras"] == str(int(max(lv["fps"] for lv in r["throughput"]["levels"]) // 15))
+    assert (d / "throughput.png").stat().st_size > 10_000
+
+
+def test_cameras_is_the_best_stream_count_over_one_cameras_rate():
+    levels = [{"streams": 1, "fps": 37.2, "p90_ms": 28.0}, {"streams": 2, "fps": 44.9, "p90_ms": 50.0},
+              {"streams": 4, "fps": 44.0, "p90_ms": 95.0}]
+    assert cameras(levels, 15) == {"cameras": 2, "streams": 2, "fps": 44.9, "p90_ms": 50.0}
+    assert cameras(levels, 45)["cameras"] == 0
+    assert cameras([], 15) is None
+
+
+@pytest.mark.parametrize("streams, message", [
+    ({"levels": [2, 1]}, "streams.levels"), ({"levels": [0, 1]}, "streams.levels"),
+    ({"fps": 0}, "streams.fps"), ({"block": 0}, "streams.block"), ({"seconds": -1}, "streams.seconds"),
+])
+def test_bad_streams_settings_are_refused(streams, message):
+    base = {"model": "yolo11n.pt", "data": {"dataset": "coco-mini"}, "variants": [{"format": "torch"}]}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(base | {"streams": streams})
+
+
+def test_the_throughput_pass_changes_no_key_or_hash():
+    """Measuring throughput (or not, or longer) never invalidates an export, an accuracy figure or a latency."""
+    import dataclasses
+    from pathlib import Path
+
+    from yoloq.data.calibration import CalibrationSet
+    from yoloq.models import SourceModel
+
+    cfg = load_config(SMOKE)
+    other = dataclasses.replace(cfg, streams=StreamsConfig(levels=(), seconds=10))
+    assert cfg.hash() == other.hash()
+    src = SourceModel(Path("yolo11n.pt"), "pt", ("person",), "0" * 64)
+    cal = CalibrationSet((), ("coco-mini/train2017",), 0, 16, "1" * 64)
+    assert variant_key(cfg, src, cal, cfg.variants[0]) == variant_key(other, src, cal, other.variants[0])
+
+
+class _Failing:
+    """A runtime that fails on its third frame, as a runtime that runs out of memory under load would."""
+
+    info: dict = {}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("out of memory at the third frame")
+        return np.zeros((1, 84, 2100), np.float32)
+
+
+@pytest.mark.shared
+def test_a_stream_that_fails_names_its_error():
+    """The failing stream's own error reaches the caller (not the other streams' released barrier)."""
+    img = read_image(next((SHARED / "datasets/coco-mini/val2017").glob("*.jpg")))
+    with pytest.raises(RuntimeError, match="third frame"):
+        measure_streams({"v": ({2: [_Failing(), _Failing()]}, lambda raw, lbs: raw)}, [img], 320,
+                        StreamsConfig(levels=(2,), seconds=0.2, block=0.2, warmup=2))
