@@ -46,3 +46,23 @@ def test_explain_without_the_runs_config_is_one_line(smoke_run, tmp_path):
     (tmp_path / "records.jsonl").write_text((smoke_run["dir"] / "records.jsonl").read_text())
     proc = run_cli("explain", str(tmp_path), "onnxruntime-int8")
     assert proc.returncode == 2 and "config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_executorch_explain_times_xnnpack_ops_and_the_kernels_between(executorch_run):
+    """ExecuTorch's event tracer: XNNPACK's int8 convolutions, the Converts around its float ops (SiLU's Sigmoid and
+    Multiply), the portable kernels between delegate calls; times, no MACs."""
+    from yoloq.backends.executorch_profile import precisions
+
+    text = explain(executorch_run["dir"], "executorch-int8", runs=2)
+    share = re.search(r"int8 share \(this runtime's profiler gives no shapes: no MACs\), ([\d.]+)% of ([\d.]+) ms",
+                      text)
+    assert share and 10 < float(share.group(1)) < 100 and float(share.group(2)) > 0, text[:600]
+    assert "| int8 |" in text and "| convert |" in text
+    assert "Sigmoid (NC)" in text and "native_call_" in text  # float SiLU in XNNPACK; a portable kernel
+    assert "Biggest time differences against executorch-fp32" in text and "| Convolution |" in text
+    rec = RecordStore(executorch_run["dir"]).get("executorch-int8")
+    assert rec.explain["int8_macs_share"] is None and rec.explain["int8_time_share"] > 0.1
+    # a type flows along XNNPACK's order: an untyped op computes in what the last Convert made
+    assert precisions(["Convolution (NHWC, QC8) IGEMM #1", "Convert (NC) #1", "Sigmoid (NC) #1", "Convert (NC) #2",
+                       "Add (ND) #1", "Fully Connected (NC, F32) GEMM #1", "Add (ND) #2"]) == \
+        ["int8", "convert", "fp32", "convert", "int8", "fp32", "fp32"]

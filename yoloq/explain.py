@@ -101,8 +101,9 @@ def summarise(layers: list[LayerRun], kept: list[str]) -> dict[str, Any]:
         g["time_ms"] += x.time_ms or 0.0
         if len(g["examples"]) < 3 and (x.macs or len(g["examples"]) < 1):
             g["examples"].append(f"{'/'.join(x.name.split('/')[-2:])} [{x.op.split(' ')[0]}, {x.precision}]")
+    counted = any(x.macs for x in layers)  # a profiler without shapes (ExecuTorch's) counts none
     return {"macs": macs, "time_ms": total_t if timed else None, "by_precision": by, "float_groups": groups,
-            "int8_macs_share": by.get("int8", {}).get("macs", 0) / macs,
+            "int8_macs_share": by.get("int8", {}).get("macs", 0) / macs if counted else None,
             "int8_time_share": by.get("int8", {}).get("time_ms", 0.0) / total_t if timed else None}
 
 
@@ -143,7 +144,8 @@ def explain(run_dir: Path, name: str, runs: int = 5) -> str:
     lines = [f"# What {name} runs", "", f"Measured on {describe(machine())}, {threads} threads, one real evaluation "
              f"image, {runs} profiled inferences (model only: no pre- or postprocessing).", ""]
     t = s["time_ms"]
-    share = f"int8 share: {s['int8_macs_share']:.1%} of {s['macs'] / 1e9:.2f} GMACs" + \
+    share = (f"int8 share: {s['int8_macs_share']:.1%} of {s['macs'] / 1e9:.2f} GMACs" if s["int8_macs_share"]
+             is not None else "int8 share (this runtime's profiler gives no shapes: no MACs)") + \
         (f", {s['int8_time_share']:.1%} of {t:.1f} ms" if t else " (this runtime has no per-op profiler: no times)")
     lines += [share, "", "| precision | layers | MACs | time ms | time |", "|---|---|---|---|---|"]
     for p, b in sorted(s["by_precision"].items(), key=lambda kv: -kv[1]["macs"]):
@@ -182,7 +184,8 @@ def explain(run_dir: Path, name: str, runs: int = 5) -> str:
                      f"--out {run_dir}` writes it where explain finds it.")
     text = "\n".join(lines) + "\n"
     write_atomic(run_dir / f"explain-{name}.md", text)
-    rec.explain = {"machine": machine()["id"], "int8_macs_share": round(s["int8_macs_share"], 4),
+    rec.explain = {"machine": machine()["id"], "int8_macs_share": None if s["int8_macs_share"] is None else
+                   round(s["int8_macs_share"], 4),
                    "int8_time_share": None if s["int8_time_share"] is None else round(s["int8_time_share"], 4),
                    "model_ms": None if t is None else round(t, 2), "gmacs": round(s["macs"] / 1e9, 3),
                    "not_int8": {why: {"layers": g["layers"], "macs_share": round(g["macs"] / s["macs"], 4),

@@ -9,13 +9,14 @@ are left out of quantization and run in float on XNNPACK.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, OptionSpec, Style, TuneCandidate
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style, TuneCandidate
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
@@ -41,6 +42,18 @@ class ExecuTorchRuntime:
         """The raw head output for one NCHW float32 batch."""
         out = self.method.execute([self._torch.from_numpy(np.ascontiguousarray(batch, np.float32))])[0]
         return out.numpy().astype(np.float32, copy=True)
+
+
+class _Turns:
+    """A stream's handle on a runtime that streams share one at a time."""
+
+    def __init__(self, runtime: ExecuTorchRuntime, lock: threading.Lock) -> None:
+        self.runtime, self.lock, self.info = runtime, lock, runtime.info
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The runtime's predict, once no other stream is in it."""
+        with self.lock:
+            return self.runtime.predict(batch)
 
 
 def in_int8(floats: set[str], quantized: set[str]) -> Any:
@@ -162,6 +175,22 @@ class ExecuTorchBackend(Backend):
                              if ctx.option("per_channel") else "PT2E XNNPACKQuantizer, symmetric int8 (per-tensor)",
                 "calibration_used": len(images), "settings": dict(ctx.variant.options),
                 "kept_float": sorted(floats), "quantized_inside_float": sorted(quantized)}
+
+    def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:
+        """XNNPACK's operators inside the delegate calls and the portable kernels between them, timed by
+        ExecuTorch's event tracer, with the precision each computes in (:mod:`executorch_profile`); no MACs."""
+        from yoloq.backends.executorch_profile import etdump_layers
+
+        return etdump_layers(Path(artifact.path), batch, threads, runs)
+
+    def load_streams(self, artifact: Artifact, streams: int, threads: int, device: str = "cpu") -> list[Any]:
+        """One program with all the threads, its streams taking turns: ExecuTorch's Python runtime has one
+        process-wide XNNPACK thread pool, and methods entered from several threads at once crash it (seen: a
+        segmentation fault with two). The letterbox and NMS of the other streams still overlap the model."""
+        rt = self.load(artifact, threads, device)
+        rt.info["concurrency"] = (f"one program, {threads} threads, {streams} stream{'s' * (streams > 1)} taking "
+                                  "turns (one process-wide thread pool)")
+        return [_Turns(rt, lock) for lock in [threading.Lock()] for _ in range(streams)]
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> ExecuTorchRuntime:
         rt = ExecuTorchRuntime(Path(artifact.path), threads)

@@ -178,7 +178,8 @@ def explain_table(records: list[Record]) -> list[dict[str, str]]:
         if not e:
             continue
         top = sorted(e.get("not_int8", {}).items(), key=lambda kv: -(kv[1]["time_ms"] or kv[1]["macs_share"]))
-        out.append({"variant": r.name, "int8 MACs": _fmt(100 * e["int8_macs_share"], 1, "%"),
+        macs = e.get("int8_macs_share")  # None where the runtime's profiler gives no shapes
+        out.append({"variant": r.name, "int8 MACs": _fmt(None if macs is None else 100 * macs, 1, "%"),
                     "int8 time": _fmt(None if e.get("int8_time_share") is None else 100 * e["int8_time_share"], 1, "%"),
                     "model ms": _fmt(e.get("model_ms"), 1),
                     "not int8 (layers, time ms)": "; ".join(f"{why}: {g['layers']}, {g['time_ms']:.1f}"
