@@ -43,7 +43,7 @@ def benchmark_app(xml: Path, seconds: float) -> dict:
     fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", text)
     if out.returncode != 0 or fps is None:
         raise SystemExit(f"bench: benchmark_app failed (exit {out.returncode}): {text[-800:]}")
-    nireq = re.search(r"(\d+) infer requests", text) or re.search(r"nireq[^\d]*(\d+)", text)
+    nireq = re.search(r"(\d+) inference requests", text)
     nstreams = re.search(r"NUM_STREAMS:\s*(\d+)", text)
     return {"fps": float(fps.group(1)), "requests": int(nireq.group(1)) if nireq else None,
             "cpu_streams": int(nstreams.group(1)) if nstreams else None}
@@ -84,12 +84,14 @@ def main() -> int:
               f"end to end {e2e.fps:.1f} FPS")
     med = {k: statistics.median(r[k] for r in rounds) for k in ("yoloq_model_only_fps", "yoloq_end_to_end_fps")}
     bench_fps = statistics.median(r["benchmark_app"]["fps"] for r in rounds)
-    result = {"variant": args.variant, "run": str(run_dir.relative_to(REPO_ROOT) if run_dir.resolve().is_relative_to(
-        REPO_ROOT) else run_dir), "record_key": rec.key, "ir": xml.name, "streams": n, "seconds": args.seconds,
-        "rounds": rounds, "benchmark_app_fps": bench_fps, **med,
-        "model_only_vs_benchmark_app": med["yoloq_model_only_fps"] / bench_fps,
-        "end_to_end_vs_benchmark_app": med["yoloq_end_to_end_fps"] / bench_fps,
-        "machine": machine(), "threads": cfg.latency.threads}
+    where = run_dir.resolve()
+    result = {"variant": args.variant, "run": str(where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT)
+                                                  else where.name),
+              "record_key": rec.key, "ir": xml.name, "streams": n, "seconds": args.seconds,
+              "rounds": rounds, "benchmark_app_fps": bench_fps, **med,
+              "model_only_vs_benchmark_app": med["yoloq_model_only_fps"] / bench_fps,
+              "end_to_end_vs_benchmark_app": med["yoloq_end_to_end_fps"] / bench_fps,
+              "machine": machine(), "threads": cfg.latency.threads}
     out = REPO_ROOT / "results" / "throughput-check" / machine()["id"] / f"{args.variant}.json"
     write_atomic(out, json.dumps(result, indent=1) + "\n")
     print(f"\nmachine: {describe(machine())} (id {machine()['id']})")

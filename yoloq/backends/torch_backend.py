@@ -21,7 +21,7 @@ class TorchRuntime:
         from ultralytics import YOLO
 
         torch.set_num_threads(threads)
-        self._torch = torch
+        self._torch, self.threads = torch, threads
         self.device = torch.device(device)
         model = YOLO(str(path)).model
         if getattr(model.model[-1], "one2one_cv2", None) is not None:  # type: ignore[index,union-attr]
@@ -37,6 +37,8 @@ class TorchRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on one NCHW batch."""
         torch = self._torch
+        if torch.get_num_threads() != self.threads:  # the setting is the process's (and OpenMP's, per calling
+            torch.set_num_threads(self.threads)  # thread): several runtimes with their own counts each set theirs
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, self._dtype)
             y = self.model(x)
