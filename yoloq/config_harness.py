@@ -40,8 +40,8 @@ class StreamsConfig:
     latency pass's. ``levels: []`` turns the pass off; a longer pass (``seconds: 10``) narrows the noise."""
 
     levels: tuple[int, ...] = (1, 2, 4)
-    seconds: float = 1.0
-    block: float = 1.0
+    seconds: float = 0.5  # short by default (a run's wall time); ``seconds: 5`` or more for figures to compare
+    block: float = 0.5
     warmup: int = 2
     fps: float = 15.0
 
