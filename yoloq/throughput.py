@@ -61,9 +61,10 @@ class _Cell:
         self.post(self.runtimes[k].predict(x), lbs)
 
     def block(self, seconds: float, warmup: int) -> None:
-        """All streams at once for ``seconds`` (after ``warmup`` untimed frames each, the first time): each keeps
-        starting frames until the time is up; the block lasts until its last frame ends."""
-        warm = 0 if self.warmed else warmup
+        """All streams at once for ``seconds`` (after ``warmup`` untimed frames each the first time, one at every
+        later block, as the latency pass warms each runtime again at each switch): each keeps starting frames until
+        the time is up; the block lasts until its last frame ends."""
+        warm = min(warmup, 1) if self.warmed else warmup
         self.warmed = True
         start: list[float] = []
         gate = threading.Barrier(len(self.runtimes), action=lambda: start.append(time.perf_counter()))

@@ -24,8 +24,9 @@ def streams_note(records: list[Record]) -> str:
             f"sessions or interpreters with the {t.get('threads')} threads split between them, or OpenVINO's "
             f"THROUGHPUT hint with one infer request per stream (how each ran: summary.csv and the records). "
             f"All variants side by side in round-robin blocks of {s.get('block')} s, {s.get('seconds')} s per "
-            f"variant and stream count after {s.get('warmup')} warm-up frames per stream; p90: a frame's time at that "
-            f"load. Cameras: the best stream count's FPS over {s.get('fps'):g} FPS per camera, rounded down"
+            f"variant and stream count after {s.get('warmup')} warm-up frames per stream (one more at each later "
+            f"block); p90: a frame's time at that load. Cameras: the best stream count's FPS over {s.get('fps'):g} "
+            f"FPS per camera, rounded down"
             + (f"; other processes took {100 * load:.0f}% of the CPU meanwhile." if load is not None else "."))
 
 
