@@ -111,3 +111,23 @@ def test_a_stream_that_fails_names_its_error():
     with pytest.raises(RuntimeError, match="third frame"):
         measure_streams({"v": ({2: [_Failing(), _Failing()]}, lambda raw, lbs: raw)}, [img], 320,
                         StreamsConfig(levels=(2,), seconds=0.2, block=0.2, warmup=2))
+
+
+def test_a_resumed_run_measures_again_only_what_is_stale():
+    """Records that share one pass under today's settings are kept, a variant that could not load under them too
+    (it would fail again); other settings, a pass that failed mid-way or two passes measure all of them again."""
+    from yoloq.passes import throughput_settings
+    from yoloq.pipeline import needs_streams
+    from yoloq.records import Record
+
+    cfg = load_config(SMOKE)
+    now = throughput_settings(cfg.streams, cfg.latency)
+
+    def rec(name: str, **t) -> Record:
+        return Record(name, "onnxruntime", "int8", throughput=t)
+
+    ok = rec("a", settings=now, group="g", levels=[])
+    assert needs_streams([ok, rec("b", error="no memory", settings=now)], cfg) == []
+    assert len(needs_streams([ok, rec("b", error="failed mid-way")], cfg)) == 2
+    assert len(needs_streams([ok, rec("b", settings=now, group="h", levels=[])], cfg)) == 2
+    assert len(needs_streams([ok, rec("b", settings=now | {"seconds": 9}, group="g", levels=[])], cfg)) == 2

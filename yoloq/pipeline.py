@@ -156,10 +156,11 @@ def needs_streams(records: list[Record], cfg: RunConfig) -> list[Record]:
     """The timed records whose throughput to measure: none when they already share one pass under today's
     settings that no outside load disturbed, else all of them (side by side again)."""
     settings = throughput_settings(cfg.streams, cfg.latency)
-    groups = {r.throughput.get("group") for r in records}
+    measured = [r for r in records if "error" not in r.throughput]  # one that could not load is not tried again
+    groups = {r.throughput.get("group") for r in measured}  # under the same settings on every resume
     fresh = all(r.throughput.get("settings") == settings and not (r.throughput.get("outside_load") or {}).get(
         "flagged") for r in records)
-    return [] if (fresh and len(groups) == 1 and None not in groups) else records
+    return [] if (fresh and len(groups) <= 1 and None not in groups) else records
 
 
 def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
@@ -184,7 +185,8 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
             runtimes[r.name] = {n: backend.load_streams(artifact, n, cfg.latency.threads, v.device)
                                 for n in cfg.streams.levels}
         except Exception as e:  # noqa: BLE001 - its accuracy and latency stand; the curve says why it is missing
-            r.throughput = {"error": f"{type(e).__name__}: {e}"}
+            r.throughput = {"error": f"{type(e).__name__}: {e}", "settings": throughput_settings(cfg.streams,
+                                                                                                 cfg.latency)}
     levels = ", ".join(map(str, cfg.streams.levels))
     say(f"throughput: {len(runtimes)} variants with {levels} streams in flight, side by side")
     recs = {r.name: r for r in todo}
@@ -194,7 +196,7 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
                                  cfg.latency.images), cfg.imgsz, cfg.streams, cfg.latency, posts)
     except Exception as e:  # noqa: BLE001 - a runtime failed mid-way: no curve of this pass is kept
         curves = {}
-        for n in runtimes:
+        for n in runtimes:  # no settings kept: the next run measures them again
             recs[n].throughput = {"error": f"{type(e).__name__}: {e}"}
     finally:
         torch.set_num_threads(cfg.latency.threads)  # split between streams while they ran

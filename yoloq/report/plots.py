@@ -75,10 +75,17 @@ def _plot(records: list[Record], cost: str, xlabel: str, path: Path) -> Path | N
                   else ""), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: object, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (a reader sees the old PNG or the new one) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()  # type: ignore[attr-defined]
     tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp)
-    plt.close(fig)
+    fig.savefig(tmp)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
     tmp.replace(path)
     return path
 

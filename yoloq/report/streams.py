@@ -8,6 +8,7 @@ from typing import Any
 
 from yoloq.backends.registry import style_of
 from yoloq.records import Record
+from yoloq.report.plots import save_figure
 from yoloq.throughput import cameras
 
 
@@ -112,13 +113,7 @@ def throughput_plot(records: list[Record], run_dir: Path) -> Path | None:
     ax.set_title("Throughput with several streams in flight (letterbox + inference + NMS)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, ncol=2, loc="lower right")
-    fig.tight_layout()
-    path = run_dir / "throughput.png"
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, run_dir / "throughput.png")
 
 
 def throughput_summary(records: list[Record]) -> dict[str, Any]:
