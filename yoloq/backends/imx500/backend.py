@@ -22,16 +22,17 @@ import tempfile
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style
+from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style, TuneCandidate
 from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
 from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.paths import cache_root
 from yoloq.progress import step
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +42,9 @@ EXPORT_TIMEOUT_S = 4 * 3600
 SUPPORTED = ("yolov8n", "yolo11n")  # what Ultralytics' IMX export (MCT's settings for the IMX500) takes: detectors
 RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
 MP_IMAGES = 10  # Ultralytics' setting for MCT's mixed-precision search
+ERROR_METHODS = ("mse", "noclipping", "mae", "kl", "lp")  # MCT's QuantizationErrorMethod for activations
+DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse"}
+HEAD_AND_CONCATS = ("{head}_.*", r"cat(_\d+)?", "sigmoid")  # {head}: the Detect module's layers
 CHECK_IMAGES = 2  # calibration images on which the standard-op simulation must give MCT's ops' outputs bit for bit
 
 
@@ -143,6 +147,13 @@ class Imx500Backend(Backend):
         "mixed_precision_images": OptionSpec(int, MP_IMAGES, None, "images MCT's mixed-precision search scores each "
                                              "layer's bit widths on (fewer: a faster export, a coarser choice)", INT8,
                                              minimum=1),
+        "activations_16bit": OptionSpec(list, None, None, "regular expressions (whole names, as MCT's trace and the "
+                                        "quantized ONNX's quantizers name them) of layers whose outputs MCT quantizes "
+                                        "at 16 bits besides the box decode, e.g. 'cat_1[3-8]'; '{head}' stands for "
+                                        "the Detect module's prefix; more of the sensor's activation memory", INT8),
+        "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
+                                              "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
+                                              "largest value)", INT8),
     }
 
     def version(self) -> str:
@@ -179,6 +190,13 @@ class Imx500Backend(Backend):
                 f"yoloq/backends/imx500/requirements.txt; about 6 GB, a few minutes)")
         return ENV.setup()
 
+    def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
+        """Ultralytics' IMX settings, then 16 bits where the loss is (an export takes 20-30 min at 640 here: two)."""
+        return [TuneCandidate(n, o, w) for n, o, w in (
+            ("default", {}, "Ultralytics' IMX settings: 8-bit activations but the box decode, MSE thresholds"),
+            ("head-concat16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "the head's layers and every "
+             "concatenation at 16 bits (more activation memory on the sensor)"))]
+
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
                 "(time it on the camera: picamera2's IMX500 helper reports the network's own inference time)")
@@ -196,16 +214,19 @@ class Imx500Backend(Backend):
         out, done = ctx.workdir / "imx500", ctx.workdir / "done.json"
         req = {"model": str(ctx.source.path), "imgsz": ctx.imgsz, "calibration": str(cal), "out": str(out),
                "conf": ctx.option("nms_conf"), "iou": ctx.option("nms_iou"), "max_det": ctx.max_det,
-               "reply": str(ctx.workdir / "reply.json"), "mixed_precision_images": ctx.option("mixed_precision_images")}
+               "reply": str(ctx.workdir / "reply.json"), "mixed_precision_images": ctx.option("mixed_precision_images"),
+               "activations_16bit": list(ctx.option("activations_16bit") or []),
+               "activation_error_method": ctx.option("activation_error_method")}
         made = [ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(), req["imgsz"], req["conf"],
-                req["iou"], req["max_det"]] + ([req["mixed_precision_images"]]
-                                               if req["mixed_precision_images"] != MP_IMAGES else [])
+                req["iou"], req["max_det"]] + [req[k] for k, default in DEFAULTS.items()
+                                               if req[k] != default]  # a default keeps the key exports had before
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._run_worker(ctx, req, stack)
+            reply = self._cached(key, out) or self._run_worker(ctx, req, stack)
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
+            self._keep(key, out, reply)
         with step(f"check {ctx.variant.label}'s simulation: MCT's ops against the same arithmetic in standard ops"):
             sim = check_standard_ops(next(out.glob("*.onnx")), stack[:CHECK_IMAGES])
         head_info = head.describe() | {"nms_in_model": True, "nms": {"conf": req["conf"], "iou": req["iou"],
@@ -215,7 +236,31 @@ class Imx500Backend(Backend):
             "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
             "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip",
-            "simulation": sim})
+            "simulation": sim} | ({"activations_16bit": reply["activations_16bit"]} if reply.get("activations_16bit")
+                                  else {}))
+
+    @staticmethod
+    def _cached(key: str, out: Path) -> dict[str, Any] | None:
+        """This very export (same model, toolkit, calibration images and settings) made by an earlier run or tune
+        on this machine, copied to ``out`` (an export takes minutes to hours); else None."""
+        kept = cache_root() / "imx500-exports" / key[:24]
+        if not (kept / "reply.json").is_file() or not (kept / "model" / "packerOut.zip").is_file():
+            return None
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(kept / "model", out)
+        return json.loads((kept / "reply.json").read_text()) | {"reused_from_cache": True}
+
+    @staticmethod
+    def _keep(key: str, out: Path, reply: dict[str, Any]) -> None:
+        """Keep the export under ``$YOLOQ_CACHE/imx500-exports`` by its key (written whole, then renamed)."""
+        kept = cache_root() / "imx500-exports" / key[:24]
+        if kept.is_dir():
+            return
+        partial = kept.with_name(kept.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(out, partial / "model")
+        (partial / "reply.json").write_text(json.dumps({k: v for k, v in reply.items() if k != "reused_from_cache"}))
+        os.replace(partial, kept)
 
     def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
         cal, out, reply_path = Path(req["calibration"]), Path(req["out"]), Path(req["reply"])

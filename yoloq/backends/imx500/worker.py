@@ -7,12 +7,16 @@ own dataset. One request: the path of a JSON file with ``model`` (a ``.pt``), ``
 of NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_det`` (the NMS the model carries),
 ``out`` (the folder to create) and ``reply`` (where the JSON reply goes: ``ok``, ``seconds``, ``versions`` or
 ``error``); optionally ``mixed_precision_images`` (how many images MCT's mixed-precision search scores each layer's
-bit widths on; Ultralytics sets 10).
+bit widths on; Ultralytics sets 10), ``activations_16bit`` (regular expressions over the layers' names as MCT's
+torch.fx trace names them, e.g. ``cat_4``, ``{head}`` standing for the Detect module's prefix: those layers' outputs
+quantized at 16 bits besides the box decode Ultralytics sets) and ``activation_error_method`` (MCT's threshold
+selection for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -42,6 +46,18 @@ def export(req: dict) -> dict:
                 super().__init__(*args, **(kwargs | {"num_of_images": n}))
 
         mct.core.MixedPrecisionQuantizationConfig = MixedPrecision
+    extra16 = _sixteen_bit(req.get("activations_16bit") or [])
+    if req.get("activation_error_method", "mse") != "mse":
+        import model_compression_toolkit as mct
+
+        method = mct.core.QuantizationErrorMethod[req["activation_error_method"].upper()]
+        quant = mct.core.QuantizationConfig
+
+        class Quantization(quant):  # Ultralytics' config with another threshold selection for activations
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **(kwargs | {"activation_error_method": method}))
+
+        mct.core.QuantizationConfig = Quantization
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / Path(req["model"]).name
@@ -50,8 +66,56 @@ def export(req: dict) -> dict:
                                    iou=req["iou"], max_det=req["max_det"], data="coco8.yaml")
         shutil.move(str(out), req["out"])
     return {"seconds": round(time.perf_counter() - t0, 1), "calibration_used": len(batches),
+            "activations_16bit": extra16,
             "versions": {p: version(p) for p in ("model-compression-toolkit", "edge-mdt-tpc", "mct-quantizers",
                                                   "imx500-converter", "ultralytics", "torch")}}
+
+
+def _sixteen_bit(patterns: list[str]) -> list[str]:
+    """Have Ultralytics' IMX export quantize the outputs of the layers ``patterns`` match at 16 bits (the layers MCT
+    can give 16-bit outputs: convolutions, concatenations, adds, activations); returns their names, filled in when
+    the export traces the model (an empty list: no pattern, or none matched)."""
+    if not patterns:
+        return []
+    import ultralytics.utils.export.imx as imx
+    from model_compression_toolkit.core.pytorch.reader.reader import _trace_model
+
+    chosen: list[str] = []
+    original = imx.torch2imx
+
+    def torch2imx(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Ultralytics' signature
+        gm = _trace_model(model)
+        nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
+                 and (n.target if n.op == "call_method" else getattr(n.target, "__name__", "")) not in SHAPE_OPS
+                 and not _fused(gm, n)]
+        head = f"model_{len(model.model) - 1}"  # the Detect module, last in Ultralytics' model list
+        wanted = [p.replace("{head}", head) for p in patterns]
+        chosen.extend(n.name for n in nodes if any(re.fullmatch(p, n.name) for p in wanted))
+        if not chosen:
+            raise ValueError(f"activations_16bit: no layer's name matches {patterns} (names as MCT's trace gives "
+                             f"them, e.g. {', '.join(n.name for n in nodes[-5:])})")
+        family = "YOLO11" if "C2PSA" in model.__str__() else "YOLOv8"
+        config = imx.MCT_CONFIG[family][model.task]
+        config["layer_names"] = list(config["layer_names"]) + [n for n in chosen if n not in config["layer_names"]]
+        return original(model, *args, **kwargs)
+
+    imx.torch2imx = torch2imx
+    return chosen
+
+
+def _fused(gm, node) -> bool:  # noqa: ANN001 - torch.fx objects
+    """A convolution MCT fuses with the activation after it (the activation's output is what is quantized)."""
+    import torch
+
+    if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), torch.nn.Conv2d):
+        return False
+    users = list(node.users)
+    return len(users) == 1 and users[0].op == "call_module" and isinstance(
+        gm.get_submodule(users[0].target), (torch.nn.SiLU, torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.Hardswish))
+
+
+SHAPE_OPS = {"getitem", "getattr", "size", "view", "reshape", "split", "chunk", "permute", "transpose", "flatten",
+             "unsqueeze", "squeeze", "contiguous", "expand", "repeat", "to", "float", "type_as"}
 
 
 def main() -> None:
