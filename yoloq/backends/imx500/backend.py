@@ -94,6 +94,18 @@ def check_standard_ops(path: Path, images: np.ndarray) -> dict[str, Any]:
     return std.rewritten | {"images_checked": len(images), "identical": bool(same)}
 
 
+def sensor_memory(folder: Path) -> dict[str, Any]:
+    """What imxconv-pt's memory report says of the model on the IMX500 (usage, the chip's memory, whether it fits);
+    empty where the converter wrote none."""
+    found = next(Path(folder).glob("*MemoryReport.json"), None)
+    if found is None:
+        return {}
+    report = json.loads(found.read_text()).get("Memory Report", {})
+    return {"usage": report.get("Memory Usage"), "available": report.get("Total Memory Available On Chip"),
+            "runtime": report.get("Runtime Memory Physical Size"), "model": report.get("Model Memory Physical Size"),
+            "fits": report.get("Fit In Chip")}
+
+
 def onnx_file(artifact: Artifact) -> Path:
     """The quantized ONNX MCT exported (the artifact is its folder, or the file itself)."""
     folder = Path(artifact.path)
@@ -227,6 +239,10 @@ class Imx500Backend(Backend):
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
             self._keep(key, out, reply)
+        memory = sensor_memory(out)
+        if memory.get("fits") is False:
+            raise ExportError(f"the IMX500 model does not fit the sensor: {memory['usage']} of {memory['available']} "
+                              f"(imxconv-pt's memory report); quantize fewer layers at 16 bits or use a smaller imgsz")
         with step(f"check {ctx.variant.label}'s simulation: MCT's ops against the same arithmetic in standard ops"):
             sim = check_standard_ops(next(out.glob("*.onnx")), stack[:CHECK_IMAGES])
         head_info = head.describe() | {"nms_in_model": True, "nms": {"conf": req["conf"], "iou": req["iou"],
@@ -236,8 +252,8 @@ class Imx500Backend(Backend):
             "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
             "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip",
-            "simulation": sim} | ({"activations_16bit": reply["activations_16bit"]} if reply.get("activations_16bit")
-                                  else {}))
+            "simulation": sim, "sensor_memory": memory}
+            | ({"activations_16bit": reply["activations_16bit"]} if reply.get("activations_16bit") else {}))
 
     @staticmethod
     def _cached(key: str, out: Path) -> dict[str, Any] | None:
