@@ -203,11 +203,14 @@ class Imx500Backend(Backend):
         return ENV.setup()
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """Ultralytics' IMX settings, then 16 bits where the loss is (an export takes 20-30 min at 640 here: two)."""
+        """Ultralytics' IMX settings, 16 bits where the loss is, thresholds without clipping (each export takes
+        20-30 min at 640 on two cores: three candidates)."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "Ultralytics' IMX settings: 8-bit activations but the box decode, MSE thresholds"),
             ("head-concat16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "the head's layers and every "
-             "concatenation at 16 bits (more activation memory on the sensor)"))]
+             "concatenation at 16 bits (more activation memory on the sensor)"),
+            ("noclipping", {"activation_error_method": "noclipping"}, "each activation's power-of-two threshold "
+             "from its largest value: no clipping, coarser steps"))]
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
