@@ -59,7 +59,7 @@ def imx(tmp_path_factory: pytest.TempPathFactory, sony_tools: None) -> dict:
     return {"tmp": tmp, "cfg": cfg, "records": recs}
 
 
-@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
 def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     """The record: ok, ran as the simulated IMX500, no latency (with the reason), the camera package beside the
     quantized ONNX, NMS inside the model; its detections on evaluation images are torch FP32's. MCT's quantizer ops
@@ -115,10 +115,10 @@ def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
     return int(((iou >= 0.5) & (ref.classes[:, None] == other.classes[None])).any(1).sum())
 
 
-@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
 def test_explain_gives_each_layers_bits_on_the_imx500(imx):
     """``yoloq explain``: every convolution of MCT's model with the bits the IMX500 runs it at and its MACs (YOLO11n
-    at 320: ~0.8 GMACs), no times (the network runs on the sensor)."""
+    at 320: ~0.8 GMACs), no times (the network runs on the sensor), and what it takes of the sensor's 8 MB."""
     import re
 
     from yoloq.explain import explain
@@ -126,9 +126,11 @@ def test_explain_gives_each_layers_bits_on_the_imx500(imx):
     text = explain(imx["tmp"] / "bundle" / "work", "imx500-int8", runs=1)
     share, gmacs = map(float, re.search(r"int8 share: ([\d.]+)% of ([\d.]+) GMACs", text).groups())
     assert share > 90 and 0.7 < gmacs < 0.9, text[:2000]
+    used, chip = map(float, re.search(r"On the sensor: ([\d.]+)MB of its ([\d.]+)MB .*: fits\)", text).groups())
+    assert 0 < used < chip == 8.0, text[:2000]
 
 
-@pytest.mark.full  # Sony's toolkit (its environment, MCT, imxconv-pt) takes 4-6 min even at 320: full tier
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
 def test_an_imx500_bundle_runs_the_simulated_model(imx):
     """``yoloq export``: the camera's packerOut.zip and labels, and a predict.py whose simulated model (ONNX Runtime
     with MCT's and Sony's ops, no yoloq or Ultralytics) gives yoloq's detections."""
@@ -195,3 +197,78 @@ def test_an_nms_threshold_above_the_evaluations_is_refused():
     ok = resolve_config(parse_config(base | {"eval": {"conf": 0.25}, "variants": [
         {"format": "imx500", "precision": "int8", "options": {"nms_conf": 0.25}}]}))
     assert ok.variants[0].options["nms_conf"] == 0.25
+
+
+def test_an_export_is_kept_by_its_key_so_tune_and_run_share_it(tmp_path, monkeypatch):
+    """An IMX500 export (20-30 min at 640) is kept under $YOLOQ_CACHE by its key, whole or not at all; a later run
+    with the same key gets a copy and its reply, an unknown key nothing."""
+    from yoloq.backends.imx500.backend import Imx500Backend
+
+    monkeypatch.setenv("YOLOQ_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run1" / "imx500"
+    out.mkdir(parents=True)
+    (out / "packerOut.zip").write_bytes(b"camera package")
+    (out / "model_imx.onnx").write_bytes(b"onnx")
+    key = "ab" * 32
+    Imx500Backend._keep(key, out, {"ok": True, "seconds": 1500.0, "calibration_used": 200})
+    assert not list((tmp_path / "cache" / "imx500-exports").glob("*.partial"))
+    again = tmp_path / "run2" / "imx500"
+    reply = Imx500Backend._cached(key, again)
+    assert reply == {"ok": True, "seconds": 1500.0, "calibration_used": 200, "reused_from_cache": True}
+    assert (again / "packerOut.zip").read_bytes() == b"camera package"
+    assert Imx500Backend._cached("cd" * 32, tmp_path / "run3" / "imx500") is None
+
+
+def test_the_sensors_memory_report_is_read():
+    """imxconv-pt's memory report becomes the record's sensor_memory: usage, the chip's memory, whether it fits."""
+    import tempfile
+
+    from yoloq.backends.imx500.backend import sensor_memory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assert sensor_memory(Path(tmp)) == {}
+        (Path(tmp) / "model_imx_MemoryReport.json").write_text(json.dumps({"Memory Report": {
+            "Memory Usage": "9.10MB", "Total Memory Available On Chip": "8.00MB", "Fit In Chip": False,
+            "Runtime Memory Physical Size": "6.40MB", "Model Memory Physical Size": "2.70MB"}}))
+        assert sensor_memory(Path(tmp)) == {"usage": "9.10MB", "available": "8.00MB", "runtime": "6.40MB",
+                                            "model": "2.70MB", "fits": False}
+
+
+def test_the_tune_space_and_mcts_options_are_checked():
+    """yoloq tune's IMX500 candidates are valid options of the backend (their patterns compile with the Detect
+    module's prefix in place); an unknown threshold rule is refused in one line naming the allowed ones."""
+    import re
+
+    from yoloq.backends.registry import get_backend, resolve_config
+    from yoloq.config import parse_config
+    from yoloq.errors import ConfigError
+
+    backend = get_backend("imx500")
+    space = backend.tune_space({})
+    assert [c.name for c in space][0] == "default" and len(space) >= 2
+    for cand in space:
+        assert set(cand.options) <= set(backend.options)
+        for pattern in cand.options.get("activations_16bit", []):
+            re.compile(pattern.replace("{head}", "model_23"))
+    base = {"model": "m.pt", "data": "coco-mini"}
+    with pytest.raises(ConfigError, match=r"activation_error_method.*noclipping"):
+        resolve_config(parse_config(base | {"variants": [{"format": "imx500", "precision": "int8",
+                                                          "options": {"activation_error_method": "bogus"}}]}))
+
+
+def test_layers_mct_refuses_at_16_bits_are_dropped_one_by_one():
+    """The export worker asks MCT for 16-bit outputs on the layers a pattern matches; a layer MCT refuses for the
+    IMX500 (its consumer takes 8-bit inputs only) is dropped and named, and the export tried again; any other error,
+    or a refusal of every layer, ends the export."""
+    from yoloq.backends.imx500.worker import SixteenBit
+
+    sixteen = SixteenBit([])
+    sixteen.chosen = ["cat_3", "model_23_cv3_0_2", "cat_18"]
+    refusal = "Manually selected activation bit-width 16 is invalid for node cat:{}."
+    assert sixteen.retry(Exception(refusal.format("cat_3")))
+    assert sixteen.chosen == ["model_23_cv3_0_2", "cat_18"] and sixteen.refused == ["cat_3"]
+    assert not sixteen.retry(Exception("imxconv-pt returned non-zero exit status 1"))
+    assert not sixteen.retry(Exception(refusal.format("cat_9")))  # not one of ours: not retried
+    sixteen.retry(Exception(refusal.format("cat_18")))
+    with pytest.raises(ValueError, match="MCT takes none of"):
+        sixteen.retry(Exception(refusal.format("model_23_cv3_0_2")))

@@ -44,7 +44,10 @@ RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
 MP_IMAGES = 10  # Ultralytics' setting for MCT's mixed-precision search
 ERROR_METHODS = ("mse", "noclipping", "mae", "kl", "lp")  # MCT's QuantizationErrorMethod for activations
 DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse"}
-HEAD_AND_CONCATS = ("{head}_.*", r"cat(_\d+)?", "sigmoid")  # {head}: the Detect module's layers
+# what the IMX500 could take at 16 bits (besides the box decode): its Detect module's layers and the concatenations;
+# MCT drops those that feed a convolution (every concatenation inside the network), and the scores stay 8-bit
+# (the sensor's NMS takes 8-bit scores only: imxconv-pt refuses the model otherwise)
+HEAD_AND_CONCATS = ("{head}_.*", r"cat(_\d+)?")
 CHECK_IMAGES = 2  # calibration images on which the standard-op simulation must give MCT's ops' outputs bit for bit
 
 
@@ -207,8 +210,10 @@ class Imx500Backend(Backend):
         20-30 min at 640 on two cores: three candidates)."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "Ultralytics' IMX settings: 8-bit activations but the box decode, MSE thresholds"),
-            ("head-concat16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "the head's layers and every "
-             "concatenation at 16 bits (more activation memory on the sensor)"),
+            ("head16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "16 bits wherever the IMX500 takes them "
+             "besides the box decode: the head's convolutions' outputs and the class logits (MCT refuses a 16-bit "
+             "output that feeds a convolution, as every concatenation inside the network does; the sensor's NMS "
+             "takes 8-bit scores only)"),
             ("noclipping", {"activation_error_method": "noclipping"}, "each activation's power-of-two threshold "
              "from its largest value: no clipping, coarser steps"))]
 
@@ -256,7 +261,7 @@ class Imx500Backend(Backend):
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
             "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip",
             "simulation": sim, "sensor_memory": memory}
-            | ({"activations_16bit": reply["activations_16bit"]} if reply.get("activations_16bit") else {}))
+            | {k: reply[k] for k in ("activations_16bit", "activations_16bit_refused") if reply.get(k)})
 
     @staticmethod
     def _cached(key: str, out: Path) -> dict[str, Any] | None:
@@ -302,7 +307,9 @@ class Imx500Backend(Backend):
                                                                      if rc == -9 else "")) if rc < 0 else "no reply"
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": died}
         if not reply.get("ok"):
-            raise ExportError(f"IMX500 export: {reply.get('error')} (log: {log})")
+            said = re.findall(r"ERROR: CODE: \[GE\] (layer: .+?)\s*$", log.read_text(errors="replace"), re.M)
+            error = f"imxconv-pt refused the model: {said[0]}" if said else reply.get("error")
+            raise ExportError(f"IMX500 export: {error} (log: {log})")
         if not next(out.glob("*.onnx"), None) or not (out / "packerOut.zip").is_file():
             raise ExportError(f"the IMX500 export left no quantized ONNX or packerOut.zip in {out} (log: {log})")
         return reply

@@ -46,7 +46,7 @@ def export(req: dict) -> dict:
                 super().__init__(*args, **(kwargs | {"num_of_images": n}))
 
         mct.core.MixedPrecisionQuantizationConfig = MixedPrecision
-    extra16 = _sixteen_bit(req.get("activations_16bit") or [])
+    extra16 = SixteenBit(req.get("activations_16bit") or [])
     if req.get("activation_error_method", "mse") != "mse":
         import model_compression_toolkit as mct
 
@@ -62,45 +62,74 @@ def export(req: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / Path(req["model"]).name
         shutil.copy2(req["model"], pt)
-        out = YOLO(str(pt)).export(format="imx", imgsz=req["imgsz"], batch=1, device="cpu", conf=req["conf"],
-                                   iou=req["iou"], max_det=req["max_det"], data="coco8.yaml")
+        while True:
+            try:
+                out = YOLO(str(pt)).export(format="imx", imgsz=req["imgsz"], batch=1, device="cpu",
+                                           conf=req["conf"], iou=req["iou"], max_det=req["max_det"],
+                                           data="coco8.yaml")
+                break
+            except Exception as e:
+                if not extra16.retry(e):
+                    raise
+                print(f"yoloq: MCT refuses 16 bits for {extra16.refused[-1]} on the IMX500: exporting without it",
+                      flush=True)
         shutil.move(str(out), req["out"])
     return {"seconds": round(time.perf_counter() - t0, 1), "calibration_used": len(batches),
-            "activations_16bit": extra16,
+            "activations_16bit": extra16.chosen, "activations_16bit_refused": extra16.refused,
             "versions": {p: version(p) for p in ("model-compression-toolkit", "edge-mdt-tpc", "mct-quantizers",
                                                   "imx500-converter", "ultralytics", "torch")}}
 
 
-def _sixteen_bit(patterns: list[str]) -> list[str]:
-    """Have Ultralytics' IMX export quantize the outputs of the layers ``patterns`` match at 16 bits (the layers MCT
-    can give 16-bit outputs: convolutions, concatenations, adds, activations); returns their names, filled in when
-    the export traces the model (an empty list: no pattern, or none matched)."""
-    if not patterns:
-        return []
-    import ultralytics.utils.export.imx as imx
-    from model_compression_toolkit.core.pytorch.reader.reader import _trace_model
+class SixteenBit:
+    """Has Ultralytics' IMX export quantize the outputs of the layers ``patterns`` match at 16 bits. ``chosen``: the
+    layers matched (filled in when the export traces the model); ``refused``: those MCT rejects for the IMX500 (a
+    16-bit output whose consumer takes 8-bit inputs only, a convolution's, say), dropped one by one by ``retry``."""
 
-    chosen: list[str] = []
-    original = imx.torch2imx
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns, self.chosen, self.refused = patterns, [], []
+        if not patterns:
+            return
+        import ultralytics.utils.export.imx as imx
 
-    def torch2imx(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Ultralytics' signature
+        original, base = imx.torch2imx, {}
+
+        def torch2imx(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - Ultralytics' signature
+            family = "YOLO11" if "C2PSA" in model.__str__() else "YOLOv8"
+            config = imx.MCT_CONFIG[family][model.task]
+            base.setdefault("names", list(config["layer_names"]))
+            if not self.chosen and not self.refused:
+                self.chosen = self._match(model)
+            config["layer_names"] = base["names"] + [n for n in self.chosen if n not in base["names"]]
+            return original(model, *args, **kwargs)
+
+        imx.torch2imx = torch2imx
+
+    def _match(self, model) -> list[str]:  # noqa: ANN001 - Ultralytics' model
+        from model_compression_toolkit.core.pytorch.reader.reader import _trace_model
+
         gm = _trace_model(model)
         nodes = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
                  and (n.target if n.op == "call_method" else getattr(n.target, "__name__", "")) not in SHAPE_OPS
                  and not _fused(gm, n)]
         head = f"model_{len(model.model) - 1}"  # the Detect module, last in Ultralytics' model list
-        wanted = [p.replace("{head}", head) for p in patterns]
-        chosen.extend(n.name for n in nodes if any(re.fullmatch(p, n.name) for p in wanted))
+        wanted = [p.replace("{head}", head) for p in self.patterns]
+        chosen = [n.name for n in nodes if any(re.fullmatch(p, n.name) for p in wanted)]
         if not chosen:
-            raise ValueError(f"activations_16bit: no layer's name matches {patterns} (names as MCT's trace gives "
+            raise ValueError(f"activations_16bit: no layer's name matches {self.patterns} (names as MCT's trace gives "
                              f"them, e.g. {', '.join(n.name for n in nodes[-5:])})")
-        family = "YOLO11" if "C2PSA" in model.__str__() else "YOLOv8"
-        config = imx.MCT_CONFIG[family][model.task]
-        config["layer_names"] = list(config["layer_names"]) + [n for n in chosen if n not in config["layer_names"]]
-        return original(model, *args, **kwargs)
+        return chosen
 
-    imx.torch2imx = torch2imx
-    return chosen
+    def retry(self, error: BaseException) -> bool:
+        """Whether ``error`` is MCT refusing 16 bits for one of the chosen layers (then dropped: export again)."""
+        m = re.search(r"bit-width 16 is invalid for node (?:\w+:)?(\w+)", str(error))  # "type:name"
+        if not m or m.group(1) not in self.chosen:
+            return False
+        self.chosen.remove(m.group(1))
+        self.refused.append(m.group(1))
+        if not self.chosen:
+            raise ValueError(f"activations_16bit: MCT takes none of {self.refused} at 16 bits on the IMX500 (each "
+                             f"feeds a layer that takes 8-bit inputs only)") from None
+        return True
 
 
 def _fused(gm, node) -> bool:  # noqa: ANN001 - torch.fx objects
