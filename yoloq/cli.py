@@ -237,7 +237,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from yoloq.tune import tune
 
-    result = tune(args.config, args.variant, args.out, args.minutes, args.budget)
+    result = tune(args.config, args.variant, args.out, args.minutes, args.budget, args.candidate)
     print(result.files["md"].read_text())
     for name, t in result.chosen.items():
         print(f"{name}: " + (f"chose {t.candidate} {dict(t.options) or '(defaults)'}" if t else
@@ -354,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "for this model, data and machine; writes tuned.yaml and tune.md")
     tun.add_argument("config")
     tun.add_argument("--variant", action="append", help="an int8 variant to tune (repeatable; default: all)")
+    tun.add_argument("--candidate", action="append", help="only this candidate besides the baseline (repeatable; "
+                                                          "default: the backend's whole space)")
     tun.add_argument("--budget", type=float, help="retention to keep (default: tune.min_retention, 0.99)")
     tun.add_argument("--minutes", type=float, help="time budget of the search (default: tune.minutes, none)")
     tun.add_argument("--out", help="output folder (default: the config's 'output'-tune/<this machine>)")

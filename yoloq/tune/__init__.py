@@ -27,7 +27,8 @@ class TuneResult:
 
 
 def tune(config: str | Path, variants: list[str] | None = None, out: str | Path | None = None,
-         minutes: float | None = None, budget: float | None = None) -> TuneResult:
+         minutes: float | None = None, budget: float | None = None, candidates: list[str] | None = None
+         ) -> TuneResult:
     """Choose each INT8 variant's settings of the config at ``config`` on its ``tune.data`` split.
 
     Args:
@@ -35,6 +36,7 @@ def tune(config: str | Path, variants: list[str] | None = None, out: str | Path 
         variants: INT8 variant names to tune (default: all).
         out: The search's folder (default: the config's ``output`` + ``-tune``, per machine).
         minutes: Overrides ``tune.minutes``; ``budget`` overrides ``tune.min_retention``.
+        candidates: Only these of each backend's candidates besides its baseline (default: all).
 
     Raises:
         YoloqError: Bad config, tuning split overlapping the evaluation or calibration images, missing data.
@@ -44,7 +46,7 @@ def tune(config: str | Path, variants: list[str] | None = None, out: str | Path 
     if changes:
         cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, **changes))
     out_dir = Path(out) if out else Path(f"{cfg.output}-tune") / machine()["id"]
-    search = TuneSearch(cfg, out_dir, variants)
+    search = TuneSearch(cfg, out_dir, variants, candidates)
     chosen = search.optimize()
     ref = search.records[search.ref]
     first = min(cfg.tune.first_images, max((t.images for t in search.trials), default=0))

@@ -53,9 +53,11 @@ class TuneSearch:
         cfg: The run config as parsed (not resolved): candidates add their options to the variant's own.
         out_dir: Where candidates, records and ``tune.md`` go.
         variants: Names of the INT8 variants to tune (default: every INT8 variant).
+        candidates: Names of the candidates to try besides each backend's baseline (default: its whole space).
     """
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, variants: list[str] | None = None) -> None:
+    def __init__(self, cfg: RunConfig, out_dir: Path, variants: list[str] | None = None,
+                 candidates: list[str] | None = None) -> None:
         self.tune: TuneConfig = cfg.tune
         if self.tune.data is None:
             raise ConfigError("config key 'tune.data': not set; name the tuning split, e.g. "
@@ -75,6 +77,11 @@ class TuneSearch:
         for v in self.targets:
             backend = get_backend(v.format)
             space = backend.tune_space(self.machine)
+            unknown = sorted(set(candidates or []) - {c.name for c in space})
+            if candidates and unknown:
+                raise ConfigError(f"--candidate {unknown[0]}: not a {v.format} candidate; its candidates: "
+                                  f"{', '.join(c.name for c in space)}")
+            space = [c for i, c in enumerate(space) if i == 0 or not candidates or c.name in candidates]
             base = dict(v.options) | dict(space[0].options)
             for c in space:
                 opts = dict(v.options) | dict(c.options)

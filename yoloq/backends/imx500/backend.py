@@ -303,8 +303,8 @@ class Imx500Backend(Backend):
                 except subprocess.TimeoutExpired:
                     raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
         cal.unlink(missing_ok=True)
-        died = (f"the export process was killed by signal {-rc}" + (" (out of memory? MCT took 14 GB at imgsz 640)"
-                                                                     if rc == -9 else "")) if rc < 0 else "no reply"
+        oom = " (out of memory? MCT took 14-20 GB at imgsz 640: run it alone)" if rc == -9 else ""
+        died = f"the export process was killed by signal {-rc}{oom}" if rc < 0 else "no reply"
         reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": died}
         if not reply.get("ok"):
             said = re.findall(r"ERROR: CODE: \[GE\] (layer: .+?)\s*$", log.read_text(errors="replace"), re.M)
