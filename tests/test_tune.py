@@ -166,9 +166,20 @@ def test_bad_tune_input_is_one_line(tmp_path, tune, words):
 def test_bad_tune_flags_are_one_line(tmp_path):
     cfg = _config(tmp_path)
     for args, words in ((["--variant", "nope"], "not an int8 variant"), (["--budget", "1.5"], "tune.min_retention"),
-                        (["--minutes", "0"], "tune.minutes")):
+                        (["--minutes", "0"], "tune.minutes"), (["--candidate", "nope"], "not one of onnxruntime's")):
         proc = run_cli("tune", str(cfg), *args, timeout=300)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.shared
+def test_a_search_can_try_only_the_candidates_it_names(tmp_path):
+    """``--candidate``: the backend's baseline and the named candidates, in the space's order; nothing else."""
+    from yoloq.provenance import machine
+    from yoloq.tune.search import TuneSearch
+
+    space = [c.name for c in get_backend("onnxruntime").tune_space(machine())]
+    search = TuneSearch(load_config(_config(tmp_path)), tmp_path / "s", None, [space[-1]])
+    assert [t.candidate for t in search.trials] == [space[0], space[-1]]
 
 
 @pytest.mark.shared

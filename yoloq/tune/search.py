@@ -79,8 +79,8 @@ class TuneSearch:
             space = backend.tune_space(self.machine)
             unknown = sorted(set(candidates or []) - {c.name for c in space})
             if candidates and unknown:
-                raise ConfigError(f"--candidate {unknown[0]}: not a {v.format} candidate; its candidates: "
-                                  f"{', '.join(c.name for c in space)}")
+                raise ConfigError(f"--candidate {unknown[0]}: not one of {v.format}'s candidates "
+                                  f"({', '.join(c.name for c in space)})")
             space = [c for i, c in enumerate(space) if i == 0 or not candidates or c.name in candidates]
             base = dict(v.options) | dict(space[0].options)
             for c in space:
