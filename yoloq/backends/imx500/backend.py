@@ -165,10 +165,11 @@ class Imx500Backend(Backend):
         "activations_16bit": OptionSpec(list, None, None, "regular expressions (whole names, as MCT's trace and the "
                                         "quantized ONNX's quantizers name them) of layers whose outputs MCT quantizes "
                                         "at 16 bits besides the box decode, e.g. 'cat_1[3-8]'; '{head}' stands for "
-                                        "the Detect module's prefix; more of the sensor's activation memory", INT8),
+                                        "the Detect module's prefix; more of the sensor's activation memory", INT8,
+                                        before=None),
         "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
                                               "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
-                                              "largest value)", INT8),
+                                              "largest value)", INT8, before="mse"),
     }
 
     def version(self) -> str:
