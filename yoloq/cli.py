@@ -1,5 +1,4 @@
-"""The ``yoloq`` command: run (the main job), tune, report, check, compare, reproduce, qat, sensitivity, export,
-explain, setup (a toolkit's own environment)."""
+"""The ``yoloq`` command: run (the main job), tune, report, check, compare, reproduce, qat, sensitivity, export, ..."""
 
 from __future__ import annotations
 
@@ -350,12 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--variant", required=True, help="the variant's name, e.g. tensorrt-int8")
     exp.add_argument("--out", required=True, help="the bundle folder")
     exp.set_defaults(func=_cmd_export)
-    tun = sub.add_parser("tune", help="choose each INT8 variant's settings on the config's tuning split (tune.data), "
-                                      "for this model, data and machine; writes tuned.yaml and tune.md")
+    tun = sub.add_parser("tune", help="choose each INT8 variant's settings on the tuning split (tune.data) for this "
+                                      "model, data and machine; writes tuned.yaml and tune.md")
     tun.add_argument("config")
     tun.add_argument("--variant", action="append", help="an int8 variant to tune (repeatable; default: all)")
-    tun.add_argument("--candidate", action="append", help="only this candidate besides the baseline (repeatable; "
-                                                          "default: the backend's whole space)")
+    tun.add_argument("--candidate", action="append", help="only this candidate besides the baseline (repeatable)")
     tun.add_argument("--budget", type=float, help="retention to keep (default: tune.min_retention, 0.99)")
     tun.add_argument("--minutes", type=float, help="time budget of the search (default: tune.minutes, none)")
     tun.add_argument("--out", help="output folder (default: the config's 'output'-tune/<this machine>)")
