@@ -23,7 +23,7 @@ import onnx
 
 from yoloq.accuracy import score
 from yoloq.artifacts import cached_artifact
-from yoloq.backends.imx500.backend import Imx500Runtime, onnx_file
+from yoloq.backends.imx500.backend import Imx500Runtime, onnx_file, simulated_as_standard
 from yoloq.backends.torch_backend import TorchRuntime
 from yoloq.config import load_config
 from yoloq.data import load_split
@@ -90,13 +90,13 @@ def main() -> int:
 
     run("torch FP32", TorchRuntime(resolve_model(cfg.model), 2, "cpu", half=False, end2end=False,
                                    max_det=cfg.eval.max_det))
-    src = onnx_file(art)
-    run("IMX500 INT8 as exported", Imx500Runtime(src, 2, standard=True), 0)
+    src, standard = onnx_file(art), simulated_as_standard(art)  # as the scoring loop runs it
+    run("IMX500 INT8 as exported", Imx500Runtime(src, 2, standard), 0)
     with tempfile.TemporaryDirectory() as tmp:
         for name, rules in REWRITES.items():
             dest = Path(tmp) / f"{len(rows)}.onnx"
             changed = rewritten(src, rules, dest)
-            run(name, Imx500Runtime(dest, 2, standard=True), changed)
+            run(name, Imx500Runtime(dest, 2, standard), changed)
     out = args.tune_dir / "imx500-bits.json"
     write_atomic(out, json.dumps({"machine": machine(), "described": describe(machine()), "variant": args.variant,
                                   "images": len(split.samples), "split": f"{split.name}/{split.split}",

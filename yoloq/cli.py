@@ -1,4 +1,4 @@
-"""The ``yoloq`` command: run (the main job), tune, report, check, compare, reproduce, qat, sensitivity, export, ..."""
+"""The ``yoloq`` command: one subcommand per job (run, tune, report, export, explain, setup and the others)."""
 
 from __future__ import annotations
 

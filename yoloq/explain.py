@@ -147,12 +147,13 @@ def explain(run_dir: Path, name: str, runs: int = 5) -> str:
     share = (f"int8 share: {s['int8_macs_share']:.1%} of {s['macs'] / 1e9:.2f} GMACs" if s["int8_macs_share"]
              is not None else "int8 share (this runtime's profiler gives no shapes: no MACs)") + \
         (f", {s['int8_time_share']:.1%} of {t:.1f} ms" if t else " (this runtime has no per-op profiler: no times)")
+    lines += [share, ""]
     mem = (rec.artifact_info or {}).get("sensor_memory") or {}
     if mem:  # a camera NPU's own converter says what the model takes of the chip's memory
-        share += (f"\n\nOn the sensor: {mem.get('usage')} of its {mem.get('available')} (model {mem.get('model')}, "
+        lines += [f"On the sensor: {mem.get('usage')} of its {mem.get('available')} (model {mem.get('model')}, "
                   f"activations {mem.get('runtime')}; the converter's memory report: "
-                  f"{'fits' if mem.get('fits') else 'does not fit'})")
-    lines += [share, "", "| precision | layers | MACs | time ms | time |", "|---|---|---|---|---|"]
+                  f"{'fits' if mem.get('fits') else 'does not fit'})", ""]
+    lines += ["| precision | layers | MACs | time ms | time |", "|---|---|---|---|---|"]
     for p, b in sorted(s["by_precision"].items(), key=lambda kv: -kv[1]["macs"]):
         lines.append(f"| {p} | {b['layers']} | {b['macs'] / s['macs']:.1%} | "
                      f"{b['time_ms']:.2f} | {b['time_ms'] / t:.1%} |" if t else

@@ -74,14 +74,15 @@ class TuneSearch:
         self.cfg, self.out_dir, self.machine = cfg, Path(out_dir), machine()
         self.trials: list[Trial] = []
         variants_run: dict[str, VariantConfig] = {ref.label: ref}
+        spaces = {v.label: get_backend(v.format).tune_space(self.machine) for v in self.targets}
+        known = {c.name for space in spaces.values() for c in space}
+        unknown = sorted(set(candidates or []) - known)
+        if unknown:  # a name no tuned backend has (each backend tries the names it has)
+            raise ConfigError(f"--candidate {unknown[0]}: not a candidate of the tuned variants' backends "
+                              f"({', '.join(sorted(known))})")
         for v in self.targets:
             backend = get_backend(v.format)
-            space = backend.tune_space(self.machine)
-            unknown = sorted(set(candidates or []) - {c.name for c in space})
-            if candidates and unknown:
-                raise ConfigError(f"--candidate {unknown[0]}: not one of {v.format}'s candidates "
-                                  f"({', '.join(c.name for c in space)})")
-            space = [c for i, c in enumerate(space) if i == 0 or not candidates or c.name in candidates]
+            space = [c for i, c in enumerate(spaces[v.label]) if i == 0 or not candidates or c.name in candidates]
             base = dict(v.options) | dict(space[0].options)
             for c in space:
                 opts = dict(v.options) | dict(c.options)

@@ -31,7 +31,7 @@ from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.paths import cache_root
 from yoloq.progress import step
 
@@ -223,6 +223,11 @@ class Imx500Backend(Backend):
                 "(time it on the camera: picamera2's IMX500 helper reports the network's own inference time)")
 
     def export(self, ctx: ExportContext) -> Artifact:
+        for pat in ctx.option("activations_16bit") or []:  # before an export of minutes, not inside it
+            try:
+                re.compile(pat.replace("{head}", "model_0"))
+            except re.error as e:
+                raise ConfigError(f"options.activations_16bit: {pat!r} is not a regular expression ({e})") from None
         head = replace(ctx.source.head, end2end=False, reason="Sony's multiclass NMS layer inside the model (on the "
                                                               "IMX500), as Ultralytics' IMX export builds it")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
