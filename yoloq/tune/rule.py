@@ -2,14 +2,16 @@
 
 1. Only a candidate faster on this machine than its backend's fastest float variant (FP32 or FP16, timed in
    the same side-by-side pass) may be chosen; where none is, nothing is recommended, and the output says so.
-2. The *leader* is the best of those: keeping the retention budget first, then the highest agreement with
-   the reference's detections, then retention.
-3. A candidate *ties* the leader when neither paired interval says the leader is better: the 95% interval of
-   leader - candidate excludes 0 from above neither for agreement nor for mAP50-95 against ground truth (and
-   it keeps the budget when the leader does).
+2. The *leader* is the best of those: where some keep the retention budget, the one of them with the highest
+   agreement with the reference's detections, then retention; where none does, accuracy comes first: the
+   highest retention, then agreement.
+3. A candidate *ties* the leader only when the two are shown equivalent: the 95% paired interval of
+   leader - candidate lies inside +-``MAP_MARGIN`` for mAP50-95 against ground truth and inside
+   +-``AGREEMENT_MARGIN`` for agreement (and it keeps the budget when the leader does). An interval that merely
+   includes 0 is not an equivalence: a candidate far behind on fewer images is not a tie.
 4. Of the ties the simplest wins: fewest settings changed from the baseline, then the faster (by more than
    ``SPEED_TIE`` of p50: closer timings are the machine's noise, e.g. two graphs with the same ops), then the
-   smaller file, then the higher agreement. A candidate that cannot be told from a simpler one loses to it.
+   smaller file, then the higher agreement. A candidate shown equivalent to a simpler one loses to it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SPEED_TIE = 0.05  # p50 timings within 5% of the fastest tie: one side-by-side pass does not tell them apart
+MAP_MARGIN = 0.005  # an equivalence: the interval of leader - candidate mAP50-95 within half a point either way
+AGREEMENT_MARGIN = 0.015  # and that of their agreements within 1.5 points either way
 
 
 @dataclass
@@ -74,25 +78,34 @@ def eligible(trials: list[Trial]) -> list[Trial]:
 
 
 def leader_of(trials: list[Trial], min_retention: float) -> Trial | None:
-    """The best eligible candidate: the budget kept, then agreement, then retention."""
+    """The best eligible candidate: among those keeping the budget, agreement then retention; where none keeps
+    it, retention (accuracy) then agreement."""
     pool = eligible(trials)
     if not pool:
         return None
-    return max(pool, key=lambda t: (t.meets(min_retention), t.agreement or 0.0, t.retention or 0.0))
+    keeping = [t for t in pool if t.meets(min_retention)]
+    if keeping:
+        return max(keeping, key=lambda t: (t.agreement or 0.0, t.retention or 0.0))
+    return max(pool, key=lambda t: (t.retention or 0.0, t.agreement or 0.0))
+
+
+def equivalent(ci: dict[str, Any] | None, margin: float) -> bool:
+    """Whether a paired interval of leader - candidate lies inside +-``margin`` (no interval: not shown)."""
+    return bool(ci) and -margin <= ci.get("lo", -1.0) and ci.get("hi", 1.0) <= margin
 
 
 def ties(t: Trial, leader: Trial, min_retention: float) -> bool:
-    """Whether ``t`` cannot be told from the leader: neither interval says the leader is better."""
+    """Whether ``t`` is shown equivalent to the leader on both mAP50-95 and agreement (rule 3)."""
     if t is leader:
         return True
     if leader.meets(min_retention) and not t.meets(min_retention):
         return False
-    return all(ci.get("lo", 1.0) <= 0 for ci in (t.vs_leader.get("agreement") or {"lo": 1.0},
-                                                  t.vs_leader.get("map") or {"lo": 1.0}))
+    return equivalent(t.vs_leader.get("map"), MAP_MARGIN) and \
+        equivalent(t.vs_leader.get("agreement"), AGREEMENT_MARGIN)
 
 
 def simplest(tied: list[Trial], leader: Trial) -> Trial:
-    """Of candidates the leader cannot be told from: the fewest settings changed, then the faster (beyond
+    """Of candidates shown equivalent to the leader: the fewest settings changed, then the faster (beyond
     ``SPEED_TIE``), then the smaller file, then the higher agreement (the leader first)."""
     inf = float("inf")
     fewest = min(t.changed for t in tied)
@@ -122,8 +135,8 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
     tied = [t for t in eligible(trials) if ties(t, leader, min_retention)]
     winner = simplest(tied, leader)
     winner.chosen = True
-    why = "the simplest candidate the best one cannot be told from" if winner is not leader else \
-        "the best candidate, and no simpler one ties it"
+    why = "the simplest candidate shown equivalent to the best" if winner is not leader else \
+        "the best candidate, and no simpler one is shown equivalent to it"
     if not winner.meets(min_retention):
         why += f"; no candidate keeps {100 * min_retention:.0f}% of the reference here"
     winner.verdict = f"chosen: {why}"
@@ -131,16 +144,18 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
         if t is winner:
             continue
         if t is leader:
-            t.verdict = f"the best, but the simpler or faster {winner.name} cannot be told from it"
+            t.verdict = f"the best, but the simpler or faster {winner.name} is shown equivalent to it"
             continue
         if t in tied:
-            t.verdict = f"cannot be told from the best ({leader.name}); " + (
+            t.verdict = f"equivalent to the best ({leader.name}); " + (
                 f"it is as simple, as fast (within {SPEED_TIE:.0%}) and as small, and agrees more" if winner is leader
                 else f"{winner.name} is simpler or faster")
             continue
         if leader.meets(min_retention) and not t.meets(min_retention):
             t.verdict = f"keeps {100 * (t.retention or 0):.1f}% < {100 * min_retention:.0f}% of the reference"
             continue
-        worse = [f"{k} {_fmt(ci)}" for k, ci in sorted(t.vs_leader.items()) if ci and ci.get("lo", 0) > 0]
-        t.verdict = f"worse than {leader.name}: " + ("; ".join(worse) or "not compared")
+        margins = {"map": MAP_MARGIN, "agreement": AGREEMENT_MARGIN}
+        apart = [f"{k} {_fmt(ci)}" for k, ci in sorted(t.vs_leader.items()) if ci and not equivalent(ci, margins[k])]
+        t.verdict = f"not shown equivalent to {leader.name} (margins: mAP +-{MAP_MARGIN}, agreement " \
+                    f"+-{AGREEMENT_MARGIN}): " + ("; ".join(apart) or "not compared")
     return winner

@@ -1,4 +1,4 @@
-"""NCNN: the backend (pnnx exports, ncnn's runtime) and ncnn's INT8 tools built from its source."""
+"""NCNN: the backend (pnnx exports, ncnn's runtime), yoloq's INT8 writer in ncnn's formats and recovery on ncnn's grid."""
 
 from yoloq.backends.ncnn.backend import NcnnBackend
 

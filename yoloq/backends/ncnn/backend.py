@@ -1,34 +1,39 @@
-"""NCNN, Tencent's runtime for phones and Arm boards: FP32 and FP16 through pnnx (Ultralytics' exporter), INT8 through
-ncnn's own tools (a calibration table from yoloq's calibration images, then int8 weights), run by ncnn's Python
-runtime.
+"""NCNN, Tencent's runtime for phones and Arm boards: FP32 and FP16 through pnnx (Ultralytics' exporter), INT8 written
+by yoloq in ncnn's own formats (:mod:`yoloq.backends.ncnn.int8`: ncnn2table's scales, ncnn2int8's weights, nothing
+to build), run by ncnn's Python runtime.
 
 The INT8 scope works on module names: pnnx writes the model's convolutions in the order the model runs them, so the
-n-th ``Convolution`` of the ncnn graph is the n-th ``Conv2d`` the model runs (checked by shape). The table leaves out
-the convolutions the scope keeps in float; ``ncnn2int8`` quantizes only those it lists.
+n-th ``Convolution`` of the ncnn graph is the n-th ``Conv2d`` the model runs (checked by shape). The convolutions the
+scope keeps in float get no scales and stay float.
+
+Recovery with the FP32 model as the teacher (calibration images only): 8-bit weights for the 3x3 stride-1
+convolutions (ncnn2table gives them 6 bits for ncnn's int8 Winograd F(4,3); the model then asks ncnn for its
+F(2,3) kernels, ``ncnn-options.json``), GPTQ rounding on ncnn's grid, and blocks ranked by sensitivity in ncnn's
+runtime for ``yoloq tune``'s fallback candidates.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style, TuneCandidate
-from yoloq.backends.ncnn import tools
+from yoloq.backends.base import (Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style,
+                                 TuneCandidate)
+from yoloq.backends.ncnn import int8
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
-from yoloq.backends.torch_scope import conv_order, export_module, in_float, module_scope
+from yoloq.backends.torch_scope import conv_order, export_module, in_float, module_scope, within
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
+from yoloq.recover.cost import measured
 
-PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
-CONVS = ("Convolution", "ConvolutionDepthWise")
-TOOL_TIMEOUT_S = 1800
+PARAM, BIN = int8.PARAM, int8.BIN
+CONVS = int8.CONVS
+GPTQ_IMAGES = 32  # calibration images whose convolution inputs make GPTQ's second moments
 
 
 def read_param(path: Path) -> list[tuple[str, str, list[str], list[str], dict[str, str]]]:
@@ -63,6 +68,8 @@ class NcnnRuntime:
         opt.use_fp16_packed = opt.use_fp16_storage = opt.use_fp16_arithmetic = half
         opt.use_bf16_storage = False
         opt.use_int8_inference = precision == "int8"
+        for k, v in int8.runtime_options(folder).items():  # e.g. no Winograd F(4,3) for 8-bit 3x3 weights
+            setattr(opt, k, v)
         if net.load_param(str(folder / PARAM)) != 0 or net.load_model(str(folder / BIN)) != 0:
             raise ExportError(f"ncnn could not load {folder / PARAM}")
         self._ncnn, self.net = ncnn, net
@@ -102,42 +109,6 @@ def conv_names(model: Any, param: Path, imgsz: int) -> dict[str, str]:
     return names
 
 
-def _activation_scales(table: list[str], param: Path, log: str, method: str, input_range: bool) -> list[str]:
-    """The table's lines with the activation scales ``method`` and ``input_range`` ask for: ``max`` sets each
-    activation's scale to 127 over its largest magnitude (ncnn2table prints it: ``<layer> : max = ...``);
-    ``input_range`` gives the convolutions that read the image (pixels / 255) the scale of [0, 1], 127."""
-    absmax = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s+: max = (\S+)\s+threshold", log, re.M)}
-    layers = read_param(param)
-    image = next(tops[0] for kind, _, _, tops, _ in layers if kind == "Input")
-    reads_image = {name for kind, name, bottoms, _, _ in layers if kind in CONVS and image in bottoms}
-    out = []
-    for line in table:
-        name = line.split(" ", 1)[0]
-        if name.endswith("_param_0"):
-            out.append(line)
-        elif input_range and name in reads_image:
-            out.append(f"{name} 127.0")
-        elif method == "max":
-            if absmax.get(name, 0.0) <= 0:
-                raise ExportError(f"ncnn2table printed no maximum for {name}: the max method cannot set its scale")
-            out.append(f"{name} {127.0 / absmax[name]:f}")
-        else:
-            out.append(line)
-    return out
-
-
-def _run(cmd: list[str], log: Path, what: str) -> None:
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=TOOL_TIMEOUT_S).returncode
-        except subprocess.TimeoutExpired:
-            raise ExportError(f"{what} took over {TOOL_TIMEOUT_S} s (log: {log})") from None
-    if rc != 0:
-        raise ExportError(f"{what} failed ({rc}); see {log}")
-
-
 @register
 class NcnnBackend(Backend):
     """ncnn on the CPU (x86 here: a proxy for the Arm boards it is made for)."""
@@ -152,12 +123,21 @@ class NcnnBackend(Backend):
         "calibration_images": CALIBRATION_IMAGES,
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_stem_float": keep_stem_float(0),
-        "method": OptionSpec(str, "kl", ("kl", "aciq", "eq", "max"), "ncnn2table's activation calibration: KL "
-                             "divergence, ACIQ, equalization, or max (each activation's largest magnitude over the "
-                             "calibration images, from ncnn2table's own statistics: no clipping)", INT8),
+        "method": OptionSpec(str, "kl", int8.METHODS, "activation calibration, as ncnn2table computes it: KL "
+                             "divergence, ACIQ (which clips the weights too), or max (each activation's largest "
+                             "magnitude over the calibration images: no clipping)", INT8),
         "input_range": OptionSpec(bool, True, None, "the convolutions reading the image get its known range [0, 1] "
                                   "(scale 127) instead of a calibrated clip", INT8),
+        "weight_bits_3x3": OptionSpec(int, 6, (6, 8), "weight bits of the 3x3 stride-1 convolutions: 6 as "
+                                      "ncnn2table gives them (ncnn's int8 Winograd F(4,3) needs them), or 8 (the "
+                                      "model then asks ncnn for its F(2,3) kernels)", INT8),
+        "weight_rounding": OptionSpec(str, "nearest", ("nearest", "gptq"), "int8 weights rounded to nearest "
+                                      "(ncnn2int8) or by GPTQ on ncnn's grid against the FP32 layer's inputs",
+                                      INT8),
+        "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
+                                    "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
+    supports_sensitivity = True
 
     def version(self) -> str:
         from importlib.util import find_spec
@@ -165,34 +145,25 @@ class NcnnBackend(Backend):
         for pkg in ("ncnn", "pnnx"):
             if find_spec(pkg) is None:
                 raise BackendUnavailable(f"{pkg} is not installed ({self.install_hint})")
-        return tools.ncnn_version()
+        from importlib.metadata import version
 
-    def check(self, variant: Any, source: Any) -> None:
-        super().check(variant, source)
-        if variant.precision == "int8":
-            tools.find()
-
-    def setup(self) -> Path:
-        """ncnn2table and ncnn2int8 built from ncnn's source (the version of the installed wheel)."""
-        from yoloq.progress import say
-
-        try:
-            return tools.find()
-        except BackendUnavailable:
-            say(f"building ncnn's INT8 tools into {tools.tools_dir()} (cmake, about a minute)")
-            return tools.setup()
+        return version("ncnn")
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """ncnn2table's calibration method, the head's scope, the stem in float."""
+        """Activation calibration, the head's scope, the stem in float, and recovery on ncnn's grid."""
         return [TuneCandidate(n, o, w) for n, o, w in (
-            ("default", {}, "ncnn2table's KL calibration with yoloq's head scope, the image's known range"),
+            ("default", {}, "ncnn2table's KL calibration and 6-bit 3x3 weights, yoloq's head scope, the image's "
+                            "known range"),
             ("aciq", {"method": "aciq"}, "ACIQ clipping instead of KL"),
             ("max", {"method": "max"}, "each activation's largest magnitude: no clipping"),
-            ("eq", {"method": "eq"}, "ncnn2table's equalization search"),
             ("input-calibrated", {"input_range": False}, "the image's range calibrated too (KL clips pixels)"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
-            ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
-            ("stem2-max", {"keep_stem_float": 2, "method": "max"}, "the first two layers in float, no clipping"))]
+            ("stem2-max", {"keep_stem_float": 2, "method": "max"}, "the first two layers in float, no clipping"),
+            ("w8", {"weight_bits_3x3": 8}, "8-bit weights in the 3x3 stride-1 convolutions (no Winograd F(4,3))"),
+            ("w8-max", {"weight_bits_3x3": 8, "method": "max"}, "8-bit 3x3 weights, no clipping"),
+            ("w8-gptq", {"weight_bits_3x3": 8, "weight_rounding": "gptq"}, "8-bit 3x3 weights rounded by GPTQ"),
+            ("w8-gptq-max", {"weight_bits_3x3": 8, "weight_rounding": "gptq", "method": "max"},
+             "8-bit 3x3 weights rounded by GPTQ, no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -208,49 +179,84 @@ class NcnnBackend(Backend):
                                **args)
         if ctx.variant.precision != "int8":
             return Artifact(folder, self.name, fp, info | {"converter": f"pnnx {_pnnx()}"})
-        with step(f"quantize {ctx.variant.label} (ncnn2table, ncnn2int8)"):
+        with step(f"quantize {ctx.variant.label} (ncnn's scales and int8 weights, written by yoloq)"):
             out, scope = self._int8(ctx, folder, head.end2end)
         return Artifact(out, self.name, "int8", info | scope | {
-            "quantizer": f"ncnn2table (method {ctx.option('method')}) + ncnn2int8, per-channel int8 weights, "
-                         f"per-tensor int8 activations", "tools": tools.source_note(),
+            "quantizer": f"yoloq's ncnn int8 writer (activations {ctx.option('method')}, per-channel int8 weights "
+                         f"rounded {ctx.option('weight_rounding')}, 3x3 stride-1 weights "
+                         f"{ctx.option('weight_bits_3x3')}-bit), per-tensor int8 activations",
             "settings": dict(ctx.variant.options)})
 
-    def _int8(self, ctx: ExportContext, fp32: Path, end2end: bool) -> tuple[Path, dict[str, Any]]:
-        bin_dir = tools.find()
-        work = ctx.workdir
-        cal = work / "calibration"
-        cal.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, x in enumerate(ctx.calibration_images().batches(ctx.imgsz, progress="  writing calibration inputs")):
-            p = cal / f"{i:05d}.npy"
-            np.save(p, np.ascontiguousarray(x[0], np.float32))  # CHW, as ncnn2table reads an npy input
-            paths.append(str(p))
-        if not paths:
+    def _plan(self, ctx: ExportContext, fp32: Path, end2end: bool
+              ) -> tuple[int8.Model, dict[str, str], list[int8.Layer], list[str]]:
+        """The FP32 model, its convolutions' module names, those the scope quantizes, and those kept in float."""
+        model = int8.read(fp32)
+        torch_model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "ncnn")
+        floats, quantized = module_scope(torch_model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
+        names = conv_names(torch_model, fp32 / PARAM, ctx.imgsz)
+        extra = set(ctx.option("float_modules") or [])
+        kept = [n for n, m in names.items() if in_float(m, set(floats), set(quantized)) or within(m, extra)]
+        return model, names, [c for c in model.convs if c.name not in kept], kept
+
+    def _quant(self, ctx: ExportContext, fp32: Path, model: int8.Model, layers: list[int8.Layer],
+               images: list[np.ndarray], cost: dict[str, Any]) -> dict[str, Any]:
+        """Each quantized convolution's (weight scales, input scale, int8 weights or None)."""
+        method, bits = ctx.option("method"), ctx.option("weight_bits_3x3")
+        with measured(cost, "calibrate"):
+            acts = int8.calibrate(fp32, model, images, method, ctx.threads, layers)
+        if ctx.option("input_range"):
+            for c in layers:
+                if model.input in c.bottoms:
+                    acts[c.name] = 127.0  # pixels / 255: the image's known range [0, 1]
+        ws = {c.name: int8.weight_scales(c, method, bits) for c in layers}
+        ints: dict[str, np.ndarray] = {}
+        if ctx.option("weight_rounding") == "gptq":
+            from yoloq.backends.ncnn.recovery import gptq
+
+            with measured(cost, "gptq"), step(f"GPTQ rounding on ncnn's grid ({min(len(images), GPTQ_IMAGES)} "
+                                                 f"calibration images)"):
+                ints = gptq(fp32, model, layers, ws, bits, images[:GPTQ_IMAGES], ctx.threads)
+        return {c.name: (ws[c.name], acts[c.name], ints.get(c.name)) for c in layers}
+
+    def _images(self, ctx: ExportContext) -> list[np.ndarray]:
+        images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  reading calibration images"))
+        if not images:
             raise ExportError("no calibration image could be read")
-        (work / "calibration.txt").write_text("\n".join(paths) + "\n")
-        log = work / "ncnn-tools.log"
-        table = work / "model.table"
-        s, method = ctx.imgsz, ctx.option("method")
-        log.unlink(missing_ok=True)
-        _run([str(bin_dir / "ncnn2table"), str(fp32 / PARAM), str(fp32 / BIN), str(work / "calibration.txt"),
-              str(table), "mean=[0,0,0]", "norm=[1,1,1]", f"shape=[{s},{s},3]", "pixel=RGB",
-              f"thread={ctx.threads}", f"method={'kl' if method == 'max' else method}", "type=1"], log, "ncnn2table")
-        lines = _activation_scales(table.read_text().splitlines(), fp32 / PARAM, log.read_text(), method,
-                                   ctx.option("input_range"))
-        model = export_module(ctx.source, s, end2end, ctx.max_det, "ncnn")
-        floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
-        names = conv_names(model, fp32 / PARAM, s)
-        kept = {n for n, m in names.items() if in_float(m, set(floats), set(quantized))}
-        scoped = [x for x in lines if x.split(" ", 1)[0].removesuffix("_param_0") not in kept]
-        (work / "model.scoped.table").write_text("\n".join(scoped) + "\n")
-        out = work / "model"
-        out.mkdir(exist_ok=True)
-        _run([str(bin_dir / "ncnn2int8"), str(fp32 / PARAM), str(fp32 / BIN), str(out / PARAM), str(out / BIN),
-              str(work / "model.scoped.table")], log, "ncnn2int8")
-        for p in cal.glob("*.npy"):
-            p.unlink()
-        return out, {"calibration_used": len(paths), "kept_float": sorted(names[n] for n in kept),
-                     "int8_layers": len(names) - len(kept)}
+        return images
+
+    def _int8(self, ctx: ExportContext, fp32: Path, end2end: bool) -> tuple[Path, dict[str, Any]]:
+        model, names, layers, kept = self._plan(ctx, fp32, end2end)
+        images = self._images(ctx)
+        cost: dict[str, Any] = {}
+        quant = self._quant(ctx, fp32, model, layers, images, cost)
+        eight = ctx.option("weight_bits_3x3") == 8 and any(c.winograd43 for c in layers)
+        out = ctx.workdir / "model"
+        sizes = int8.write(model, out, quant, options={"use_winograd43_convolution": False} if eight else None)
+        return out, {"calibration_used": len(images), "kept_float": sorted(names[n] for n in kept),
+                     "int8_layers": len(layers), "recovery_cost": cost, **sizes,
+                     "runtime_options": int8.runtime_options(out)}
+
+    def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
+        """Rank blocks by the output SQNR when each alone is int8 (the variant's scales, rounding and weight bits),
+        in ncnn's runtime against the FP32 model, on ``images`` calibration images."""
+        from yoloq.backends.ncnn.recovery import rank_blocks
+
+        tag, args = head_args(ctx.source, ctx.max_det, False)
+        fp32 = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}ncnn-fp32-pnnx{_pnnx()}")
+        if not (fp32 / PARAM).is_file():
+            ultralytics_export(ctx.source, fp32, format="ncnn", imgsz=ctx.imgsz, batch=1, half=False, **args)
+        model, names, layers, _ = self._plan(ctx, fp32, False)
+        quant = self._quant(ctx, fp32, model, layers, self._images(ctx), {})
+        batches = list(ctx.calibration.batches(ctx.imgsz, images))
+        return rank_blocks(fp32, model, quant, names, batches, ctx.imgsz, ctx.threads)
+
+    def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
+        """All ranked blocks are int8 under the variant's scope (the ranking quantizes only those)."""
+        return list(groups)
+
+    def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
+        """The blocks kept in float by module name."""
+        return {"float_modules": [g.group for g in groups]}
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> NcnnRuntime:
         rt = NcnnRuntime(Path(artifact.path), artifact.precision, threads)
