@@ -113,11 +113,10 @@ def test_an_executorch_bundle_runs_its_program(executorch_run: dict, tmp_path: P
 
 @pytest.mark.shared
 def test_an_ncnn_bundle_runs_its_model(tmp_path: Path):
-    """The NCNN bundle (INT8 where ncnn's tools are built, else FP16): model.ncnn.param/.bin run by ncnn's runtime
-    alone give yoloq's detections."""
+    """The NCNN INT8 bundle (8-bit 3x3 weights, so the model carries the ncnn options it needs):
+    model.ncnn.param/.bin and ncnn-options.json run by ncnn's runtime alone give yoloq's detections."""
     import yaml
 
-    from yoloq.backends.ncnn import tools
     from yoloq.backends.registry import get_backend
     from yoloq.errors import BackendUnavailable
 
@@ -125,16 +124,13 @@ def test_an_ncnn_bundle_runs_its_model(tmp_path: Path):
         get_backend("ncnn").version()
     except BackendUnavailable as e:
         pytest.skip(str(e))
-    try:
-        tools.find()
-        precision = "int8"
-    except BackendUnavailable:
-        precision = "fp16"
+    precision = "int8"
     cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
-    cfg["variants"] = [{"format": "ncnn", "precision": precision}]
+    cfg["variants"] = [{"format": "ncnn", "precision": precision, "options": {"weight_bits_3x3": 8}}]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg | {"output": str(tmp_path / "run")}))
     out = tmp_path / "bundle"
     proc = run_cli("export", str(tmp_path / "cfg.yaml"), "--variant", f"ncnn-{precision}", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "requirements.txt").read_text().split()[0] == "ncnn"
+    assert json.loads(next(out.rglob("ncnn-options.json")).read_text()) == {"use_winograd43_convolution": False}
     assert _check_bundle(out, f"ncnn-{precision}", 320, "nms") > 0

@@ -106,6 +106,9 @@ def load_model(path, threads):
     half = precision == "fp16"
     net.opt.use_fp16_packed = net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = half
     net.opt.use_bf16_storage, net.opt.use_int8_inference = False, precision == "int8"
+    extra = path / "ncnn-options.json"  # options the model needs, e.g. no Winograd F(4,3) for 8-bit 3x3 weights
+    for key, value in (json.loads(extra.read_text()) if extra.is_file() else {}).items():
+        setattr(net.opt, key, value)
     net.load_param(str(path / "model.ncnn.param"))
     net.load_model(str(path / "model.ncnn.bin"))
 
