@@ -221,6 +221,9 @@ class TuneConfig:
     halving); ``minutes`` bounds the search.
     ``sensitivity``: for a backend that ranks its layers, one candidate per count N that keeps the N blocks
     ranked worst (on ``sensitivity_images`` calibration images) in float; empty: none.
+    ``accuracy_control``: where no candidate keeps ``min_retention`` on all tuning images, rank the blocks again
+    under the most accurate candidate's settings and keep the fewest of them in float that reach it (1, 2, 4 ...
+    up to ``max_float_blocks``, then the count between found by bisection), as NNCF's accuracy control does.
     """
 
     data: DataRef | None = None
@@ -232,10 +235,12 @@ class TuneConfig:
     bootstrap: int = 1000
     sensitivity: tuple[int, ...] = (2, 4)
     sensitivity_images: int = 8
+    accuracy_control: bool = True
+    max_float_blocks: int = 16
 
     def __post_init__(self) -> None:
         _check(0 < self.min_retention <= 1, "tune.min_retention", self.min_retention, "0 < x <= 1")
-        _at_least(self, "tune", first_images=1, bootstrap=100, sensitivity_images=1)
+        _at_least(self, "tune", first_images=1, bootstrap=100, sensitivity_images=1, max_float_blocks=1)
         _check(all(n >= 1 for n in self.sensitivity), "tune.sensitivity", list(self.sensitivity),
                "counts of blocks >= 1, e.g. [2, 4], or [] for none")
         _check(0 < self.keep <= 1, "tune.keep", self.keep, "0 < keep <= 1")

@@ -359,6 +359,10 @@ class TuneSearch:
             self._prune(self.trials, {n: resampled_maps(pe, weights) for n, (_, pe) in resampled.items()
                                       if pe is not None})
             self._round(inputs, items, [t for t in order if t.status == "ok"], final=True)
+        if self.tune.accuracy_control:
+            from yoloq.tune.control import accuracy_control
+
+            accuracy_control(self, inputs, items)  # where no candidate keeps the budget: the fewest blocks in float
         self._time(inputs, items)
         chosen = {}
         for v in self.targets:

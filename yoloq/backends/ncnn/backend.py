@@ -131,9 +131,12 @@ class NcnnBackend(Backend):
         "weight_bits_3x3": OptionSpec(int, 6, (6, 8), "weight bits of the 3x3 stride-1 convolutions: 6 as "
                                       "ncnn2table gives them (ncnn's int8 Winograd F(4,3) needs them), or 8 (the "
                                       "model then asks ncnn for its F(2,3) kernels)", INT8),
-        "weight_rounding": OptionSpec(str, "nearest", ("nearest", "gptq"), "int8 weights rounded to nearest "
-                                      "(ncnn2int8) or by GPTQ on ncnn's grid against the FP32 layer's inputs",
-                                      INT8),
+        "weight_rounding": OptionSpec(str, "nearest", ("nearest", "gptq", "distill"), "int8 weights rounded to "
+                                      "nearest (ncnn2int8), by GPTQ on ncnn's grid against the FP32 layer's inputs, "
+                                      "or learned by distillation from the FP32 model through ncnn's arithmetic "
+                                      "(fake quantizers) on calibration images", INT8),
+        "distill_minutes": OptionSpec(float, 5.0, None, "the CPU time distillation trains for "
+                                      "(weight_rounding: distill)", INT8, minimum=0.1),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
@@ -216,7 +219,34 @@ class NcnnBackend(Backend):
             with measured(cost, "gptq"), step(f"GPTQ rounding on ncnn's grid ({min(len(images), GPTQ_IMAGES)} "
                                                  f"calibration images)"):
                 ints = gptq(fp32, model, layers, ws, bits, images[:GPTQ_IMAGES], ctx.threads)
-        return {c.name: (ws[c.name], acts[c.name], ints.get(c.name)) for c in layers}
+        biases: dict[str, np.ndarray] = {}
+        if ctx.option("weight_rounding") == "distill":
+            with measured(cost, "distill"), step(f"distillation from the FP32 model through ncnn's arithmetic "
+                                                    f"({ctx.option('distill_minutes')} min, {len(images)} "
+                                                    f"calibration images)"):
+                ints, biases, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images)
+        return {c.name: (ws[c.name], acts[c.name], ints.get(c.name), biases.get(c.name)) for c in layers}
+
+    def _distill(self, ctx: ExportContext, fp32: Path, layers: list[int8.Layer], ws: dict[str, np.ndarray],
+                 acts: dict[str, float], images: list[np.ndarray]) -> tuple[dict, dict, dict[str, Any]]:
+        """Weights and biases learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers."""
+        from yoloq.progress import say
+        from yoloq.recover.distill import Grid, distill
+
+        model = export_module(ctx.source, ctx.imgsz, False, ctx.max_det, "ncnn")
+        names = conv_names(model, fp32 / PARAM, ctx.imgsz)
+        bits = ctx.option("weight_bits_3x3")
+        grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
+        learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say)
+        ints, biases = {}, {}
+        for c in layers:
+            w, b = learned[names[c.name]]
+            q = int8.round_int8(w.reshape(c.weight.shape) * ws[c.name][:, None])
+            top = int8.qmax(c, bits)
+            ints[c.name] = np.clip(q, -top, top).astype(np.int8)
+            if b is not None and c.bias is not None:
+                biases[c.name] = b.astype(np.float32)
+        return ints, biases, result
 
     def _images(self, ctx: ExportContext) -> list[np.ndarray]:
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  reading calibration images"))

@@ -350,10 +350,10 @@ def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str,
     return scales
 
 
-def write(model: Model, out: Path, quant: dict[str, tuple[np.ndarray, float, np.ndarray | None]],
+def write(model: Model, out: Path, quant: dict[str, tuple[Any, ...]],
           int8: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``model`` to ``out`` with the convolutions in ``quant`` (name -> weight scales, input scale, int8
-    weights or None for rounding to nearest) in int8; ``int8=False`` keeps their weights float32 with the same
+    weights or None for rounding to nearest[, a learned bias]) in int8; ``int8=False`` keeps their weights float32 with the same
     scales (ncnn quantizes them when it loads). Returns sizes."""
     out.mkdir(parents=True, exist_ok=True)
     lines, chunks = list(model.header), []
@@ -362,7 +362,8 @@ def write(model: Model, out: Path, quant: dict[str, tuple[np.ndarray, float, np.
             lines.append(layer.line)
             chunks.append(layer.chunk)
             continue
-        ws, act, q = quant[layer.name]
+        ws, act, q, *rest = quant[layer.name]
+        bias = rest[0] if rest and rest[0] is not None else layer.bias  # a learned bias (distillation)
         term = 2 if layer.kind == "Convolution" else 1
         lines.append(f"{layer.line} 8={term}")
         if int8:
@@ -373,7 +374,7 @@ def write(model: Model, out: Path, quant: dict[str, tuple[np.ndarray, float, np.
             body = struct.pack("<I", 0) + (layer.weight if q is None else
                                            q.astype(np.float32) / ws[:, None]).astype(np.float32).tobytes()
         if layer.bias is not None:
-            body += layer.bias.astype(np.float32).tobytes()
+            body += np.asarray(bias, np.float32).tobytes()
         body += np.asarray(ws, np.float32).tobytes() + np.float32(act).tobytes()
         chunks.append(body)
     tmp_p, tmp_b = out / (PARAM + ".partial"), out / (BIN + ".partial")
