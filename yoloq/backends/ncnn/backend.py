@@ -166,7 +166,10 @@ class NcnnBackend(Backend):
             ("w8-max", {"weight_bits_3x3": 8, "method": "max"}, "8-bit 3x3 weights, no clipping"),
             ("w8-gptq", {"weight_bits_3x3": 8, "weight_rounding": "gptq"}, "8-bit 3x3 weights rounded by GPTQ"),
             ("w8-gptq-max", {"weight_bits_3x3": 8, "weight_rounding": "gptq", "method": "max"},
-             "8-bit 3x3 weights rounded by GPTQ, no clipping"))]
+             "8-bit 3x3 weights rounded by GPTQ, no clipping"),
+            ("w8-distill-max", {"weight_bits_3x3": 8, "weight_rounding": "distill", "method": "max"},
+             "8-bit 3x3 weights learned by distillation from the FP32 model through ncnn's arithmetic, no "
+             "clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -206,7 +209,7 @@ class NcnnBackend(Backend):
         """Each quantized convolution's (weight scales, input scale, int8 weights or None)."""
         method, bits = ctx.option("method"), ctx.option("weight_bits_3x3")
         with measured(cost, "calibrate"):
-            acts = int8.calibrate(fp32, model, images, method, ctx.threads, layers)
+            acts = int8.calibrate(fp32, model, images, method, ctx.threads, layers, cache=fp32.parent / "ncnn-stats")
         if ctx.option("input_range"):
             for c in layers:
                 if model.input in c.bottoms:

@@ -310,43 +310,63 @@ def read_header_io(folder: Path) -> tuple[str, str]:
     return inp, out
 
 
-def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str, threads: int,
-              layers: list[Layer] | None = None) -> dict[str, float]:
-    """Each convolution's input scale (127 / threshold) by ``method`` over ``images``, as ncnn2table computes it
-    (two passes for KL: the magnitudes' maximum, then their histogram)."""
-    if method not in METHODS:
-        raise ExportError(f"ncnn activation method {method!r}: yoloq computes {', '.join(METHODS)}")
-    convs = layers if layers is not None else model.convs
-    by_blob: dict[str, list[str]] = {}
-    for c in convs:
-        by_blob.setdefault(c.bottoms[0], []).append(c.name)
+def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: int,
+               cache: Path | None = None) -> Stats:
+    """Every convolution input's largest magnitude, size and 2048-bin magnitude histogram over ``images`` (two
+    passes, as ncnn2table: the maximum, then the histogram up to it); kept in ``cache`` (a folder) under a hash of
+    the model and the images, so candidates that share them calibrate once."""
+    import hashlib
+    import pickle
+
+    key = hashlib.sha256((Path(folder) / BIN).read_bytes())
+    for x in images:
+        key.update(np.ascontiguousarray(x, np.float32).tobytes())
+    hit = Path(cache) / f"ncnn-stats-{key.hexdigest()[:24]}.pkl" if cache else None
+    if hit is not None and hit.is_file():
+        return pickle.loads(hit.read_bytes())  # noqa: S301 - yoloq's own cache file
+    names = list(dict.fromkeys(c.bottoms[0] for c in model.convs))
     st = Stats()
 
     def count(name: str, a: np.ndarray) -> None:
         st.absmax[name] = max(st.absmax.get(name, 0.0), float(np.abs(a).max()))
         st.count[name] = a.size
 
-    blobs(folder, list(by_blob), images, threads, count)
-    if method == "kl":
-        def histogram(name: str, a: np.ndarray) -> None:
-            top = st.absmax[name]
-            v = np.abs(a[a != 0]).astype(np.float32)
-            idx = np.minimum((v / np.float32(top) * BINS).astype(np.int64), BINS - 1) if top > 0 else v.astype(int)
-            h = np.bincount(idx, minlength=BINS)
-            st.hist[name] = st.hist.get(name, 0) + h
+    def histogram(name: str, a: np.ndarray) -> None:
+        top = st.absmax[name]
+        v = np.abs(a[a != 0]).astype(np.float32)
+        idx = np.minimum((v / np.float32(top) * BINS).astype(np.int64), BINS - 1) if top > 0 else v.astype(int)
+        st.hist[name] = st.hist.get(name, 0) + np.bincount(idx, minlength=BINS)
 
-        blobs(folder, list(by_blob), images, threads, histogram)
+    blobs(folder, names, images, threads, count)
+    blobs(folder, names, images, threads, histogram)
+    if hit is not None:
+        hit.parent.mkdir(parents=True, exist_ok=True)
+        tmp = hit.with_suffix(".partial")
+        tmp.write_bytes(pickle.dumps(st))
+        tmp.replace(hit)
+    return st
+
+
+def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str, threads: int,
+              layers: list[Layer] | None = None, cache: Path | None = None) -> dict[str, float]:
+    """Each convolution's input scale (127 / threshold) by ``method`` over ``images``, as ncnn2table computes it."""
+    if method not in METHODS:
+        raise ExportError(f"ncnn activation method {method!r}: yoloq computes {', '.join(METHODS)}")
+    st = statistics(folder, model, images, threads, cache)
+    thresholds: dict[str, float] = {}
     scales = {}
-    for blob, names in by_blob.items():
-        top = st.absmax.get(blob, 0.0)
-        if method == "max":
-            thr = top
-        elif method == "aciq":
-            thr = aciq_clip(top, st.count.get(blob, 1))
-        else:
-            thr = (kl_threshold(st.hist[blob]) + 0.5) * top / BINS if blob in st.hist else top
-        for n in names:
-            scales[n] = 127.0 / thr if thr > 0 else 1.0
+    for c in (layers if layers is not None else model.convs):
+        blob = c.bottoms[0]
+        if blob not in thresholds:
+            top = st.absmax.get(blob, 0.0)
+            if method == "max":
+                thresholds[blob] = top
+            elif method == "aciq":
+                thresholds[blob] = aciq_clip(top, st.count.get(blob, 1))
+            else:
+                thresholds[blob] = (kl_threshold(st.hist[blob]) + 0.5) * top / BINS if blob in st.hist else top
+        thr = thresholds[blob]
+        scales[c.name] = 127.0 / thr if thr > 0 else 1.0
     return scales
 
 
