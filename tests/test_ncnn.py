@@ -5,13 +5,10 @@ method checked to bring the INT8 output closer to the FP32 teacher's than plain 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import run_cli
 
 from yoloq.errors import BackendUnavailable, ExportError
 
@@ -128,10 +125,10 @@ def _images(n: int, imgsz: int = 320, split: str = "train2017", skip: int = 0) -
 
 
 def _outputs(folder: Path, images: list[np.ndarray], out: str) -> np.ndarray:
-    from yoloq.backends.ncnn import int8
+    from yoloq.backends.ncnn import calibration
 
     ys: list[np.ndarray] = []
-    int8.blobs(folder, [out], images, 2, lambda _n, a: ys.append(a), int8_inference=True)
+    calibration.blobs(folder, [out], images, 2, lambda _n, a: ys.append(a), int8_inference=True)
     return np.stack(ys)
 
 
@@ -139,14 +136,14 @@ def test_yoloq_int8_file_is_what_ncnn_itself_quantizes(tmp_path):
     """An FP32 model read and written back is byte for byte the same; with scales on every convolution, yoloq's
     int8 weights give exactly the output ncnn computes when it quantizes the float weights itself at load time (the
     rounding, layout, tag and scale order all ncnn's); one weight moved by one step changes it (the check can fail)."""
-    from yoloq.backends.ncnn import int8
+    from yoloq.backends.ncnn import calibration, int8
 
     fp32 = _export_fp32(tmp_path)
     model = int8.read(fp32)
     int8.write(model, tmp_path / "same", {})
     assert (tmp_path / "same" / int8.BIN).read_bytes() == (fp32 / int8.BIN).read_bytes()
     images = _images(4)
-    acts = int8.calibrate(fp32, model, images, "kl", 2)
+    acts = calibration.calibrate(fp32, model, images, "kl", 2)
     quant = {c.name: (int8.weight_scales(c, "kl", 6), acts[c.name], None) for c in model.convs}
     int8.write(model, tmp_path / "yoloq", quant)
     int8.write(model, tmp_path / "ncnn", quant, int8=False)
@@ -166,7 +163,7 @@ def test_each_recovery_method_brings_int8_closer_to_the_fp32_teacher(tmp_path):
     """On held-out images (not the calibration ones), against plain PTQ with ncnn2table's settings (KL, 6-bit 3x3
     weights, rounding to nearest): 8-bit 3x3 weights, GPTQ rounding, and the block yoloq sensitivity ranks worst kept
     in float each raise the SQNR of the raw head output against the FP32 ncnn model."""
-    from yoloq.backends.ncnn import int8
+    from yoloq.backends.ncnn import calibration, int8
     from yoloq.backends.ncnn.backend import conv_names
     from yoloq.backends.ncnn.recovery import block_of, gptq, rank_blocks
     from yoloq.backends.torch_scope import export_module, within
@@ -175,7 +172,7 @@ def test_each_recovery_method_brings_int8_closer_to_the_fp32_teacher(tmp_path):
     fp32 = _export_fp32(tmp_path)
     model = int8.read(fp32)
     cal, held = _images(12), _images(6, split="val2017")
-    acts = int8.calibrate(fp32, model, cal, "kl", 2)
+    acts = calibration.calibrate(fp32, model, cal, "kl", 2)
     ref = _outputs(fp32, held, model.output)
 
     def sqnr(quant: dict, name: str, options: dict | None = None) -> float:

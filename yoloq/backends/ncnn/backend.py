@@ -22,7 +22,7 @@ import numpy as np
 
 from yoloq.backends.base import (Artifact, Backend, ExportContext, GroupError, LayerRun, OptionSpec, Style,
                                  TuneCandidate)
-from yoloq.backends.ncnn import int8
+from yoloq.backends.ncnn import calibration, int8
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
@@ -209,7 +209,8 @@ class NcnnBackend(Backend):
         """Each quantized convolution's (weight scales, input scale, int8 weights or None)."""
         method, bits = ctx.option("method"), ctx.option("weight_bits_3x3")
         with measured(cost, "calibrate"):
-            acts = int8.calibrate(fp32, model, images, method, ctx.threads, layers, cache=fp32.parent / "ncnn-stats")
+            acts = calibration.calibrate(fp32, model, images, method, ctx.threads, layers,
+                                         cache=fp32.parent / "ncnn-stats")
         if ctx.option("input_range"):
             for c in layers:
                 if model.input in c.bottoms:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from yoloq.backends.base import GroupError
-from yoloq.backends.ncnn import int8
+from yoloq.backends.ncnn import calibration, int8
 from yoloq.recover.rounding import gptq_integers, patches_chw, second_moments
 
 ROWS = 2048  # input positions per image and layer in GPTQ's second moments
@@ -38,7 +38,7 @@ def gptq(folder: Path, model: int8.Model, layers: list[int8.Layer], scales: dict
             h = second_moments(patches_chw(a, c.kernel(), ROWS, rng))
             hs[c.name] = hs[c.name] + h if c.name in hs else h
 
-    n = int8.blobs(folder, list(by_blob), images, threads, collect)
+    n = calibration.blobs(folder, list(by_blob), images, threads, collect)
     return {c.name: gptq_integers(c.weight, hs[c.name] / max(n, 1), scales[c.name], int8.qmax(c, bits_3x3),
                                   _ncnn_round).astype(np.int8) for c in targets}
 
@@ -56,7 +56,7 @@ def _sqnr(ref: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _outputs(folder: Path, images: list[np.ndarray], out: str, imgsz: int, threads: int) -> np.ndarray:
     ys = []
-    int8.blobs(folder, [out], images, threads, lambda _n, a: ys.append(a), int8_inference=True)
+    calibration.blobs(folder, [out], images, threads, lambda _n, a: ys.append(a), int8_inference=True)
     y = np.stack(ys).astype(np.float64)
     y[:, :4] /= imgsz  # boxes in input pixels: divided so boxes and scores weigh alike
     return y
