@@ -5,10 +5,11 @@
 2. The *leader* is the best of those: where some keep the retention budget, the one of them with the highest
    agreement with the reference's detections, then retention; where none does, accuracy comes first: the
    highest retention, then agreement.
-3. A candidate *ties* the leader only when the two are shown equivalent: the 95% paired interval of
-   leader - candidate lies inside +-``MAP_MARGIN`` for mAP50-95 against ground truth and inside
-   +-``AGREEMENT_MARGIN`` for agreement (and it keeps the budget when the leader does). An interval that merely
-   includes 0 is not an equivalence: a candidate far behind on fewer images is not a tie.
+3. A candidate *ties* the leader only when it is shown no worse than the leader by more than a margin: the
+   upper end of the 95% paired interval of leader - candidate is at most ``MAP_MARGIN`` for mAP50-95 against
+   ground truth and at most ``AGREEMENT_MARGIN`` for agreement (and it keeps the budget when the leader does).
+   An interval that merely includes 0 is not enough: a candidate far behind, measured on too few images to
+   exclude 0, is not a tie. (The lower end is free: a simpler candidate that may be better is no less a tie.)
 4. Of the ties the simplest wins: fewest settings changed from the baseline, then the faster (by more than
    ``SPEED_TIE`` of p50: closer timings are the machine's noise, e.g. two graphs with the same ops), then the
    smaller file, then the higher agreement. A candidate shown equivalent to a simpler one loses to it.
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SPEED_TIE = 0.05  # p50 timings within 5% of the fastest tie: one side-by-side pass does not tell them apart
-MAP_MARGIN = 0.005  # an equivalence: the interval of leader - candidate mAP50-95 within half a point either way
-AGREEMENT_MARGIN = 0.015  # and that of their agreements within 1.5 points either way
+MAP_MARGIN = 0.005  # a tie: the leader at most half a point of mAP50-95 better (upper end of the 95% interval)
+AGREEMENT_MARGIN = 0.015  # and at most 1.5 points of agreement better
 
 
 @dataclass
@@ -90,12 +91,14 @@ def leader_of(trials: list[Trial], min_retention: float) -> Trial | None:
 
 
 def equivalent(ci: dict[str, Any] | None, margin: float) -> bool:
-    """Whether a paired interval of leader - candidate lies inside +-``margin`` (no interval: not shown)."""
-    return bool(ci) and -margin <= ci.get("lo", -1.0) and ci.get("hi", 1.0) <= margin
+    """Whether a paired interval of leader - candidate shows the leader at most ``margin`` better (no interval:
+    not shown)."""
+    return bool(ci) and ci.get("hi", 1.0) <= margin
 
 
 def ties(t: Trial, leader: Trial, min_retention: float) -> bool:
-    """Whether ``t`` is shown equivalent to the leader on both mAP50-95 and agreement (rule 3)."""
+    """Whether ``t`` is shown no worse than the leader by more than the margins, on mAP50-95 and agreement
+    (rule 3)."""
     if t is leader:
         return True
     if leader.meets(min_retention) and not t.meets(min_retention):
@@ -156,6 +159,6 @@ def choose(trials: list[Trial], min_retention: float) -> Trial | None:
             continue
         margins = {"map": MAP_MARGIN, "agreement": AGREEMENT_MARGIN}
         apart = [f"{k} {_fmt(ci)}" for k, ci in sorted(t.vs_leader.items()) if ci and not equivalent(ci, margins[k])]
-        t.verdict = f"not shown equivalent to {leader.name} (margins: mAP +-{MAP_MARGIN}, agreement " \
-                    f"+-{AGREEMENT_MARGIN}): " + ("; ".join(apart) or "not compared")
+        t.verdict = f"not shown equivalent to {leader.name} (the best may be better by more than mAP " \
+                    f"{MAP_MARGIN} or agreement {AGREEMENT_MARGIN}): " + ("; ".join(apart) or "not compared")
     return winner
