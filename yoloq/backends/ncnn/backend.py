@@ -169,7 +169,12 @@ class NcnnBackend(Backend):
              "8-bit 3x3 weights rounded by GPTQ, no clipping"),
             ("w8-distill-max", {"weight_bits_3x3": 8, "weight_rounding": "distill", "method": "max"},
              "8-bit 3x3 weights learned by distillation from the FP32 model through ncnn's arithmetic, no "
-             "clipping"))]
+             "clipping"),
+            ("stem2-w8-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights, no clipping"),
+            ("stem2-w8-gptq-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "gptq",
+                                   "method": "max"}, "the first two layers in float, 8-bit 3x3 weights rounded by "
+                                                     "GPTQ, no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
