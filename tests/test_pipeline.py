@@ -71,6 +71,12 @@ def test_every_record_is_complete_and_traceable(smoke_run):
 CONTRACT = [(f, p) for f, cls in sorted(registered().items()) for p in cls.precisions if f != "imx500"]
 
 
+# the settings whose arithmetic the int8 twin of tests/tolerance.py models: ncnn with 8-bit weights everywhere and
+# each input's scale over its largest magnitude (its 6-bit 3x3 weights and KL clipping are not in the twin; the
+# file yoloq writes for them is checked against ncnn's own quantization in tests/test_ncnn.py)
+TWIN_OPTIONS = {("ncnn", "int8"): {"method": "max", "weight_bits_3x3": 8}}
+
+
 def _export(request: pytest.FixtureRequest, tmp_path: Path,
             variant: VariantConfig) -> tuple[Artifact, dict, dict | None]:
     """The variant's export, its record and its run's torch FP32 record: the smoke run's where the smoke config has
@@ -84,7 +90,9 @@ def _export(request: pytest.FixtureRequest, tmp_path: Path,
         run_dir, name, ref = request.getfixturevalue("executorch_run")["dir"], variant.label, None
     else:
         cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
-        cfg |= {"variants": [{"format": variant.format, "precision": variant.precision, "device": variant.device}],
+        options = TWIN_OPTIONS.get((variant.format, variant.precision), {})
+        cfg |= {"variants": [{"format": variant.format, "precision": variant.precision, "device": variant.device,
+                              "options": options}],
                 "data": cfg["data"] | {"max_images": 2}, "output": str(tmp_path),
                 "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 2, "images": 1}}
         run_dir, name, ref = tmp_path, variant.label, None
