@@ -49,7 +49,7 @@ def _fake_quantize(module: Any, grid: Grid) -> None:
 def _loss(y: Any, t: Any, imgsz: int) -> Any:
     """The mean squared error of the raw head output [B, 4 + nc, N], boxes divided by the input size so boxes and
     scores weigh alike. (Weighting each anchor by the teacher's best score was tried: 96.3% kept on the tuning split
-    against 98.1% unweighted, though with 85 steps against about 550: not adopted.)"""
+    against 98.1% unweighted, though with 85 steps against 485: not adopted.)"""
     scale = t.new_ones(t.shape[1], 1)
     scale[:4] = 1.0 / imgsz  # boxes in input pixels: divided so boxes and scores weigh alike
     return (((y - t) * scale) ** 2).mean()
