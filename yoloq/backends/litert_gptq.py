@@ -21,27 +21,16 @@ import numpy as np
 
 QMAX = 127  # ai-edge-quantizer's symmetric int8 weights: narrow range [-127, 127], scale = max|w| / 127
 GPTQ_IMAGES = 64  # calibration images whose convolution inputs make H
-DAMP = 0.01  # GPTQ's dampening: 1% of the mean diagonal of H added to it
 
 
 def gptq_round(w: np.ndarray, h: np.ndarray) -> np.ndarray:
     """GPTQ-rounded copy of ``w`` ([out, in], float) for inputs with second moments ``h`` ([in, in]), on the
     symmetric per-output-channel int8 grid of ``w``'s own largest weights (each channel's largest weight kept)."""
+    from yoloq.recover.rounding import gptq_integers
+
     w = w.astype(np.float64)
     scale = np.maximum(np.abs(w).max(axis=1), 1e-12) / QMAX
-    h = h.astype(np.float64).copy()
-    dead = np.diag(h) == 0  # inputs that never carry a value: their weights cannot matter
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
-    # the upper Cholesky factor of H^-1 (GPTQ's Hinv): row i holds the updates for the columns after i
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T
-    work = w.copy()
-    q = np.empty_like(w)
-    for i in range(w.shape[1]):
-        col = np.clip(np.round(work[:, i] / scale), -QMAX, QMAX)
-        q[:, i] = col
-        err = (work[:, i] - col * scale) / hinv[i, i]
-        work[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
+    q = gptq_integers(w, h, 1.0 / scale, QMAX).astype(np.float64)
     top = np.abs(w).argmax(axis=1)  # keep each channel's largest weight, so the quantizer's scale is the same
     rows = np.arange(w.shape[0])
     q[rows, top] = np.sign(w[rows, top]) * QMAX

@@ -38,17 +38,7 @@ GPTQ_IMAGES = 32  # calibration images whose convolution inputs make GPTQ's seco
 
 def read_param(path: Path) -> list[tuple[str, str, list[str], list[str], dict[str, str]]]:
     """An ncnn ``.param`` file's layers: (type, name, bottom blobs, top blobs, params ``key=value``)."""
-    lines = Path(path).read_text().split("\n")
-    layers = []
-    for line in lines[2:]:
-        f = line.split()
-        if len(f) < 4:
-            continue
-        nb, nt = int(f[2]), int(f[3])
-        blobs = f[4:4 + nb + nt]
-        params = dict(kv.split("=", 1) for kv in f[4 + nb + nt:] if "=" in kv)
-        layers.append((f[0], f[1], blobs[:nb], blobs[nb:], params))
-    return layers
+    return [(x.kind, x.name, x.bottoms, x.tops, x.params) for x in int8.layers_of(Path(path))]
 
 
 class NcnnRuntime:

@@ -124,23 +124,29 @@ def _memory_count(layer: Layer) -> int:
     return int(np.prod([d for d in dims if d])) if any(dims) else 1
 
 
-def read(folder: Path) -> Model:
-    """Read an FP32 (or FP16-stored) ncnn model, keeping each layer's weight bytes.
-
-    Raises:
-        ExportError: When the ``.bin`` does not match the ``.param`` or a layer's weights cannot be read.
-    """
-    lines = (Path(folder) / PARAM).read_text().split("\n")
-    model = Model(lines[:2])
-    r = _Reader((Path(folder) / BIN).read_bytes())
-    for line in lines[2:]:
+def layers_of(param: Path) -> list[Layer]:
+    """The layers of an ncnn ``.param`` file, in order (without their weights)."""
+    layers = []
+    for line in Path(param).read_text().split("\n")[2:]:
         f = line.split()
         if len(f) < 4:
             continue
         nb, nt = int(f[2]), int(f[3])
         blobs = f[4:4 + nb + nt]
         params = dict(kv.split("=", 1) for kv in f[4 + nb + nt:] if "=" in kv)
-        layer = Layer(f[0], f[1], blobs[:nb], blobs[nb:], params, line)
+        layers.append(Layer(f[0], f[1], blobs[:nb], blobs[nb:], params, line))
+    return layers
+
+
+def read(folder: Path) -> Model:
+    """Read an FP32 (or FP16-stored) ncnn model, keeping each layer's weight bytes.
+
+    Raises:
+        ExportError: When the ``.bin`` does not match the ``.param`` or a layer's weights cannot be read.
+    """
+    model = Model((Path(folder) / PARAM).read_text().split("\n")[:2])
+    r = _Reader((Path(folder) / BIN).read_bytes())
+    for layer in layers_of(Path(folder) / PARAM):
         start = r.pos
         if layer.kind in CONVS:
             if layer.p(8):
