@@ -196,6 +196,10 @@ class NcnnBackend(Backend):
         floats, quantized = module_scope(torch_model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
         names = conv_names(torch_model, fp32 / PARAM, ctx.imgsz)
         extra = set(ctx.option("float_modules") or [])
+        unknown = sorted(m for m in extra if not any(within(n, {m}) for n in names.values()))
+        if unknown:  # a misspelt block would otherwise leave everything in int8 without a word
+            raise ExportError(f"float_modules {unknown[0]!r} names no convolution of the model; give module names "
+                              f"such as model.10 or model.23.cv2.0 (yoloq sensitivity lists the blocks)")
         kept = [n for n, m in names.items() if in_float(m, set(floats), set(quantized)) or within(m, extra)]
         return model, names, [c for c in model.convs if c.name not in kept], kept
 
