@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, run_cli
+from conftest import SHARED, run_cli, unavailable
 
 from yoloq.backends.base import Artifact
 from yoloq.backends.registry import get_backend
@@ -123,7 +123,7 @@ def test_an_ncnn_bundle_runs_its_model(tmp_path: Path):
     try:
         get_backend("ncnn").version()
     except BackendUnavailable as e:
-        pytest.skip(str(e))
+        unavailable("ncnn (pip install -e .)", e)
     precision = "int8"
     cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
     cfg["variants"] = [{"format": "ncnn", "precision": precision, "options": {"weight_bits_3x3": 8}}]

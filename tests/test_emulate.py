@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, unavailable
 
 from yoloq.config import parse_config
 from yoloq.errors import ConfigError
@@ -37,6 +37,12 @@ def test_emulate_setting_names_the_cpu_and_applies_run_wide():
     assert "emulate" not in plain.to_dict() and "emulate" not in plain.to_dict()["variants"][0]
 
 
+# the emulated detections scored against x86's as ground truth on the run's 4 images (measured 1.000; a runtime fed
+# BGR instead of RGB: 0.911), and x86 minus emulated mAP50-95 on them (measured +0.012; fed BGR: +0.065)
+EMULATED_AGREEMENT = 0.95
+EMULATED_DROP = 0.05
+
+
 @pytest.fixture(scope="module")
 def emulated_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """YOLO11n's ONNX Runtime INT8 at 320 on 4 images, scored on x86 and on an emulated Cortex-A76."""
@@ -46,7 +52,7 @@ def emulated_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     try:
         Userland().setup()
     except BackendUnavailable as e:
-        pytest.skip(f"no aarch64 userland here: {e}")
+        unavailable("yoloq setup aarch64", e)
     tmp = tmp_path_factory.mktemp("emulate")
     cfg = {"model": "yolo11n.pt", "imgsz": 320, "data": {"dataset": "coco-mini", "split": "val2017", "max_images": 4},
            "calibration": {"sources": [{"dataset": "coco-mini", "split": "train2017"}], "images": 8},
@@ -79,6 +85,10 @@ def test_a_twin_is_scored_on_emulated_arm_beside_its_x86_record(emulated_run):
         "role": "emulated", "host": "onnxruntime-int8", "arch": "aarch64", "cpu": "cortex-a76"}
     vs = twin["metrics"]["vs_host"]
     assert vs["lo"] <= vs["drop"] <= vs["hi"] and 0.0 <= vs["agreement"] <= 1.0
+    # the emulated Arm run reproduces the x86 run's detections on the same images within a stated agreement (Arm's
+    # integer kernels round some requantizations differently; 0.973 over coco1k's 500 val images at 640): an
+    # emulated runtime that computes something else falls far below it
+    assert vs["agreement"] >= EMULATED_AGREEMENT and abs(vs["drop"]) <= EMULATED_DROP, vs
     assert abs(vs["drop"] - (host["metrics"]["map50_95"] - twin["metrics"]["map50_95"])) < 1e-9
     div = twin["metrics"]["divergence"]
     assert div["summary"] and div["tensors"] > 50, div  # every int8 tensor of the graph probed on both

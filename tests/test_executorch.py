@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import unavailable
+
 from yoloq.errors import BackendUnavailable
 
 pytestmark = pytest.mark.shared
@@ -21,7 +23,7 @@ def executorch_here() -> None:
     try:
         get_backend("executorch").version()
     except BackendUnavailable as e:
-        pytest.skip(str(e))
+        unavailable("ExecuTorch (pip install -e .)", e)
 
 
 @pytest.mark.full  # ExecuTorch's lowering takes 1-2 min a model: YOLO11n's contract and bundle tests cover it

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import SHARED, run_cli, side_environment
+from conftest import SHARED, run_cli, side_environment, unavailable
 
 from yoloq.errors import BackendUnavailable
 
@@ -38,12 +38,13 @@ def sony_tools() -> None:
     try:
         get_backend("imx500").version()
     except BackendUnavailable as e:
-        pytest.skip(str(e))
+        unavailable("yoloq setup imx500", e)
     side_environment("imx500")
     from yoloq.backends.imx500.backend import java_version
 
     if java_version() < 17:
-        pytest.skip("imxconv-pt needs Java 17 or later (apt-get install openjdk-17-jre-headless)")
+        unavailable("Java 17 for imxconv-pt", "imxconv-pt needs Java 17 or later (apt-get install "
+                    "openjdk-17-jre-headless; .ci/run installs it)")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import unavailable
+
 from yoloq.errors import BackendUnavailable, ExportError
 
 pytestmark = pytest.mark.shared
@@ -22,7 +24,7 @@ def ncnn_here() -> None:
     try:
         get_backend("ncnn").version()
     except BackendUnavailable as e:
-        pytest.skip(str(e))
+        unavailable("ncnn (pip install -e .)", e)
 
 
 @pytest.mark.parametrize(("family", "nms"), [pytest.param("yolov8n", None, marks=pytest.mark.full), ("yolo26n", False)],

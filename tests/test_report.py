@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, unavailable
 
 from yoloq.bootstrap import PerImageEval, weighted_map
 from yoloq.report.plots import pareto_front
@@ -86,7 +86,7 @@ def _browser() -> str | None:
 def test_report_html_renders_in_a_browser(smoke_run, tmp_path: Path):
     browser = _browser()
     if browser is None:
-        pytest.skip("no headless browser installed (apt-get install chromium; .ci/run installs it)")
+        unavailable("a headless browser", "none installed (apt-get install chromium; .ci/run installs it)")
     page = (smoke_run["dir"] / "report.html").resolve()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}"]

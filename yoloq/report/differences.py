@@ -100,9 +100,13 @@ def write_differences(run_dir: Path, records: list[Record], ref: Record | None) 
     try:
         from yoloq.config import DataRef
         from yoloq.data import load_split
-        from yoloq.paths import REPO_ROOT
+        from yoloq.paths import REPO_ROOT, from_display
 
-        split = load_split(DataRef(ref.dataset["name"], ref.dataset["split"]), REPO_ROOT)
+        # the dataset file the run read (a user's own YAML anywhere), else the name in datasets/ (older records)
+        file = ref.dataset.get("file")
+        found = from_display(file, run_dir) if file else None
+        dataset = str(found) if found is not None and found.is_file() else ref.dataset["name"]
+        split = load_split(DataRef(dataset, ref.dataset["split"]), REPO_ROOT)
     except Exception as e:  # noqa: BLE001 - the pictures need the dataset here; the report goes on without them
         return [{"variant": r.name, "image": "", "lost": "", "added": "",
                  "file": f"no pictures: dataset not readable here ({str(e)[:120]})"} for r in int8]
