@@ -149,6 +149,32 @@ def test_rerun_keeps_finished_variants(smoke_run, tmp_path: Path):
     assert (smoke_run["dir"] / "records.jsonl").read_text() == before
 
 
+def test_a_rerun_without_the_exports_keeps_what_devices_measured(tmp_path: Path):
+    """A run folder copied to a machine without its exports (``artifacts/`` is never committed): a run that must time
+    a variant again exports it again, and the device timings made on that same export stay in its record."""
+    import shutil
+
+    small = {"data": {"dataset": "coco-mini", "max_images": 2},
+             "calibration": {"sources": [{"dataset": "coco-mini", "split": "train2017"}], "images": 2},
+             "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "images": 1}}
+    cfg = _write_cfg(tmp_path, **small)
+    out = tmp_path / "out"
+    assert run_cli("run", str(cfg), "--out", str(out)).returncode == 0
+    store = RecordStore(out)
+    rec = store.get("onnxruntime-fp32")
+    timed = {"a board, 4 threads": {"p50_ms": 12.5, "key": rec.key, "same_bytes": True}}
+    rec.device_latency = timed
+    store.save()
+    shutil.rmtree(out / "artifacts")
+    cfg = _write_cfg(tmp_path, **small, variants=[{"format": "onnxruntime", "precision": "fp32"},
+                                                  {"format": "openvino", "precision": "fp32"}])
+    proc = run_cli("run", str(cfg), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "onnxruntime-fp32: its export is not here; exporting and evaluating it again" in proc.stdout + proc.stderr
+    again = RecordStore(out).get("onnxruntime-fp32")
+    assert again.device_latency == timed and again.key == rec.key and again.latency["p50_ms"] > 0
+
+
 def _write_cfg(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
     cfg["variants"] = [{"format": "onnxruntime", "precision": "fp32"}]
