@@ -23,5 +23,9 @@ class BackendUnavailable(YoloqError):
     """A backend cannot run here (package not installed, no GPU); its variants are skipped."""
 
 
+class HardwareMissing(BackendUnavailable):
+    """What the variant runs on is not in this machine (an NVIDIA GPU): no set-up here can provide it."""
+
+
 class ExportError(YoloqError):
     """An export or quantization step failed for one variant."""

@@ -29,7 +29,7 @@ from yoloq.backends.onnxruntime.backend import OnnxRuntimeBackend
 from yoloq.backends.onnxruntime.graph import fp16_onnx
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, SCOPE_OPTIONS
-from yoloq.errors import BackendUnavailable, ExportError
+from yoloq.errors import BackendUnavailable, ExportError, HardwareMissing
 from yoloq.progress import step
 
 INSTALL_HINT = ("TensorRT needs an NVIDIA GPU and the full builder: pip install tensorrt-cu12 "
@@ -196,7 +196,7 @@ class TensorRtBackend(Backend):
         import torch
 
         if not torch.cuda.is_available():
-            raise BackendUnavailable(f"no CUDA device here for {variant.label} ({INSTALL_HINT}); "
+            raise HardwareMissing(f"no CUDA device here for {variant.label} ({INSTALL_HINT}); "
                                      f"'yoloq export' writes its ONNX and a trtexec line for the device")
         super().check(variant, source)
 

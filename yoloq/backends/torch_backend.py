@@ -9,7 +9,7 @@ import numpy as np
 
 from yoloq.backends.base import Artifact, Backend, ExportContext, Style
 from yoloq.backends.registry import register
-from yoloq.errors import BackendUnavailable
+from yoloq.errors import BackendUnavailable, HardwareMissing
 
 
 class TorchRuntime:
@@ -75,10 +75,10 @@ class TorchBackend(Backend):
         import torch
 
         if variant.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable(f"no CUDA device here for {variant.label} (needs an NVIDIA GPU and a CUDA build "
+            raise HardwareMissing(f"no CUDA device here for {variant.label} (needs an NVIDIA GPU and a CUDA build "
                                      f"of torch)")
         if variant.precision == "fp16" and not variant.device.startswith("cuda"):
-            raise BackendUnavailable("torch fp16 runs on CUDA only (set device: cuda:0)")
+            raise HardwareMissing("torch fp16 runs on CUDA only (set device: cuda:0)")
 
     def export(self, ctx: ExportContext) -> Artifact:
         return Artifact(ctx.source.path, self.name, ctx.variant.precision,
