@@ -186,6 +186,20 @@ def test_the_toolkits_accuracy_analysis_ranks_blocks():
     assert [g.group for g in group_errors([layers], "layer")][0] == "/model.10/m/m.0/attn/qkv/conv/Conv_output_0"
 
 
+def test_accuracy_control_ranks_only_the_blocks_not_yet_in_float16():
+    """The toolkit's analysis ranks every layer; the blocks a variant already keeps in float16 are not offered again."""
+    from types import SimpleNamespace
+
+    from yoloq.backends.rknn.analysis import group_errors, layer_errors
+    from yoloq.backends.registry import get_backend
+
+    ranked = group_errors([layer_errors(ANALYSIS)], "block")
+    ctx = SimpleNamespace(option=lambda k: {"float_blocks": ["model.10"]}.get(k))
+    left = get_backend("rknn").in_int8(ctx, ranked)
+    assert [g.group for g in left] == ["model.23/cv3.2", "model.0"]
+    assert get_backend("rknn").keep_float(left[:1]) == {"float_blocks": ["model.23/cv3.2"]}
+
+
 @pytest.mark.shared
 @pytest.mark.full  # the default tier scores RKNN through the simulator once
 def test_rknn_sensitivity_and_bundle(tmp_path, rknn_env):

@@ -284,6 +284,12 @@ class RknnBackend(Backend):
             **({"auto_hybrid": f"layers below cosine {config['auto_hybrid_cos_thresh']} in float16"}
                if hybrid else {}), **({"float16_blocks": list(ctx.option("float_blocks"))} if pairs else {})})
 
+    def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
+        """The ranked blocks not already kept in float16 by the variant's ``float_blocks`` (the toolkit's analysis
+        ranks every layer, those it runs in float16 included)."""
+        kept = set(ctx.option("float_blocks") or [])
+        return [g for g in groups if g.group not in kept]
+
     def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
         """The ranked blocks as ``float_blocks`` (float16 on the NPU, by the toolkit's hybrid quantization)."""
         return {"float_blocks": [g.group for g in groups]}
