@@ -142,7 +142,11 @@ class Userland:
         if missing:
             raise BackendUnavailable(f"'yoloq setup aarch64' needs {', '.join(missing)} (Debian: apt-get install "
                                      f"{' '.join(missing)})")
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BackendUnavailable(f"'yoloq setup aarch64': {self.folder.parent} cannot be created ({e.strerror}); "
+                                     f"set YOLOQ_CACHE to a folder you can write") from None
         with open(self.folder.parent / f".{self.folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a second setup waits for the first, then finds it ready
             if not self.is_ready():
