@@ -88,6 +88,7 @@ def test_accuracy_control_records_what_stayed_float(tmp_path: Path, fmt: str):
     assert r["metrics"]["map50_95"] > 0.2
 
 
+@pytest.mark.full  # about 1 min of fine-tuning; CI runs the full tier
 def test_tiny_qat_end_to_end(tmp_path: Path):
     cfg = write(tmp_path, variants=[{"format": "onnxruntime", "precision": "int8"},
                                     {"format": "openvino", "precision": "int8"}],

@@ -27,8 +27,8 @@ def ncnn_here() -> None:
         unavailable("ncnn (pip install -e .)", e)
 
 
-@pytest.mark.parametrize(("family", "nms"), [pytest.param("yolov8n", None, marks=pytest.mark.full), ("yolo26n", False)],
-                         ids=["yolov8n", "yolo26n-e2e"])
+@pytest.mark.full  # every family through NCNN (about 1 min each); the contract runs YOLO11n through it by default
+@pytest.mark.parametrize(("family", "nms"), [("yolov8n", None), ("yolo26n", False)], ids=["yolov8n", "yolo26n-e2e"])
 def test_families_through_ncnn(tmp_path, family, nms):
     """Every variant ok with the branch it ran recorded; FP32's raw output is torch's within float32 rounding; INT8 keeps the head's output convolutions and decode
     in float, quantizes the rest, and predicts."""
@@ -161,6 +161,7 @@ def test_yoloq_int8_file_is_what_ncnn_itself_quantizes(tmp_path):
     assert np.abs(a - _outputs(fp32, x, model.output)).max() > 0  # it is int8: not the float output
 
 
+@pytest.mark.full  # about 100 s; CI runs the full tier; the int8 file's own checks stay in the default tier
 def test_each_recovery_method_brings_int8_closer_to_the_fp32_teacher(tmp_path):
     """On held-out images (not the calibration ones), against plain PTQ with ncnn2table's settings (KL, 6-bit 3x3
     weights, rounding to nearest): 8-bit 3x3 weights, GPTQ rounding, and the block yoloq sensitivity ranks worst kept
