@@ -11,7 +11,7 @@ from pathlib import Path
 from yoloq.accuracy import HeldOutValidator
 from yoloq.backends.base import Artifact, MakeValidator, Validator
 from yoloq.config import RunConfig, VariantConfig
-from yoloq.data import DatasetSplit, find_dataset_file, load_split
+from yoloq.data import DatasetSplit, load_split
 from yoloq.data.calibration import CalibrationSet, calibration_from_pool
 from yoloq.data.pool import ImagePool
 from yoloq.decoded import max_bytes
@@ -88,7 +88,7 @@ def new_record(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
         head=inputs.source.head.describe(), options=dict(v.options), imgsz=cfg.imgsz,
         calibration=inputs.calibration.describe(),
         dataset={"name": ev.name, "split": ev.split, "images": len(ev.samples), "root": display_path(ev.root),
-                 "file": display_path(find_dataset_file(cfg.data.dataset, Path(cfg.base_dir)))},
+                 **({"file": display_path(ev.file)} if ev.file else {})},
         eval_settings={"conf": cfg.eval.conf, "iou": cfg.eval.iou, "max_det": cfg.eval.max_det,
                        "multi_label": cfg.eval.multi_label, "nms": cfg.eval.nms, "batch": 1},
         config_hash=cfg.hash(), key=key, versions=versions(), machine=machine(),

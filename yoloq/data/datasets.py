@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -99,4 +100,4 @@ def load_split(ref: DataRef, base_dir: Path | None = None) -> DatasetSplit:
     if ref.max_images is not None and ref.max_images < len(out.samples):
         keep = out.samples[: ref.max_images]
         out = DatasetSplit(out.name, out.split, out.root, keep, out.names, out.category_ids, out.gt, out.unreadable)
-    return out
+    return dataclasses.replace(out, file=file)

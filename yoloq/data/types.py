@@ -32,6 +32,7 @@ class DatasetSplit:
     category_ids: tuple[int, ...]
     gt: Mapping[str, Any] = field(repr=False, default_factory=dict)
     unreadable: tuple[str, ...] = ()
+    file: Path | None = None  # the dataset YAML it was read from (a user's own anywhere, or one in datasets/)
 
     def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
         """The ground-truth annotations of one image."""
