@@ -122,8 +122,8 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
             fresh = run_variant(inputs, v, r.key)
             fresh.order, fresh.reference, fresh.pair = r.order, r.reference, r.pair
             if fresh.ok and fresh.key == r.key:  # the same export: what was measured on it stands (devices' timings
-                fresh.device_latency = r.device_latency  # for good; this machine's until this pass measures again)
-                fresh.latency, fresh.throughput = fresh.latency or r.latency, fresh.throughput or r.throughput
+                # for good; this machine's latency and throughput until this pass and the next measure them again)
+                fresh.device_latency, fresh.latency, fresh.throughput = r.device_latency, r.latency, r.throughput
             store.put(fresh)
             r = fresh
             if not r.ok:
