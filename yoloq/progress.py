@@ -46,7 +46,8 @@ def set_library_log(path: Path | None) -> None:
     _log = path
 
 
-def _fmt(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """A duration as the console shows it: "42s" or "3:07"."""
     s = int(seconds)
     return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{seconds:.0f}s"
 
@@ -81,8 +82,8 @@ class Progress:
         if long_stage and ((pct >= self._next_pct and quiet_for >= 5) or quiet_for >= 30 or self.n == self.total):
             elapsed = now - self._t0
             eta = elapsed / self.n * (self.total - self.n) if self.n else 0.0
-            say(f"  {self.desc.strip()}: {self.n}/{self.total} {self.unit}, {_fmt(elapsed)} elapsed, "
-                f"ETA {_fmt(eta)}")
+            say(f"  {self.desc.strip()}: {self.n}/{self.total} {self.unit}, {clock(elapsed)} elapsed, "
+                f"ETA {clock(eta)}")
             self._last_line = now
             while self._next_pct <= pct:
                 self._next_pct += 10
