@@ -279,6 +279,8 @@ class RknnBackend(Backend):
                          f"{', per ' + config['quantized_method'] if quantize else ''})",
             "target_platform": config["target_platform"], "calibration_used": len(names),
             "head_on_cpu": keep if tail else "none", "npu_outputs": cut, "build_seconds": reply.get("seconds"),
+            "export_memory": {"peak_mb": round(peak) if (peak := w.peak_mb()) is not None else None,
+                              "of": "the toolkit's worker process (its peak resident memory after the build)"},
             "kept_float": ([ctx.source.head.scope.rstrip("/")] if tail else []) +
                           ([f"/{b}" for b in ctx.option("float_blocks")] if pairs else []),
             **({"auto_hybrid": f"layers below cosine {config['auto_hybrid_cos_thresh']} in float16"}

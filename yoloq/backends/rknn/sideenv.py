@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yoloq.backends.sideenv import SideEnv, end_process
+from yoloq.backends.watched import peak_rss_of
 from yoloq.errors import ExportError
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +96,10 @@ class Worker:
         if not reply.get("ok"):
             raise ExportError(f"RKNN {body['op']}: {reply.get('error')} (toolkit log: {self.log})")
         return reply
+
+    def peak_mb(self) -> float | None:
+        """The worker's peak resident memory so far (MB): what the toolkit's build took at most."""
+        return None if self.proc.poll() is not None else peak_rss_of(self.proc.pid)
 
     def close(self) -> None:
         """Stop the worker (closing its input ends it) and close the log."""
