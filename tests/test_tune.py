@@ -229,6 +229,7 @@ def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
         if t["status"] == "ok":
             assert t["images"] == 12 and 0 < t["agreement"] <= 1 and t["p50_ms"] > 0 and t["float_p50_ms"] > 0
             assert t["drop"]["lo"] <= t["drop"]["drop"] <= t["drop"]["hi"]
+            assert t["export_s"] > 0  # what its export cost, in tune.md's export column
     assert data["machine"]["id"] and data["images"] == 12
     won = next(t for t in trials if t["chosen"])
     md = (out / "tune.md").read_text()

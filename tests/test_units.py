@@ -153,3 +153,13 @@ def test_onnx_head_index_from_names_that_do_not_follow_ultralytics():
 
     assert head("/model.23/Concat_3") == 23
     assert head("/model.dfl/x") == -1 and head("foo") == -1
+
+
+def test_an_exports_cost_is_the_backends_own_figure_where_it_keeps_one():
+    from yoloq.recover.cost import export_cost
+
+    imx = {"export_seconds": 1460.2, "export_memory": {"peak_mb": 9123, "quantize": {"peak_mb": 9123}}}
+    assert export_cost(imx, 0.4) == (1460.2, 9123)  # reused from the cache: what making it cost, not the copy
+    ncnn = {"recovery_cost": {"calibration": {"s": 12.0, "peak_rss_mb": 2100}, "gptq": {"s": 45.0, "peak_rss_mb": 4800}}}
+    assert export_cost(ncnn, 61.5) == (61.5, 4800)
+    assert export_cost({}, 3.2) == (3.2, None)

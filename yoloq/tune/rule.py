@@ -53,7 +53,8 @@ class Trial:
     float_name: str | None = None
     size_mb: float | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    export_s: float = 0.0
+    export_s: float | None = None  # what making its export cost: wall seconds, peak resident MB
+    peak_mb: float | None = None
     verdict: str = ""
     chosen: bool = False
 

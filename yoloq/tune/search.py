@@ -39,6 +39,7 @@ from yoloq.preprocess import prepare, read_image
 from yoloq.progress import bar, say, set_library_log, step
 from yoloq.provenance import machine
 from yoloq.records import Record, RecordStore
+from yoloq.recover.cost import export_cost
 from yoloq.tune.rule import Trial, choose, leader_of
 
 
@@ -364,6 +365,10 @@ class TuneSearch:
 
             accuracy_control(self, inputs, items)  # where no candidate keeps the budget: the fewest blocks in float
         self._time(inputs, items)
+        for t in self.trials:
+            if t.name in self.records:
+                rec = self.records[t.name]
+                t.export_s, t.peak_mb = export_cost(rec.artifact_info or {}, rec.timings_s.get("export"))
         chosen = {}
         for v in self.targets:
             chosen[v.label] = choose([t for t in self.trials if t.variant == v.label], self.tune.min_retention)

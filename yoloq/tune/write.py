@@ -77,7 +77,9 @@ def markdown(trials: list[Trial], chosen: dict[str, Trial | None], facts: dict[s
            "Kept: candidate mAP50-95 / reference. Drop: reference - candidate with its 95% paired bootstrap interval "
            "(* excludes 0). Agrees: mAP50-95 of the candidate's detections against the reference's confident ones "
            "(score >= 0.25). vs best: the best candidate minus this one, for agreement and mAP, with their paired "
-           "intervals. p50: end to end, timed side by side with the backend's float variants in one pass.\n",
+           "intervals. p50: end to end, timed side by side with the backend's float variants in one pass. Export min, peak GB: "
+           "what making the candidate's export cost here (wall minutes; the peak resident memory of what made it, where "
+           "the backend measures it: a toolkit's process tree, or yoloq's process for its own recovery steps).\n",
            "Rule: only candidates faster than their backend's fastest float variant; the best one (budget, then "
            "agreement); of the candidates neither interval tells from it, the one with the fewest settings changed "
            f"(then the faster by more than {SPEED_TIE:.0%}, then the smaller, then the one that agrees more).\n"]
@@ -86,15 +88,17 @@ def markdown(trials: list[Trial], chosen: dict[str, Trial | None], facts: dict[s
         out.append(f"**Chosen: {win.candidate}** ({_opts(win.options)})\n" if win else
                    "**Nothing recommended**: no candidate ran faster here than the backend's float variant.\n")
         out += ["| candidate | options | changed | images | mAP50-95 | kept | drop [95% CI] | agrees | vs best: agrees "
-                "| vs best: mAP | p50 ms | float p50 ms | MB | verdict |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| vs best: mAP | p50 ms | float p50 ms | MB | export min | peak GB | verdict |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for t in [t for t in trials if t.variant == variant]:
             cells = [t.candidate, _opts(t.options), str(t.changed), str(t.images or "-"),
                      "-" if t.map50_95 is None else f"{t.map50_95:.4f}", _pct(t.retention), _ci(t.drop),
                      "-" if t.agreement is None else f"{t.agreement:.4f}", _ci(t.vs_leader.get("agreement") or {}),
                      _ci(t.vs_leader.get("map") or {}), "-" if t.p50_ms is None else f"{t.p50_ms:.1f}",
                      "-" if t.float_p50_ms is None else f"{t.float_p50_ms:.1f} ({t.float_name})",
-                     "-" if t.size_mb is None else f"{t.size_mb:.2f}", t.verdict or t.reason]
+                     "-" if t.size_mb is None else f"{t.size_mb:.2f}",
+                     "-" if t.export_s is None else f"{t.export_s / 60:.1f}",
+                     "-" if t.peak_mb is None else f"{t.peak_mb / 1024:.1f}", t.verdict or t.reason]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
     return "\n".join(out)
