@@ -53,7 +53,11 @@ def imx(tmp_path_factory: pytest.TempPathFactory, sony_tools: None) -> dict:
     tmp = tmp_path_factory.mktemp("imx500")
     cfg = _config(tmp, "yolo11n.pt", tmp / "bundle" / "work", [{"format": "torch", "precision": "fp32"},
                                                               {"format": "imx500", "precision": "int8",
-                                                               "options": {"mixed_precision_images": 2}}])
+                                                               "options": {"mixed_precision_images": 2}},
+                                                              {"format": "imx500", "precision": "int8",
+                                                               "name": "imx500-gptq",
+                                                               "options": {"mixed_precision_images": 2,
+                                                                           "gptq_epochs": 3, "gptq_images": 6}}])
     proc = run_cli("run", str(cfg), "--out", str(tmp / "bundle" / "work"), timeout=3600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     recs = {r["name"]: r for r in map(json.loads, (tmp / "bundle" / "work" / "records.jsonl").read_text().splitlines())}
@@ -102,6 +106,38 @@ def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
         found, kept = found + len(a), kept + _kept(a, b)
     # int8 moves boxes and scores a little: each confident torch detection must be found (same class, IoU >= 0.5)
     assert found > 0 and kept >= 0.9 * found, f"IMX500 INT8 found {kept} of torch FP32's {found} detections"
+
+
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
+def test_gptq_learns_from_the_fp32_model_and_each_step_is_watched(imx):
+    """MCT's GPTQ at a budget (3 passes over 6 of the 8 calibration images): its loss against the FP32 model falls
+    from the first pass to the last, the weights it rounds differ from plain PTQ's, and both exports carry what they
+    cost: the peak memory of MCT's process and, after it ended, of imxconv-pt's, each phase named."""
+    import onnx
+    from onnx import numpy_helper
+
+    from yoloq.artifacts import cached_artifact
+
+    ptq, gptq = imx["records"]["imx500-int8"], imx["records"]["imx500-gptq"]
+    assert gptq["status"] == "ok", gptq["reason"]
+    learned = gptq["artifact_info"]["gptq"]
+    assert learned["epochs"] == 3 and learned["images"] == 6 and len(learned["loss_by_epoch"]) == 3
+    assert learned["loss_by_epoch"][-1] < learned["loss_by_epoch"][0], learned
+    assert "gptq" not in ptq["artifact_info"]
+
+    def weights(rec: dict) -> dict[str, np.ndarray]:
+        art = cached_artifact(imx["tmp"] / "bundle" / "work" / "artifacts" / rec["name"], rec["key"])
+        model = onnx.load(str(next(Path(art.path).glob("*.onnx"))))
+        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.dims and len(t.dims) == 4}
+
+    a, b = weights(ptq), weights(gptq)
+    assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
+    for rec in (ptq, gptq):
+        memory = rec["artifact_info"]["export_memory"]
+        assert memory and memory["quantize"]["peak_mb"] > 500 and memory["convert"]["peak_mb"] > 500, memory
+        assert memory["peak_mb"] == max(memory["quantize"]["peak_mb"], memory["convert"]["peak_mb"])
+        assert "mixed-precision search (layers scored)" in memory["quantize"]["phases_peak_mb"]
+    assert "GPTQ (images x epochs)" in gptq["artifact_info"]["export_memory"]["quantize"]["phases_peak_mb"]
 
 
 def _kept(ref, other) -> int:  # noqa: ANN001 - Detections

@@ -31,6 +31,7 @@ from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
+from yoloq.backends.watched import Watched, run_watched
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.paths import cache_root
 from yoloq.progress import step
@@ -43,11 +44,13 @@ SUPPORTED = ("yolov8n", "yolo11n")  # what Ultralytics' IMX export (MCT's settin
 RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
 MP_IMAGES = 10  # Ultralytics' setting for MCT's mixed-precision search
 ERROR_METHODS = ("mse", "noclipping", "mae", "kl", "lp")  # MCT's QuantizationErrorMethod for activations
-DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse"}
+DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse",
+            "gptq_epochs": 0, "gptq_images": 0}
 # what the IMX500 could take at 16 bits (besides the box decode): its Detect module's layers and the concatenations;
 # MCT drops those that feed a convolution (every concatenation inside the network), and the scores stay 8-bit
 # (the sensor's NMS takes 8-bit scores only: imxconv-pt refuses the model otherwise)
 HEAD_AND_CONCATS = ("{head}_.*", r"cat(_\d+)?")
+GPTQ_EPOCHS, GPTQ_IMAGES = 4, 64  # tune's GPTQ candidate: 256 steps, about 3 s each at 640 on two cores
 CHECK_IMAGES = 2  # calibration images on which the standard-op simulation must give MCT's ops' outputs bit for bit
 
 
@@ -141,6 +144,15 @@ def java_version() -> int:
     return int(m.group(1)) if m else 0
 
 
+def _died(run: Watched) -> str:
+    """Why a watched process gave no reply: killed (the kernel's out-of-memory killer, most likely, at its peak)."""
+    if run.returncode >= 0:
+        return "no reply"
+    peak = f" at {run.peak_mb / 1024:.1f} GB resident" if run.peak_mb else ""
+    oom = f" (out of memory{peak}? run it alone, or fewer mixed_precision_images)" if run.returncode == -9 else ""
+    return f"the export process was killed by signal {-run.returncode}{oom}"
+
+
 @register
 class Imx500Backend(Backend):
     """Sony IMX500 INT8, simulated on this CPU."""
@@ -167,6 +179,12 @@ class Imx500Backend(Backend):
                                         "at 16 bits besides the box decode, e.g. 'cat_1[3-8]'; '{head}' stands for "
                                         "the Detect module's prefix; more of the sensor's activation memory", INT8,
                                         before=None),
+        "gptq_epochs": OptionSpec(int, 0, None, "passes of MCT's gradient-based post-training quantization over the "
+                                  "calibration images (the FP32 model's outputs its targets: weights' rounding and "
+                                  "biases learned against the IMX500's quantizers); 0: plain post-training "
+                                  "quantization, as Ultralytics exports", INT8, minimum=0),
+        "gptq_images": OptionSpec(int, 0, None, "calibration images GPTQ learns on, the first of them (the statistics "
+                                  "use them all); 0: all", INT8, minimum=0),
         "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
                                               "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
                                               "largest value)", INT8, before="mse"),
@@ -207,8 +225,8 @@ class Imx500Backend(Backend):
         return ENV.setup()
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """Ultralytics' IMX settings, 16 bits where the loss is, thresholds without clipping (each export takes
-        20-30 min at 640 on two cores: three candidates)."""
+        """Ultralytics' IMX settings, 16 bits where the loss is, thresholds without clipping, GPTQ at a CPU budget
+        (each export takes 20-30 min at 640 on two cores: four candidates)."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "Ultralytics' IMX settings: 8-bit activations but the box decode, MSE thresholds"),
             ("head16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "16 bits wherever the IMX500 takes them "
@@ -216,7 +234,12 @@ class Imx500Backend(Backend):
              "output that feeds a convolution, as every concatenation inside the network does; the sensor's NMS "
              "takes 8-bit scores only)"),
             ("noclipping", {"activation_error_method": "noclipping"}, "each activation's power-of-two threshold "
-             "from its largest value: no clipping, coarser steps"))]
+             "from its largest value: no clipping, coarser steps"),
+            ("gptq", {"calibration_images": GPTQ_IMAGES, "gptq_epochs": GPTQ_EPOCHS}, f"MCT on the first "
+             f"{GPTQ_IMAGES} calibration images (MCT's memory grows with them: this keeps a 640 export within 16 GB) "
+             f"and its GPTQ: weights' rounding and biases learned against the FP32 model's outputs through the "
+             f"IMX500's quantizers, {GPTQ_EPOCHS} passes over those images (about 15 min at 640 on two cores; "
+             f"Ultralytics' 1000 passes are a GPU's job)"))]
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
@@ -242,7 +265,8 @@ class Imx500Backend(Backend):
                "conf": ctx.option("nms_conf"), "iou": ctx.option("nms_iou"), "max_det": ctx.max_det,
                "reply": str(ctx.workdir / "reply.json"), "mixed_precision_images": ctx.option("mixed_precision_images"),
                "activations_16bit": list(ctx.option("activations_16bit") or []),
-               "activation_error_method": ctx.option("activation_error_method")}
+               "activation_error_method": ctx.option("activation_error_method"),
+               "gptq_epochs": ctx.option("gptq_epochs"), "gptq_images": ctx.option("gptq_images")}
         made = [ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(), req["imgsz"], req["conf"],
                 req["iou"], req["max_det"]] + [req[k] for k, default in DEFAULTS.items()
                                                if req[k] != default]  # a default keeps the key exports had before
@@ -266,8 +290,11 @@ class Imx500Backend(Backend):
             "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
             "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip",
+            "export_memory": reply.get("memory"),
             "simulation": sim, "sensor_memory": memory}
-            | {k: reply[k] for k in ("activations_16bit", "activations_16bit_refused") if reply.get(k)})
+            | {k: reply[k] for k in ("activations_16bit", "activations_16bit_refused") if reply.get(k)}
+            | ({"gptq": {"epochs": req["gptq_epochs"], "images": reply.get("gptq_images"),
+                         "loss_by_epoch": reply.get("gptq_loss")}} if req["gptq_epochs"] else {}))
 
     @staticmethod
     def _cached(key: str, out: Path) -> dict[str, Any] | None:
@@ -293,25 +320,39 @@ class Imx500Backend(Backend):
         os.replace(partial, kept)
 
     def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
+        """MCT's quantization in the side environment's worker, then, once it has ended and its memory is free,
+        imxconv-pt (Java) on the quantized ONNX: each watched (progress with an ETA on the console, the peak of its
+        process tree's memory in the reply's ``memory``)."""
         cal, out, reply_path = Path(req["calibration"]), Path(req["out"]), Path(req["reply"])
         np.save(cal, images.astype(np.float32) / 255.0)
         shutil.rmtree(out, ignore_errors=True)
         reply_path.unlink(missing_ok=True)
         (ctx.workdir / "request.json").write_text(json.dumps(req))
         log = ctx.workdir / "imx500-export.log"
-        with step(f"quantize {ctx.variant.label} (Sony MCT for the IMX500, imxconv-pt; in its own environment)"):
-            with open(log, "w") as f:
+        log.write_text("")
+        env = {**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""}
+        label = f"{ctx.variant.label} (IMX500)"
+        with step(f"quantize {ctx.variant.label} (Sony MCT for the IMX500, then imxconv-pt; in its own environment)"):
+            try:
+                mct = run_watched([str(ENV.python()), str(HERE / "worker.py"), str(ctx.workdir / "request.json")],
+                                  log, EXPORT_TIMEOUT_S, label, "loading the model and MCT", env)
+            except subprocess.TimeoutExpired:
+                raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
+            cal.unlink(missing_ok=True)
+            reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": _died(mct)}
+            if reply.get("ok"):
+                argv = [str(ENV.python().parent / a) if a == "imxconv-pt" else a.replace("{out}", str(out))
+                        for a in reply.pop("convert")]
                 try:
-                    rc = subprocess.run([str(ENV.python()), str(HERE / "worker.py"),
-                                         str(ctx.workdir / "request.json")], stdout=f, stderr=subprocess.STDOUT,
-                                        timeout=EXPORT_TIMEOUT_S,
-                                        env={**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""}).returncode
+                    conv = run_watched(argv, log, EXPORT_TIMEOUT_S, label, "imxconv-pt (Sony's converter)", env)
                 except subprocess.TimeoutExpired:
-                    raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
-        cal.unlink(missing_ok=True)
-        oom = " (out of memory? MCT took 14-20 GB at imgsz 640: run it alone)" if rc == -9 else ""
-        died = f"the export process was killed by signal {-rc}{oom}" if rc < 0 else "no reply"
-        reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": died}
+                    raise ExportError(f"imxconv-pt took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
+                peaks = [r.peak_mb for r in (mct, conv) if r.peak_mb is not None]
+                reply["memory"] = {"quantize": mct.memory(), "convert": conv.memory(),
+                                   "peak_mb": round(max(peaks)) if peaks else None}
+                reply["seconds"] = round(reply["seconds"] + conv.seconds, 1)
+                if conv.returncode != 0:
+                    reply = {"error": f"imxconv-pt ended with {_died(conv) if conv.returncode < 0 else conv.returncode}"}
         if not reply.get("ok"):
             said = re.findall(r"ERROR: CODE: \[GE\] (layer: .+?)\s*$", log.read_text(errors="replace"), re.M)
             error = f"imxconv-pt refused the model: {said[0]}" if said else reply.get("error")

@@ -10,7 +10,13 @@ of NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_d
 bit widths on; Ultralytics sets 10), ``activations_16bit`` (regular expressions over the layers' names as MCT's
 torch.fx trace names them, e.g. ``cat_4``, ``{head}`` standing for the Detect module's prefix: those layers' outputs
 quantized at 16 bits besides the box decode Ultralytics sets) and ``activation_error_method`` (MCT's threshold
-selection for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``).
+selection for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``) and
+``gptq_epochs`` (MCT's gradient-based post-training quantization for that many passes over the calibration images, the
+FP32 model's outputs its targets, instead of plain post-training quantization; Ultralytics' export has it off) on the
+first ``gptq_images`` of them (all when 0).
+
+``imxconv-pt`` does not run here: the reply's ``convert`` is its command line with ``{out}`` for the output folder, which yoloq runs once this process has ended and its memory is free (MCT holds gigabytes until then). Progress
+goes to stdout as ``yoloq-progress`` lines (phase, n, total), which yoloq relays to its console.
 """
 
 from __future__ import annotations
@@ -58,6 +64,11 @@ def export(req: dict) -> dict:
                 super().__init__(*args, **(kwargs | {"activation_error_method": method}))
 
         mct.core.QuantizationConfig = Quantization
+    report_progress(len(batches))
+    convert = defer_imxconv()
+    gptq_images = min(len(batches), int(req.get("gptq_images") or len(batches)))
+    if req.get("gptq_epochs"):
+        use_gptq(int(req["gptq_epochs"]), gptq_images)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / Path(req["model"]).name
@@ -74,10 +85,160 @@ def export(req: dict) -> dict:
                 print(f"yoloq: MCT refuses 16 bits for {extra16.refused[-1]} on the IMX500: exporting without it",
                       flush=True)
         shutil.move(str(out), req["out"])
-    return {"seconds": round(time.perf_counter() - t0, 1), "calibration_used": len(batches),
+    if not convert:
+        raise RuntimeError("Ultralytics' IMX export did not reach imxconv-pt")
+    import resource
+
+    return {"seconds": round(time.perf_counter() - t0, 1), "calibration_used": len(batches), "convert": convert[-1],
+            "gptq_images": gptq_images if req.get("gptq_epochs") else None,
+            "gptq_loss": [sum(v) / len(v) for _, v in sorted(GPTQ_LOSS.items())] or None,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "activations_16bit": extra16.chosen, "activations_16bit_refused": extra16.refused,
             "versions": {p: version(p) for p in ("model-compression-toolkit", "edge-mdt-tpc", "mct-quantizers",
                                                   "imx500-converter", "ultralytics", "torch")}}
+
+
+PROGRESS = "yoloq-progress"
+
+
+def progress(phase: str, n: int, total: int | None) -> None:
+    print(f"{PROGRESS}\t{phase}\t{n}\t{total or ''}", flush=True)
+
+
+class Reported:
+    """What MCT's tqdm bars become: a ``yoloq-progress`` line per step (yoloq relays them with an ETA)."""
+
+    def __init__(self, iterable=None, desc: str | None = None, total: int | None = None, phase: str = "",  # noqa: ANN001
+                 offset: int = 0, silent: bool = False, **_: object) -> None:
+        if isinstance(iterable, enumerate):  # MCT's mixed-precision loop: a list of layers, so its length is known
+            iterable = list(iterable)
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        self.iterable, self.phase, self.total, self.n, self.offset = iterable, phase or desc or "working", total, 0, offset
+        self.silent = silent
+
+    def __iter__(self):  # noqa: ANN204
+        for x in self.iterable:
+            yield x
+            self.update()
+
+    def __len__(self) -> int:
+        return len(self.iterable)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if not self.silent:
+            progress(self.phase, self.offset + self.n, self.total)
+
+    def __enter__(self) -> "Reported":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def set_description(self, *_: object, **__: object) -> None:
+        return None
+
+    def set_postfix(self, *_: object, **__: object) -> None:
+        return None
+
+
+def report_progress(images: int) -> None:
+    """MCT's progress bars in the steps that take minutes become ``yoloq-progress`` lines with their totals."""
+    import functools
+
+    import model_compression_toolkit.core.common.mixed_precision.mixed_precision_search_manager as mp
+    import model_compression_toolkit.core.common.quantization.quantization_params_generation.qparams_computation as qp
+    import model_compression_toolkit.core.quantization_prep_runner as prep
+
+    prep.tqdm = functools.partial(Reported, phase="statistics collection (images)", total=images)
+    qp.tqdm = functools.partial(Reported, phase="quantization parameters (layers)")
+    mp.tqdm = functools.partial(Reported, phase="mixed-precision search (layers scored)")
+    import model_compression_toolkit as mct
+
+    export = mct.exporter.pytorch_export_model
+
+    def exported(*a, **k):  # noqa: ANN002, ANN003, ANN202 - MCT's signature
+        progress("export of the quantized model to ONNX", 0, None)
+        return export(*a, **k)
+
+    mct.exporter.pytorch_export_model = exported
+
+
+def defer_imxconv() -> list[list[str]]:
+    """Keep Ultralytics' export from running imxconv-pt inside this process (MCT's memory still held): its command
+    line is noted, the paths as ``{onnx}`` and ``{out}``, and yoloq runs it after this process ends."""
+    import subprocess
+
+    import ultralytics.utils.export.imx as imx
+
+    noted: list[list[str]] = []
+    real = subprocess.run
+
+    def run(args, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202 - subprocess.run's signature
+        if isinstance(args, (list, tuple)) and Path(str(args[0])).name.startswith("imxconv-pt"):
+            i, o = args.index("-i"), args.index("-o")
+            cmd = ["imxconv-pt" if j == 0 else "{out}/" + Path(str(x)).name if j == i + 1 else "{out}" if j == o + 1
+                   else str(x) for j, x in enumerate(args)]
+            noted.append(cmd)
+            progress("quantized ONNX written", 1, 1)
+            return subprocess.CompletedProcess(args, 0)
+        return real(args, *a, **k)
+
+    class Subprocess:  # the subprocess module as imx.py sees it, but for run
+        def __getattr__(self, name: str) -> object:
+            return getattr(subprocess, name)
+
+    Subprocess.run = staticmethod(run)
+    imx.subprocess = Subprocess()
+    return noted
+
+
+GPTQ_LOSS: dict[int, list[float]] = {}  # each GPTQ epoch's step losses (the quantized model against the FP32 one)
+
+
+def use_gptq(epochs: int, images: int) -> None:
+    """Ultralytics' export with MCT's GPTQ (``torch2imx(gptq=True)``, which its exporter never passes) for ``epochs``
+    passes over the first ``images`` calibration images (the statistics still use them all) instead of its
+    hard-coded 1000 over all, its progress reported per image."""
+    import functools
+    import itertools
+
+    import model_compression_toolkit as mct
+    import model_compression_toolkit.gptq.pytorch.gptq_training as training
+    import ultralytics.utils.export.imx as imx
+
+    config = mct.gptq.get_pytorch_gptq_config
+    state = {"epoch": -1}
+
+    def log(loss, *_: object) -> None:  # noqa: ANN001 - MCT's log_function: each step's loss against the FP32 model
+        GPTQ_LOSS.setdefault(state["epoch"], []).append(float(loss))
+
+    mct.gptq.get_pytorch_gptq_config = lambda n_epochs, **k: config(epochs, **(k | {"log_function": log}))
+
+    def bars(iterable=None, desc=None, **k):  # noqa: ANN001, ANN003, ANN202 - tqdm's signature
+        if desc:  # the epochs: silent, the images below count for both
+            return Reported(iterable, desc, silent=True)
+        state["epoch"] += 1
+        try:
+            n = len(iterable)
+        except TypeError:  # a loader over an iterable dataset: one image a batch
+            n = images
+        return Reported(iterable, phase="GPTQ (images x epochs)", total=n * epochs, offset=state["epoch"] * n)
+
+    training.tqdm = bars
+    trainer = training.PytorchGPTQTrainer
+    loader = trainer._prepare_train_dataloader_for_non_sla
+    trainer._prepare_train_dataloader_for_non_sla = lambda self, gen: loader(
+        self, lambda: itertools.islice(gen(), images))
+    original = imx.torch2imx
+    imx.torch2imx = functools.wraps(original)(lambda *a, **k: original(*a, **(k | {"gptq": True})))
 
 
 class SixteenBit:
