@@ -85,6 +85,17 @@ def peak_rss_of(pid: int) -> float | None:
     return None
 
 
+def available_mb() -> float | None:
+    """Memory the kernel says a new process can take without swapping (MemAvailable, MB); None without /proc."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 class _Relay:
     """Turns a worker's progress lines into yoloq's progress lines (one counter per phase)."""
 

@@ -31,7 +31,7 @@ from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
-from yoloq.backends.watched import Watched, run_watched
+from yoloq.backends.watched import Watched, available_mb, run_watched
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.paths import cache_root
 from yoloq.progress import step
@@ -142,6 +142,26 @@ def java_version() -> int:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
     m = re.search(r"(?:openjdk|java) (\d+)", out)
     return int(m.group(1)) if m else 0
+
+
+def mct_memory_gb(images: int, imgsz: int) -> float:
+    """About what MCT's process holds at its peak (GB): it grows with the calibration images (measured on
+    YOLO11n, Ultralytics' settings: 1.7 GB on 8 and 4.9 GB on 48 at 320; 6.3 GB on 64 and 21 GB on 200 at 640)."""
+    return 1.0 + images * (0.08 + 0.028 * max(0.0, imgsz / 320 - 1))
+
+
+def _warn_memory(images: np.ndarray) -> np.ndarray:
+    """Say so before an export that will not fit this machine's free memory (it would be killed, or thrash, after
+    minutes), naming the option that shrinks it."""
+    from yoloq.progress import say
+
+    n, size = len(images), int(images.shape[-1])
+    need, free = mct_memory_gb(n, size), available_mb()
+    if free is not None and need * 1024 > 0.9 * free:
+        say(f"  warning: Sony's MCT will hold about {need:.0f} GB for {n} calibration images at {size} and this "
+            f"machine has {free / 1024:.0f} GB free: the export may be killed or crawl; options.calibration_images: "
+            f"64 keeps it near {mct_memory_gb(64, size):.0f} GB")
+    return images
 
 
 def _died(run: Watched) -> str:
@@ -273,7 +293,7 @@ class Imx500Backend(Backend):
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._cached(key, out) or self._run_worker(ctx, req, stack)
+            reply = self._cached(key, out) or self._run_worker(ctx, req, _warn_memory(stack))
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
             self._keep(key, out, reply)
