@@ -50,7 +50,7 @@ DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activ
 # MCT drops those that feed a convolution (every concatenation inside the network), and the scores stay 8-bit
 # (the sensor's NMS takes 8-bit scores only: imxconv-pt refuses the model otherwise)
 HEAD_AND_CONCATS = ("{head}_.*", r"cat(_\d+)?")
-GPTQ_EPOCHS, GPTQ_IMAGES = 4, 64  # tune's GPTQ candidate: 256 steps, about 3 s each at 640 on two cores
+GPTQ_EPOCHS, GPTQ_IMAGES = 4, 64  # tune's GPTQ candidate: 256 steps, about 1.5 s each at 640 on two cores
 CHECK_IMAGES = 2  # calibration images on which the standard-op simulation must give MCT's ops' outputs bit for bit
 
 
@@ -258,8 +258,8 @@ class Imx500Backend(Backend):
             ("gptq", {"calibration_images": GPTQ_IMAGES, "gptq_epochs": GPTQ_EPOCHS}, f"MCT on the first "
              f"{GPTQ_IMAGES} calibration images (MCT's memory grows with them: this keeps a 640 export within 16 GB) "
              f"and its GPTQ: weights' rounding and biases learned against the FP32 model's outputs through the "
-             f"IMX500's quantizers, {GPTQ_EPOCHS} passes over those images (about 15 min at 640 on two cores; "
-             f"Ultralytics' 1000 passes are a GPU's job)"))]
+             f"IMX500's quantizers, {GPTQ_EPOCHS} passes over those images (a 22-min export at 640 on two cores, "
+             f"16 GB at its peak; Ultralytics' 1000 passes are a GPU's job)"))]
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
