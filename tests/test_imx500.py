@@ -316,12 +316,12 @@ def test_an_export_that_cannot_fit_this_machine_is_announced(capsys):
     """MCT's memory grows with the calibration images (measured: 1.7 GB on 8 and 4.9 GB on 48 at 320, 6.3 GB on 64
     and 21 GB on 200 at 640): the estimate follows those within a third, and an export it puts over the machine's
     free memory is announced before it starts, naming the option that shrinks it."""
-    from yoloq.backends.imx500.backend import _warn_memory, mct_memory_gb
+    from yoloq.backends.imx500.process import mct_memory_gb, warn_memory
 
     for images, imgsz, measured in ((8, 320, 1.7), (48, 320, 4.9), (64, 640, 6.3), (200, 640, 21.0)):
         assert abs(mct_memory_gb(images, imgsz) - measured) <= measured / 3, (images, imgsz)
-    _warn_memory(np.zeros((64, 3, 8, 8), np.uint8))  # 64 tiny images: a few GB, no warning
+    warn_memory(np.zeros((64, 3, 8, 8), np.uint8))  # 64 tiny images: a few GB, no warning
     assert "warning" not in capsys.readouterr().err
-    _warn_memory(np.zeros((5000, 3, 8, 8), np.uint8))  # as many as no machine here holds
+    warn_memory(np.zeros((5000, 3, 8, 8), np.uint8))  # as many as no machine here holds
     err = capsys.readouterr().err
     assert "warning: Sony's MCT will hold about" in err and "options.calibration_images: 64" in err

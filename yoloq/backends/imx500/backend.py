@@ -31,7 +31,7 @@ from yoloq.backends.imx500.simulation import identical, layer_bits, standard_ops
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
-from yoloq.backends.watched import Watched, available_mb, run_watched
+from yoloq.backends.imx500.process import run_export, warn_memory
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
 from yoloq.paths import cache_root
 from yoloq.progress import step
@@ -142,35 +142,6 @@ def java_version() -> int:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
     m = re.search(r"(?:openjdk|java) (\d+)", out)
     return int(m.group(1)) if m else 0
-
-
-def mct_memory_gb(images: int, imgsz: int) -> float:
-    """About what MCT's process holds at its peak (GB): it grows with the calibration images (measured on
-    YOLO11n, Ultralytics' settings: 1.7 GB on 8 and 4.9 GB on 48 at 320; 6.3 GB on 64 and 21 GB on 200 at 640)."""
-    return 1.0 + images * (0.08 + 0.028 * max(0.0, imgsz / 320 - 1))
-
-
-def _warn_memory(images: np.ndarray) -> np.ndarray:
-    """Say so before an export that will not fit this machine's free memory (it would be killed, or thrash, after
-    minutes), naming the option that shrinks it."""
-    from yoloq.progress import say
-
-    n, size = len(images), int(images.shape[-1])
-    need, free = mct_memory_gb(n, size), available_mb()
-    if free is not None and need * 1024 > 0.9 * free:
-        say(f"  warning: Sony's MCT will hold about {need:.0f} GB for {n} calibration images at {size} and this "
-            f"machine has {free / 1024:.0f} GB free: the export may be killed or crawl; options.calibration_images: "
-            f"64 keeps it near {mct_memory_gb(64, size):.0f} GB")
-    return images
-
-
-def _died(run: Watched) -> str:
-    """Why a watched process gave no reply: killed (the kernel's out-of-memory killer, most likely, at its peak)."""
-    if run.returncode >= 0:
-        return "no reply"
-    peak = f" at {run.peak_mb / 1024:.1f} GB resident" if run.peak_mb else ""
-    oom = f" (out of memory{peak}? run it alone, or fewer mixed_precision_images)" if run.returncode == -9 else ""
-    return f"the export process was killed by signal {-run.returncode}{oom}"
 
 
 @register
@@ -293,7 +264,7 @@ class Imx500Backend(Backend):
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._cached(key, out) or self._run_worker(ctx, req, _warn_memory(stack))
+            reply = self._cached(key, out) or self._run_worker(ctx, req, warn_memory(stack))
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
             self._keep(key, out, reply)
@@ -340,46 +311,8 @@ class Imx500Backend(Backend):
         os.replace(partial, kept)
 
     def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
-        """MCT's quantization in the side environment's worker, then, once it has ended and its memory is free,
-        imxconv-pt (Java) on the quantized ONNX: each watched (progress with an ETA on the console, the peak of its
-        process tree's memory in the reply's ``memory``)."""
-        cal, out, reply_path = Path(req["calibration"]), Path(req["out"]), Path(req["reply"])
-        np.save(cal, images.astype(np.float32) / 255.0)
-        shutil.rmtree(out, ignore_errors=True)
-        reply_path.unlink(missing_ok=True)
-        (ctx.workdir / "request.json").write_text(json.dumps(req))
-        log = ctx.workdir / "imx500-export.log"
-        log.write_text("")
-        env = {**os.environ, "PYTHONNOUSERSITE": "1", "PYTHONPATH": ""}
-        label = f"{ctx.variant.label} (IMX500)"
-        with step(f"quantize {ctx.variant.label} (Sony MCT for the IMX500, then imxconv-pt; in its own environment)"):
-            try:
-                mct = run_watched([str(ENV.python()), str(HERE / "worker.py"), str(ctx.workdir / "request.json")],
-                                  log, EXPORT_TIMEOUT_S, label, "loading the model and MCT", env)
-            except subprocess.TimeoutExpired:
-                raise ExportError(f"the IMX500 export took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
-            cal.unlink(missing_ok=True)
-            reply = json.loads(reply_path.read_text()) if reply_path.is_file() else {"error": _died(mct)}
-            if reply.get("ok"):
-                argv = [str(ENV.python().parent / a) if a == "imxconv-pt" else a.replace("{out}", str(out))
-                        for a in reply.pop("convert")]
-                try:
-                    conv = run_watched(argv, log, EXPORT_TIMEOUT_S, label, "imxconv-pt (Sony's converter)", env)
-                except subprocess.TimeoutExpired:
-                    raise ExportError(f"imxconv-pt took over {EXPORT_TIMEOUT_S} s (log: {log})") from None
-                peaks = [r.peak_mb for r in (mct, conv) if r.peak_mb is not None]
-                reply["memory"] = {"quantize": mct.memory(), "convert": conv.memory(),
-                                   "peak_mb": round(max(peaks)) if peaks else None}
-                reply["seconds"] = round(reply["seconds"] + conv.seconds, 1)
-                if conv.returncode != 0:
-                    reply = {"error": f"imxconv-pt ended with {_died(conv) if conv.returncode < 0 else conv.returncode}"}
-        if not reply.get("ok"):
-            said = re.findall(r"ERROR: CODE: \[GE\] (layer: .+?)\s*$", log.read_text(errors="replace"), re.M)
-            error = f"imxconv-pt refused the model: {said[0]}" if said else reply.get("error")
-            raise ExportError(f"IMX500 export: {error} (log: {log})")
-        if not next(out.glob("*.onnx"), None) or not (out / "packerOut.zip").is_file():
-            raise ExportError(f"the IMX500 export left no quantized ONNX or packerOut.zip in {out} (log: {log})")
-        return reply
+        return run_export(ENV.python(), HERE / "worker.py", ctx.workdir, ctx.variant.label, req, images,
+                          EXPORT_TIMEOUT_S)
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Imx500Runtime:
         standard = simulated_as_standard(artifact)
