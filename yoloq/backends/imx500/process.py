@@ -41,7 +41,7 @@ def died(run: Watched) -> str:
     if run.returncode >= 0:
         return "no reply"
     peak = f" at {run.peak_mb / 1024:.1f} GB resident" if run.peak_mb else ""
-    oom = f" (out of memory{peak}? run it alone, or fewer mixed_precision_images)" if run.returncode == -9 else ""
+    oom = f" (out of memory{peak}? run it alone, or set options.calibration_images: 64)" if run.returncode == -9 else ""
     return f"the export process was killed by signal {-run.returncode}{oom}"
 
 
