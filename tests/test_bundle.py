@@ -112,6 +112,7 @@ def test_an_executorch_bundle_runs_its_program(executorch_run: dict, tmp_path: P
 
 
 @pytest.mark.shared
+@pytest.mark.full  # an NCNN export and its bundle: 1.5 min on 2 cores; the contract tests run NCNN in the default tier
 def test_an_ncnn_bundle_runs_its_model(tmp_path: Path):
     """The NCNN INT8 bundle (8-bit 3x3 weights, so the model carries the ncnn options it needs):
     model.ncnn.param/.bin and ncnn-options.json run by ncnn's runtime alone give yoloq's detections."""

@@ -72,6 +72,7 @@ def _records(run_dir: Path) -> dict[str, dict]:
     return {r["name"]: r for r in map(json.loads, filter(None, lines))}
 
 
+@pytest.mark.full  # the Arm userland and emulated scoring: 3-4 min on 2 cores (CI's full tier)
 def test_a_twin_is_scored_on_emulated_arm_beside_its_x86_record(emulated_run):
     assert emulated_run["proc"].returncode == 0, emulated_run["proc"].stderr[-2000:]
     recs = emulated_run["records"]
@@ -100,6 +101,7 @@ def test_a_twin_is_scored_on_emulated_arm_beside_its_x86_record(emulated_run):
     assert "| onnxruntime-int8 | aarch64 cortex-a76" in report
 
 
+@pytest.mark.full  # the Arm userland and emulated scoring: 3-4 min on 2 cores (CI's full tier)
 def test_the_x86_record_keeps_its_key_without_the_twin(emulated_run, tmp_path):
     cfg = dict(emulated_run["cfg"])
     cfg["variants"] = [{k: x for k, x in v.items() if k != "emulate"} for v in cfg["variants"]]
@@ -110,6 +112,7 @@ def test_the_x86_record_keeps_its_key_without_the_twin(emulated_run, tmp_path):
     assert "onnxruntime-int8: already recorded, kept" in proc.stdout + proc.stderr
 
 
+@pytest.mark.full  # the Arm userland and emulated scoring: 3-4 min on 2 cores (CI's full tier)
 def test_bundle_timing_on_x86_and_emulated_goes_into_the_report(emulated_run, tmp_path):
     import subprocess
 

@@ -84,6 +84,7 @@ def _nodes(c: LocalCluster) -> dict[str, dict]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.full  # a real cluster run (2-3 min on 2 cores); the default tier checks the --ray flag's errors
 def test_cluster_run_matches_local_times_on_target_and_resumes_after_driver_crash(cluster, smoke_run, tmp_path):
     out = tmp_path / "ray"
     nodes = _nodes(cluster)
@@ -128,7 +129,7 @@ def test_cluster_run_matches_local_times_on_target_and_resumes_after_driver_cras
     assert listening_outside_loopback(cluster.pids()) == []
 
 
-@pytest.mark.full  # a second cluster (1.5 min): the default tier keeps the driver-crash test
+@pytest.mark.full  # a second cluster (1.5 min)
 def test_worker_node_killed_mid_run_finishes_with_nothing_lost(cluster, smoke_run, tmp_path):
     out = tmp_path / "fault"
     proc = _driver(cluster, out)

@@ -91,6 +91,7 @@ def rknn_env() -> Path:
 
 
 @pytest.mark.shared
+@pytest.mark.full  # Rockchip's environment (5.6 GB) and the build take 5 min on 2 cores: CI's full tier sets it up
 def test_rknn_fp16_and_int8_are_scored_by_the_simulator(tmp_path, rknn_env):
     """A real run: RKNN FP16 and INT8 built for the RK3588, scored through the one scoring loop (mAP, interval,
     agreement), recorded as simulator runs and not timed here."""

@@ -61,7 +61,8 @@ def _coco_dataset(root: Path) -> Path:
     return root / "my-coco.yaml"
 
 
-@pytest.mark.parametrize("layout", ["yolo", "coco"])
+# the YOLO layout's run (1.5 min on 2 cores) is the full tier's; its reading is tested on coco128 in test_data
+@pytest.mark.parametrize("layout", [pytest.param("yolo", marks=pytest.mark.full), "coco"])
 def test_a_users_own_dataset_end_to_end(tmp_path: Path, layout: str):
     data = (_yolo_dataset if layout == "yolo" else _coco_dataset)(tmp_path / "elsewhere" / f"my-{layout}")
     cfg = {"model": "yolo11n.pt", "imgsz": 320,
