@@ -59,6 +59,13 @@ def test_executorch_explain_times_xnnpack_ops_and_the_kernels_between(executorch
     assert share and 10 < float(share.group(1)) < 100 and float(share.group(2)) > 0, text[:600]
     assert "| int8 |" in text and "| convert |" in text
     assert "Sigmoid (NC)" in text and "native_call_" in text  # float SiLU in XNNPACK; a portable kernel
+    # the exact rewrites leave XNNPACK the DFL's softmax, the upsamples and the blocks' splits (20 portable splits
+    # before; the two left are the attention's q/k/v split)
+    assert RecordStore(executorch_run["dir"]).get("executorch-int8").artifact_info["rewrites"] == {
+        "dfl_last_axis": 1, "nearest_as_concat": 2, "split_first_conv": 9}
+    portable = dict(re.findall(r"\((\w+)\.out\) \| (\d+) \|", text))
+    assert "native_call_upsample_nearest2d" not in text and "native_call__softmax" not in text, portable
+    assert int(portable.get("split_with_sizes_copy", 0)) <= 2, portable
     assert "Biggest time differences against executorch-fp32" in text and "| Convolution |" in text
     rec = RecordStore(executorch_run["dir"]).get("executorch-int8")
     assert rec.explain["int8_macs_share"] is None and rec.explain["int8_time_share"] > 0.1

@@ -21,8 +21,11 @@ from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
 from yoloq.backends.torch_scope import export_module, module_scope
+from yoloq import rewrite
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import Counted, step
+
+REWRITTEN = "rewritten1"  # the FP32 export's cache folder: a new version of the rewrites gets a new name
 
 
 class ExecuTorchRuntime:
@@ -100,6 +103,10 @@ class ExecuTorchBackend(Backend):
         "keep_head_float": KEEP_HEAD_FLOAT,
         "keep_stem_float": keep_stem_float(0),
         "per_channel": OptionSpec(bool, True, None, "int8 weights per output channel (else per tensor)", INT8),
+        "rewrite": OptionSpec(bool, True, None, "exact rewrites into forms XNNPACK runs (yoloq.rewrite: the DFL's "
+                              "softmax on the last axis, the 2x nearest upsample as concatenations, a block's split "
+                              "first convolution as two); false: the graph as Ultralytics exports it",
+                              before=False),
     }
 
     def version(self) -> str:
@@ -129,11 +136,21 @@ class ExecuTorchBackend(Backend):
                                                        "same way): one-to-many branch + NMS")
         tag, args = head_args(ctx.source, ctx.max_det, head.end2end)
         base_info = {"head": head.describe()}
-        if ctx.variant.precision == "fp32":
+        if ctx.variant.precision == "fp32" and not ctx.option("rewrite"):
             folder = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}executorch")
             if not (folder / "model.pte").is_file():
                 ultralytics_export(ctx.source, folder, format="executorch", imgsz=ctx.imgsz, batch=1, **args)
-            return Artifact(folder / "model.pte", self.name, "fp32", base_info | {"delegate": "XnnpackPartitioner"})
+            return Artifact(folder / "model.pte", self.name, "fp32", base_info | {"delegate": "XnnpackPartitioner",
+                                                                                    "rewrites": {}})
+        if ctx.variant.precision == "fp32":
+            pte = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}executorch-{REWRITTEN}") / "model.pte"
+            model = export_module(ctx.source, ctx.imgsz, head.end2end, ctx.max_det, "executorch")
+            info = {"rewrites": rewrite.apply(model)}
+            if not pte.is_file():
+                with step(f"export {ctx.variant.label} (rewritten for XNNPACK, lowered by ExecuTorch)"):
+                    pte.parent.mkdir(parents=True, exist_ok=True)
+                    self._lower(model, ctx.imgsz, pte)
+            return Artifact(pte, self.name, "fp32", base_info | info | {"delegate": "XnnpackPartitioner"})
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         out = ctx.workdir / "model_int8.pte"
         with step(f"quantize {ctx.variant.label} (PT2E, XNNPACK quantizer)"):
@@ -147,16 +164,15 @@ class ExecuTorchBackend(Backend):
 
     def _int8(self, ctx: ExportContext, end2end: bool, out: Path) -> dict[str, Any]:
         import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,
         )
-        from executorch.exir import to_edge_transform_and_lower
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         torch.set_num_threads(ctx.threads)
         model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "executorch")
+        rewrites = rewrite.apply(model) if ctx.option("rewrite") else {}
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
         config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
         floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
@@ -167,14 +183,24 @@ class ExecuTorchBackend(Backend):
         with torch.no_grad():
             for x in images:
                 prepared(torch.from_numpy(x))
-        converted = convert_pt2e(prepared)
-        program = to_edge_transform_and_lower(torch.export.export(converted, example),
-                                              partitioner=[XnnpackPartitioner()]).to_executorch()
-        out.write_bytes(program.buffer)
+        self._lower(convert_pt2e(prepared), ctx.imgsz, out)
         return {"quantizer": "PT2E XNNPACKQuantizer, symmetric int8 (per-channel weights)"
                              if ctx.option("per_channel") else "PT2E XNNPACKQuantizer, symmetric int8 (per-tensor)",
-                "calibration_used": len(images), "settings": dict(ctx.variant.options),
+                "rewrites": rewrites, "calibration_used": len(images), "settings": dict(ctx.variant.options),
                 "kept_float": sorted(floats), "quantized_inside_float": sorted(quantized)}
+
+    @staticmethod
+    def _lower(model: Any, imgsz: int, out: Path) -> None:
+        """``model`` exported, lowered to the XNNPACK delegate and written as an ExecuTorch program (as Ultralytics'
+        exporter does)."""
+        import torch
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        example = (torch.zeros(1, 3, imgsz, imgsz),)
+        program = to_edge_transform_and_lower(torch.export.export(model, example),
+                                              partitioner=[XnnpackPartitioner()]).to_executorch()
+        out.write_bytes(program.buffer)
 
     def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:
         """XNNPACK's operators inside the delegate calls and the portable kernels between them, timed by
