@@ -164,7 +164,14 @@ class NcnnBackend(Backend):
              "the first two layers in float, 8-bit 3x3 weights, no clipping"),
             ("stem2-w8-gptq-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "gptq",
                                    "method": "max"}, "the first two layers in float, 8-bit 3x3 weights rounded by "
-                                                     "GPTQ, no clipping"))]
+                                                     "GPTQ, no clipping"),
+            ("stem2-w8-distill-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
+                                      "distill_minutes": 10.0, "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights learned by 10 min of distillation, no clipping"),
+            ("stem2-distill-max", {"keep_stem_float": 2, "weight_rounding": "distill", "distill_minutes": 10.0,
+                                   "method": "max"},
+             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 10 min of "
+             "distillation, no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
