@@ -240,6 +240,7 @@ class NcnnBackend(Backend):
     def _distill(self, ctx: ExportContext, fp32: Path, layers: list[int8.Layer], ws: dict[str, np.ndarray],
                  acts: dict[str, float], images: list[np.ndarray]) -> tuple[dict, dict, dict[str, Any]]:
         """Weights and biases learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers."""
+        from yoloq.backends.ncnn.recovery import learned_integers
         from yoloq.progress import say
         from yoloq.recover.distill import Grid, distill
 
@@ -248,15 +249,7 @@ class NcnnBackend(Backend):
         bits = ctx.option("weight_bits_3x3")
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say)
-        ints, biases = {}, {}
-        for c in layers:
-            w, b = learned[names[c.name]]
-            q = int8.round_int8(w.reshape(c.weight.shape) * ws[c.name][:, None])
-            top = int8.qmax(c, bits)
-            ints[c.name] = np.clip(q, -top, top).astype(np.int8)
-            if b is not None and c.bias is not None:
-                biases[c.name] = b.astype(np.float32)
-        return ints, biases, result
+        return (*learned_integers(layers, learned, names, ws, bits), result)
 
     def _images(self, ctx: ExportContext) -> list[np.ndarray]:
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  reading calibration images"))

@@ -43,6 +43,22 @@ def gptq(folder: Path, model: int8.Model, layers: list[int8.Layer], scales: dict
                                   _ncnn_round).astype(np.int8) for c in targets}
 
 
+def learned_integers(layers: list[int8.Layer], learned: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                     names: dict[str, str], scales: dict[str, np.ndarray], bits_3x3: int
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Distillation's float weights and biases (by module name) as ncnn's int8 weights on ``scales`` and float
+    biases (by ncnn layer name)."""
+    ints, biases = {}, {}
+    for c in layers:
+        w, b = learned[names[c.name]]
+        top = int8.qmax(c, bits_3x3)
+        ints[c.name] = np.clip(int8.round_int8(w.reshape(c.weight.shape) * scales[c.name][:, None]), -top,
+                               top).astype(np.int8)
+        if b is not None and c.bias is not None:
+            biases[c.name] = b.astype(np.float32)
+    return ints, biases
+
+
 def block_of(module: str) -> str:
     """The block of a module name: ``model.K``, the head by branch (``model.23.cv2.0``)."""
     m = HEAD_BRANCH.match(module + ".")
