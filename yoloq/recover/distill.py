@@ -56,9 +56,12 @@ def _loss(y: Any, t: Any, imgsz: int) -> Any:
 
 
 def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz: int, minutes: float,
-            threads: int, log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], dict[str, Any]]:
+            threads: int, log: Callable[[str], None] = lambda s: None, steps: int = 0
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
-    ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``.
+    ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
+    steps where given (the same model on any machine and day: a budget in minutes trains as many steps as the
+    machine's speed allows).
 
     Returns:
         ``{module name: (weight, bias)}`` as numpy arrays (the originals where training did not lower the held-out
@@ -95,8 +98,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
              for n in grids}
     opt = torch.optim.Adam(params, lr=LR)
     rng = np.random.default_rng(0)
-    t0, steps, seen = time.perf_counter(), 0, 0
-    while time.perf_counter() - t0 < 60 * minutes:
+    budget, t0, steps, seen = steps, time.perf_counter(), 0, 0
+    while (steps < budget) if budget else (time.perf_counter() - t0 < 60 * minutes):
         idx = rng.choice(len(train), min(BATCH, len(train)), replace=False)
         x = torch.cat([train[i] for i in idx])
         with torch.no_grad():
@@ -107,13 +110,16 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
         opt.step()
         steps, seen = steps + 1, seen + len(idx)
         if steps % 20 == 0:
-            left = 60 * minutes - (time.perf_counter() - t0)
-            log(f"  distillation: step {steps}, training loss {loss.item():.3g}, {max(left, 0):.0f}s left")
+            spent = time.perf_counter() - t0
+            left = f"{steps}/{budget} steps" if budget else f"{max(60 * minutes - spent, 0):.0f}s left"
+            log(f"  distillation: step {steps}, training loss {loss.item():.3g}, {left}")
     after = held_loss()
     kept = after < before
     out = {n: ((named[n].weight if kept else start[n][0]).detach().numpy().copy(),
                None if named[n].bias is None else (named[n].bias if kept else start[n][1]).detach().numpy().copy())
            for n in grids}
     return out, {"steps": steps, "images_seen": seen, "held_out_loss_before": before, "held_out_loss_after": after,
-                 "kept": kept, "train_images": len(train), "held_out_images": len(held), "minutes": minutes,
+                 "kept": kept, "train_images": len(train), "held_out_images": len(held),
+                 "minutes": None if budget else minutes, "step_budget": budget or None,
+                 "seconds": round(time.perf_counter() - t0, 1),
                  "lr": LR, "batch": BATCH}

@@ -127,6 +127,9 @@ class NcnnBackend(Backend):
                                       "(fake quantizers) on calibration images", INT8),
         "distill_minutes": OptionSpec(float, 5.0, None, "the CPU time distillation trains for "
                                       "(weight_rounding: distill)", INT8, minimum=0.1),
+        "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
+                                    "distill_minutes allow): the same model on any machine", INT8, minimum=0,
+                                    before=0),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
@@ -231,8 +234,10 @@ class NcnnBackend(Backend):
                 ints = gptq(fp32, model, layers, ws, bits, images[:GPTQ_IMAGES], ctx.threads)
         biases: dict[str, np.ndarray] = {}
         if ctx.option("weight_rounding") == "distill":
+            budget = (f"{ctx.option('distill_steps')} steps" if ctx.option("distill_steps")
+                      else f"{ctx.option('distill_minutes')} min")
             with measured(cost, "distill"), step(f"distillation from the FP32 model through ncnn's arithmetic "
-                                                    f"({ctx.option('distill_minutes')} min, {len(images)} "
+                                                    f"({budget}, {len(images)} "
                                                     f"calibration images)"):
                 ints, biases, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images)
         return {c.name: (ws[c.name], acts[c.name], ints.get(c.name), biases.get(c.name)) for c in layers}
@@ -248,7 +253,8 @@ class NcnnBackend(Backend):
         names = conv_names(model, fp32 / PARAM, ctx.imgsz)
         bits = ctx.option("weight_bits_3x3")
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
-        learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say)
+        learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
+                                  steps=ctx.option("distill_steps"))
         return (*learned_integers(layers, learned, names, ws, bits), result)
 
     def _images(self, ctx: ExportContext) -> list[np.ndarray]:
