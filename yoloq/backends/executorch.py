@@ -21,9 +21,9 @@ from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
 from yoloq.backends.torch_scope import export_module, module_scope
-from yoloq import rewrite
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import Counted, step
+from yoloq.rewrite import apply as rewrite_model
 
 REWRITTEN = "rewritten1"  # the FP32 export's cache folder: a new version of the rewrites gets a new name
 
@@ -145,7 +145,7 @@ class ExecuTorchBackend(Backend):
         if ctx.variant.precision == "fp32":
             pte = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}executorch-{REWRITTEN}") / "model.pte"
             model = export_module(ctx.source, ctx.imgsz, head.end2end, ctx.max_det, "executorch")
-            info = {"rewrites": rewrite.apply(model)}
+            info = {"rewrites": rewrite_model(model)}
             if not pte.is_file():
                 with step(f"export {ctx.variant.label} (rewritten for XNNPACK, lowered by ExecuTorch)"):
                     pte.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ class ExecuTorchBackend(Backend):
 
         torch.set_num_threads(ctx.threads)
         model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "executorch")
-        rewrites = rewrite.apply(model) if ctx.option("rewrite") else {}
+        rewrites = rewrite_model(model) if ctx.option("rewrite") else {}
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
         config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
         floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
