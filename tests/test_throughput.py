@@ -25,7 +25,11 @@ def test_every_timed_variant_has_its_curve(smoke_run):
     groups = set()
     for name, r in smoke_run["records"].items():
         t = r["throughput"]
-        assert [lv["streams"] for lv in t["levels"]] == list(cfg.streams.levels), name
+        batched = r["format"] in ("torch", "onnxruntime", "openvino")  # the formats that take a batch
+        assert [(lv["streams"], lv["batch"]) for lv in t["levels"]] == \
+            [(n, 1) for n in cfg.streams.levels] + [(1, b) for b in cfg.streams.batches if batched], name
+        if not batched:  # a fixed batch of 1, said so
+            assert t["batches_refused"] == {"2": f"{r['format']} exports have a fixed batch of 1"}, name
         for lv in t["levels"]:
             assert lv["frames"] >= 1 and lv["seconds"] >= cfg.streams.seconds, (name, lv)
             assert lv["fps"] == pytest.approx(lv["frames"] / lv["seconds"], rel=0.01), (name, lv)
@@ -48,7 +52,8 @@ def test_the_report_says_how_many_cameras_each_variant_serves(smoke_run):
     for name, r in records.items():
         best = max(r["throughput"]["levels"], key=lambda lv: lv["fps"])
         n = int(best["fps"] // 15)
-        assert f"- {name}: {n} camera{'s' * (n != 1)} at 15 FPS ({best['fps']:.1f} FPS with {best['streams']}" in md
+        how = f"batches of {best['batch']}" if best["batch"] > 1 else f"{best['streams']} stream"
+        assert f"- {name}: {n} camera{'s' * (n != 1)} at 15 FPS ({best['fps']:.1f} FPS with {how}" in md
     rows = {row["variant"].replace(" (ref)", ""): row for row in csv.DictReader((d / "summary.csv").open())}
     for name, r in records.items():
         assert rows[name]["cameras"] == str(int(max(lv["fps"] for lv in r["throughput"]["levels"]) // 15))
@@ -58,14 +63,18 @@ def test_the_report_says_how_many_cameras_each_variant_serves(smoke_run):
 def test_cameras_is_the_best_stream_count_over_one_cameras_rate():
     levels = [{"streams": 1, "fps": 37.2, "p90_ms": 28.0}, {"streams": 2, "fps": 44.9, "p90_ms": 50.0},
               {"streams": 4, "fps": 44.0, "p90_ms": 95.0}]
-    assert cameras(levels, 15) == {"cameras": 2, "streams": 2, "fps": 44.9, "p90_ms": 50.0}
+    assert cameras(levels, 15) == {"cameras": 2, "streams": 2, "batch": 1, "fps": 44.9, "p90_ms": 50.0}
     assert cameras(levels, 45)["cameras"] == 0
     assert cameras([], 15) is None
+    batched = levels + [{"streams": 1, "batch": 4, "fps": 61.0, "p90_ms": 70.0}]
+    assert cameras(batched, 15) == {"cameras": 4, "streams": 1, "batch": 4, "fps": 61.0, "p90_ms": 70.0}
+    assert cameras(batched, 15, batches=False)["cameras"] == 2  # the stream counts alone
 
 
 @pytest.mark.parametrize("streams, message", [
     ({"levels": [2, 1]}, "streams.levels"), ({"levels": [0, 1]}, "streams.levels"),
-    ({"fps": 0}, "streams.fps"), ({"block": 0}, "streams.block"), ({"seconds": -1}, "streams.seconds"),
+    ({"fps": 0}, "streams.fps"), ({"batches": [1, 2]}, "streams.batches"), ({"batches": [4, 2]}, "streams.batches"),
+    ({"levels": [2], "batches": [2]}, "streams.batches"), ({"block": 0}, "streams.block"), ({"seconds": -1}, "streams.seconds"),
 ])
 def test_bad_streams_settings_are_refused(streams, message):
     base = {"model": "yolo11n.pt", "data": {"dataset": "coco-mini"}, "variants": [{"format": "torch"}]}
@@ -131,3 +140,33 @@ def test_a_resumed_run_measures_again_only_what_is_stale():
     assert len(needs_streams([ok, rec("b", error="failed mid-way")], cfg)) == 2
     assert len(needs_streams([ok, rec("b", settings=now, group="h", levels=[])], cfg)) == 2
     assert len(needs_streams([ok, rec("b", settings=now | {"seconds": 9}, group="g", levels=[])], cfg)) == 2
+
+
+@pytest.mark.shared
+def test_a_batched_export_gives_each_image_its_own_output(smoke_run):
+    """ONNX Runtime and OpenVINO take a batch of the same graph: each image's output as at batch 1 (checked at
+    load, on different inputs), and the check refuses a runtime that mixes the images of a batch."""
+    from yoloq.artifacts import cached_artifact, workdir_of
+    from yoloq.backends.batched import BatchError, check_batch
+    from yoloq.backends.registry import get_backend
+
+    cfg = load_config(SMOKE)
+    img = read_image(next((SHARED / "datasets/coco-mini/val2017").glob("*.jpg")))
+    from yoloq.preprocess import prepare
+
+    x = np.concatenate([prepare([img], 320)[0], prepare([img[::-1].copy()], 320)[0], prepare([img[:, ::-1].copy()],
+                                                                                            320)[0]])
+    for v in cfg.variants:
+        if v.format not in ("onnxruntime", "openvino"):
+            continue
+        r = smoke_run["records"][v.label]
+        artifact = cached_artifact(workdir_of(smoke_run["dir"], v), r["key"])
+        backend = get_backend(v.format)
+        batched, single = backend.load_batched(artifact, 3, 320, 2), backend.load(artifact, 2)
+        y = batched.predict(x)
+        for i in range(3):  # real images: each its own detections, as alone
+            alone = single.predict(x[i:i + 1])
+            assert np.abs(y[i:i + 1] - alone).max() <= 1e-3 * np.abs(alone).max(), v.label
+        assert np.abs(y[0] - y[1]).max() > 1.0, v.label  # different images, different outputs
+        with pytest.raises(BatchError, match="differs from batch 1"):  # a graph that swaps a batch's images
+            check_batch(lambda b: batched.predict(b)[::-1], single.predict, 3, 320, v.label)

@@ -23,7 +23,7 @@ from yoloq.latency import LatencyStats, measure, measure_interleaved
 from yoloq.machine_load import OutsideLoad
 from yoloq.postprocess import postprocess
 from yoloq.preprocess import read_image
-from yoloq.throughput import measure_streams
+from yoloq.throughput import Level, level_name, measure_streams
 
 
 def evaldata_path(run_dir: Path, name: str) -> Path:
@@ -126,19 +126,26 @@ def latency_pass(runtimes: dict[str, Runtime], keys: dict[str, str], images: lis
 
 
 def throughput_settings(streams: StreamsConfig, latency: LatencyConfig) -> dict[str, Any]:
-    """The settings a throughput curve depends on: the pass's own and the latency harness's it shares."""
-    return dataclasses.asdict(streams) | {"levels": list(streams.levels), "threads": latency.threads,
-                                          "images": latency.images, "conf": latency.conf}  # as the record stores it
+    """The settings a throughput curve depends on: the pass's own and the latency harness's it shares (no batch
+    levels: as before batches existed, so curves measured then stand)."""
+    out = dataclasses.asdict(streams) | {"levels": list(streams.levels), "batches": list(streams.batches),
+                                         "threads": latency.threads, "images": latency.images,
+                                         "conf": latency.conf}  # as the record stores it
+    if not streams.batches:
+        out.pop("batches")
+    return out
 
 
-def throughput_pass(runtimes: dict[str, dict[int, list[Runtime]]], keys: dict[str, str], images: list[np.ndarray],
+def throughput_pass(runtimes: dict[str, dict[Level, list[Runtime]]], keys: dict[str, str], images: list[np.ndarray],
                     imgsz: int, streams: StreamsConfig, latency: LatencyConfig,
                     posts: dict[str, Callable[..., Any]]) -> dict[str, dict[str, Any]]:
-    """Frames per second of ``runtimes`` (per variant, per stream count: one runtime per stream), side by side.
+    """Frames per second of ``runtimes`` (per variant, per level: a stream count with one runtime per stream, or
+    (1, batch) with one runtime taking ``batch`` frames per inference), side by side.
 
     Returns:
-        Per variant name, the throughput record field: ``levels`` (the curve: streams, fps, per-frame p50/p90),
-        ``concurrency`` (per stream count, how the runtimes shared the machine), the settings, the pass's key,
+        Per variant name, the throughput record field: ``levels`` (the curve: streams, batch, fps, per-frame
+        p50/p90), ``concurrency`` (per level, "N" or "batch B", how the runtimes shared the machine), the settings,
+        the pass's key,
         wall time and the share of the CPU other processes took meanwhile.
     """
     if not runtimes:
@@ -151,6 +158,7 @@ def throughput_pass(runtimes: dict[str, dict[int, list[Runtime]]], keys: dict[st
                                  progress="throughput side by side")
     wall = round(time.perf_counter() - t0, 1)
     return {n: {"levels": [lv.to_dict() for lv in curves[n]], "threads": latency.threads,
-                "concurrency": {str(k): str(rts[0].info.get("concurrency", "")) for k, rts in runtimes[n].items()},
+                "concurrency": {level_name(k): str(rts[0].info.get("concurrency", ""))
+                                for k, rts in runtimes[n].items()},
                 "settings": settings, "group": gkey, "pass_seconds": wall, "outside_load": load.result}
             for n in runtimes}

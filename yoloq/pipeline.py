@@ -17,6 +17,7 @@ import yaml
 
 from yoloq.artifacts import cached_artifact, ensure_artifact, variant_key, workdir_of
 from yoloq.backends.base import Runtime
+from yoloq.backends.batched import BatchError
 from yoloq.backends.registry import get_backend
 from yoloq.budget import print_budget
 from yoloq.config import RunConfig, VariantConfig
@@ -36,6 +37,7 @@ from yoloq.passes import (
 from yoloq.progress import say, set_library_log
 from yoloq.provenance import machine, machine_id, same_machine
 from yoloq.records import Record, RecordStore, write_atomic
+from yoloq.throughput import Level, level_name
 from yoloq.report import write_reports
 
 # what callers import from the run's front module (the inputs and a variant's record are made in yoloq.inputs)
@@ -100,6 +102,21 @@ def awaits_target(rec: Record, v: VariantConfig) -> bool:
     return bool(v.target) and rec.status == "skipped" and bool(rec.metrics)
 
 
+def export_again(inputs: RunInputs, store: RecordStore, v: VariantConfig, r: Record) -> Record:
+    """``r`` itself while its export is here; else the variant exported and evaluated again, the new record stored
+    (what was measured on the same export stands: devices' timings for good, this machine's latency and throughput
+    until a pass measures them again)."""
+    if cached_artifact(workdir_of(inputs.out_dir, v), r.key) is not None:
+        return r
+    say(f"  {v.label}: its export is not here; exporting and evaluating it again")
+    fresh = run_variant(inputs, v, r.key)
+    fresh.order, fresh.reference, fresh.pair = r.order, r.reference, r.pair
+    if fresh.ok and fresh.key == r.key:
+        fresh.device_latency, fresh.latency, fresh.throughput = r.device_latency, r.latency, r.throughput
+    store.put(fresh)
+    return fresh
+
+
 def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
     """The latency pass over every ok variant of ``variants`` (a variant whose export is gone runs again first)."""
     cfg = inputs.cfg
@@ -117,17 +134,9 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
     runtimes: dict[str, Runtime] = {}
     for r in todo:
         v = by_label[r.name]
-        if cached_artifact(workdir_of(inputs.out_dir, v), r.key) is None:
-            say(f"  {v.label}: its export is not here; exporting and evaluating it again")
-            fresh = run_variant(inputs, v, r.key)
-            fresh.order, fresh.reference, fresh.pair = r.order, r.reference, r.pair
-            if fresh.ok and fresh.key == r.key:  # the same export: what was measured on it stands (devices' timings
-                # for good; this machine's latency and throughput until this pass and the next measure them again)
-                fresh.device_latency, fresh.latency, fresh.throughput = r.device_latency, r.latency, r.throughput
-            store.put(fresh)
-            r = fresh
-            if not r.ok:
-                continue
+        r = export_again(inputs, store, v, r)
+        if not r.ok:
+            continue
         try:
             artifact = cached_artifact(workdir_of(inputs.out_dir, v), r.key)
             runtimes[r.name] = get_backend(v.format).load(artifact, cfg.latency.threads, v.device)
@@ -177,7 +186,9 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
         return
     import torch
 
-    runtimes: dict[str, dict[int, list[Runtime]]] = {}
+    runtimes: dict[str, dict[Level, list[Runtime]]] = {}
+    refused: dict[str, dict[str, str]] = {}
+    todo = [export_again(inputs, store, by_label[r.name], r) for r in todo]
     for r in todo:
         v = by_label[r.name]
         try:
@@ -187,11 +198,21 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
             backend = get_backend(v.format)
             runtimes[r.name] = {n: backend.load_streams(artifact, n, cfg.latency.threads, v.device)
                                 for n in cfg.streams.levels}
+            for b in cfg.streams.batches:
+                try:
+                    rt = backend.load_batched(artifact, b, cfg.imgsz, cfg.latency.threads, v.device)
+                    rt.info["concurrency"] = f"one runtime, {b} frames an inference, {cfg.latency.threads} threads"
+                    runtimes[r.name][(1, b)] = [rt]
+                except BatchError as e:  # the stream counts stand; the record says why this batch is missing
+                    refused.setdefault(r.name, {})[str(b)] = str(e)
+                    say(f"  {r.name}: no batch {b}: {e}")
         except Exception as e:  # noqa: BLE001 - its accuracy and latency stand; the curve says why it is missing
+            runtimes.pop(r.name, None)
             r.throughput = {"error": f"{type(e).__name__}: {e}", "settings": throughput_settings(cfg.streams,
                                                                                                  cfg.latency)}
     levels = ", ".join(map(str, cfg.streams.levels))
-    say(f"throughput: {len(runtimes)} variants with {levels} streams in flight, side by side")
+    batches = f" and batches of {', '.join(map(str, cfg.streams.batches))}" if cfg.streams.batches else ""
+    say(f"throughput: {len(runtimes)} variants with {levels} streams in flight{batches}, side by side")
     recs = {r.name: r for r in todo}
     posts = {n: deploy_post(cfg.eval, cfg.latency, recs[n].end2end) for n in runtimes}
     try:
@@ -206,8 +227,9 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
         del runtimes
         gc.collect()
     for n, curve in curves.items():
-        recs[n].throughput = curve
-        say(f"  {n}: " + "  ".join(f"{lv['streams']}: {lv['fps']:.1f} FPS" for lv in curve["levels"]))
+        recs[n].throughput = curve | ({"batches_refused": refused[n]} if n in refused else {})
+        say(f"  {n}: " + "  ".join(f"{level_name((lv['streams'], lv.get('batch', 1)))}: {lv['fps']:.1f} FPS"
+                                   for lv in curve["levels"]))
     store.save()
 
 

@@ -3,6 +3,8 @@
 Each stream is one thread that takes the next preloaded image, letterboxes it, runs it on its own runtime (a
 session, an interpreter, or an infer request of one model compiled for throughput) and applies the deployment
 NMS, one frame after another: a camera's loop. ``streams`` such loops run at once; the harness owns the clock.
+A batch level is one loop whose every inference takes ``batch`` frames at once (a recorder batching its cameras):
+each of those frames counts, and each waits for the whole batch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class StreamLevel:
     p90_ms: float
     frames: int
     seconds: float
+    batch: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the record."""
@@ -43,21 +46,25 @@ class _Cell:
     """One variant at one stream count: its runtimes (one per stream), its frames and timed seconds so far."""
 
     def __init__(self, runtimes: Sequence[Runtime], post: Post, images: list[np.ndarray], imgsz: int,
-                 model_only: bool = False) -> None:
-        self.runtimes, self.post, self.images, self.imgsz = list(runtimes), post, images, imgsz
-        self.inputs = [prepare([img], imgsz)[0] for img in images] if model_only else None
+                 model_only: bool = False, batch: int = 1) -> None:
+        self.runtimes, self.post, self.images, self.imgsz, self.batch = list(runtimes), post, images, imgsz, batch
+        self.inputs = [prepare(self._group(i), imgsz)[0] for i in range(0, len(images), batch)] \
+            if model_only else None
         self.frame_ms: list[float] = []
         self.seconds = 0.0
         self.warmed = False
         self._next = [k * max(1, len(images) // max(1, len(self.runtimes))) for k in range(len(self.runtimes))]
 
+    def _group(self, i: int) -> list[np.ndarray]:
+        return [self.images[(i + j) % len(self.images)] for j in range(self.batch)]
+
     def _frame(self, k: int) -> None:
         i = self._next[k] % len(self.images)
-        self._next[k] += 1
+        self._next[k] += self.batch
         if self.inputs is not None:  # the model alone, as benchmark_app times it
-            self.runtimes[k].predict(self.inputs[i])
+            self.runtimes[k].predict(self.inputs[(i // self.batch) % len(self.inputs)])
             return
-        x, lbs = prepare([self.images[i]], self.imgsz)
+        x, lbs = prepare(self._group(i), self.imgsz)
         self.post(self.runtimes[k].predict(x), lbs)
 
     def block(self, seconds: float, warmup: int) -> None:
@@ -82,7 +89,7 @@ class _Cell:
                 while t < stop:
                     self._frame(k)
                     t1 = clock()
-                    times[k].append((t1 - t) * 1000.0)
+                    times[k] += [(t1 - t) * 1000.0] * self.batch  # each frame of the batch waited for all
                     t = t1
                 ends[k] = t
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
@@ -104,10 +111,24 @@ class _Cell:
         return StreamLevel(streams=len(self.runtimes), fps=len(ms) / self.seconds if self.seconds else 0.0,
                            p50_ms=float(np.percentile(ms, 50)) if len(ms) else 0.0,
                            p90_ms=float(np.percentile(ms, 90)) if len(ms) else 0.0,
-                           frames=len(ms), seconds=round(self.seconds, 3))
+                           frames=len(ms), seconds=round(self.seconds, 3), batch=self.batch)
 
 
-def measure_streams(variants: dict[str, tuple[dict[int, Sequence[Runtime]], Post]], images: list[np.ndarray],
+Level = int | tuple[int, int]  # a stream count (batch 1), or (streams, batch)
+
+
+def level_of(k: Level) -> tuple[int, int]:
+    """(streams, batch) of a level key."""
+    return k if isinstance(k, tuple) else (k, 1)
+
+
+def level_name(k: Level) -> str:
+    """A level as the record keys it: the stream count ("2"), or "batch 4"."""
+    streams, batch = level_of(k)
+    return str(streams) if batch == 1 else f"batch {batch}"
+
+
+def measure_streams(variants: dict[str, tuple[dict[Level, Sequence[Runtime]], Post]], images: list[np.ndarray],
                     imgsz: int, cfg: StreamsConfig, progress: str | None = None,
                     model_only: bool = False) -> dict[str, list[StreamLevel]]:
     """Frames per second of every variant at every stream count, side by side.
@@ -117,7 +138,8 @@ def measure_streams(variants: dict[str, tuple[dict[int, Sequence[Runtime]], Post
     latency pass.
 
     Args:
-        variants: Per variant name, its runtimes per stream count (one per stream) and its timed postprocess.
+        variants: Per variant name, its runtimes per level (a stream count, or (streams, batch) for runtimes that
+            take ``batch`` images per inference; one runtime per stream) and its timed postprocess.
         images: Preloaded BGR images (decoded once, before timing).
         imgsz: Input size.
         cfg: The pass's settings.
@@ -126,10 +148,11 @@ def measure_streams(variants: dict[str, tuple[dict[int, Sequence[Runtime]], Post
             a runtime's own benchmark tool measures, for comparing with it.
 
     Returns:
-        Per variant name, one :class:`StreamLevel` per stream count, in increasing order.
+        Per variant name, one :class:`StreamLevel` per level: stream counts in increasing order, then batches.
     """
-    cells = {(name, n): _Cell(rts, post, images, imgsz, model_only) for name, (by_level, post) in variants.items()
-             for n, rts in sorted(by_level.items())}
+    cells = {(name, level_of(n)): _Cell(rts, post, images, imgsz, model_only, level_of(n)[1])
+             for name, (by_level, post) in variants.items()
+             for n, rts in sorted(by_level.items(), key=lambda kv: level_of(kv[0])[::-1])}
     order = list(cells)
     rnd = 0
     with counter(progress, len(order), "levels") as pb:
@@ -145,11 +168,13 @@ def measure_streams(variants: dict[str, tuple[dict[int, Sequence[Runtime]], Post
     return out
 
 
-def cameras(levels: list[dict[str, Any]], fps: float) -> dict[str, Any] | None:
-    """How many cameras of ``fps`` frames per second a variant's measured curve serves: its best stream count's
-    frames per second over ``fps`` (rounded down), with that count and its per-frame p90. None when unmeasured."""
+def cameras(levels: list[dict[str, Any]], fps: float, batches: bool = True) -> dict[str, Any] | None:
+    """How many cameras of ``fps`` frames per second a variant's measured curve serves: its best level's frames
+    per second over ``fps`` (rounded down), with that level (streams, batch) and its per-frame p90. ``batches``
+    False: the stream counts at batch 1 only. None when unmeasured."""
+    levels = [lv for lv in levels if batches or lv.get("batch", 1) == 1]
     if not levels:
         return None
     best = max(levels, key=lambda lv: lv["fps"])
-    return {"cameras": int(best["fps"] // fps), "streams": best["streams"], "fps": best["fps"],
-            "p90_ms": best["p90_ms"]}
+    return {"cameras": int(best["fps"] // fps), "streams": best["streams"], "batch": best.get("batch", 1),
+            "fps": best["fps"], "p90_ms": best["p90_ms"]}

@@ -263,6 +263,17 @@ class Backend(ABC):
             rt.info["concurrency"] = f"{streams} separate runtime{'s' * (streams > 1)} x {per} thread{'s' * (per > 1)}"
         return runtimes
 
+    def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int, device: str = "cpu") -> Runtime:
+        """One runtime of ``artifact`` taking ``batch`` images of ``imgsz`` per inference (frames from ``batch``
+        cameras at once), checked against batch 1 (:func:`yoloq.backends.batched.check_batch`).
+
+        Raises:
+            BatchError: When this format's exports have a fixed batch of 1, or the batched graph differs.
+        """
+        from yoloq.backends.batched import BatchError
+
+        raise BatchError(f"{self.name} exports have a fixed batch of 1")
+
     def qdq_variant_options(self, onnx_path: Path, machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Options of an INT8 variant that runs the Q/DQ ONNX at ``onnx_path`` (``reads_qdq_onnx``) on ``machine``
         (a fingerprint: a backend may adapt the file to its kernels there)."""

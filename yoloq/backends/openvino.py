@@ -21,16 +21,22 @@ class OvRuntime:
     """A compiled OpenVINO model on the CPU with explicit threads and inference precision: for latency (one stream,
     ``requests`` None) or for throughput (the THROUGHPUT hint, told how many requests will be in flight)."""
 
-    def __init__(self, xml: Path, threads: int, precision_hint: str | None, requests: int | None = None) -> None:
+    def __init__(self, xml: Path, threads: int, precision_hint: str | None, requests: int | None = None,
+                 batch: int = 1) -> None:
         import openvino as ov
 
         core = ov.Core()
+        model = core.read_model(str(xml))
+        if batch != 1:
+            from yoloq.backends.batched import ov_with_batch
+
+            model = ov_with_batch(model, batch)
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads}
         config |= {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"} if requests is None else \
             {"PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": requests}
         if precision_hint:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         ran = hint.to_string() if hasattr(hint, "to_string") else str(hint)
@@ -258,13 +264,30 @@ class OpenVinoBackend(Backend):
             out.append(LayerRun(name, f"{p.node_type} ({p.exec_type})", prec, total[name] / runs, macs.get(name, 0)))
         return out
 
-    def load(self, artifact: Artifact, threads: int, device: str = "cpu", requests: int | None = None) -> OvRuntime:
+    def load(self, artifact: Artifact, threads: int, device: str = "cpu", requests: int | None = None,
+             batch: int = 1) -> OvRuntime:
         # OpenVINO runs "FP32" in BF16 on AMX CPUs unless told otherwise: FP32 asks for true f32.
         hint = "f32" if artifact.precision == "fp32" else None
-        rt = OvRuntime(model_xml(Path(artifact.path)), threads, hint, requests)
+        rt = OvRuntime(model_xml(Path(artifact.path)), threads, hint, requests, batch)
         ran = rt.info["inference_precision"]
         rt.info["precision_ran"] = {"fp32": ran, "fp16": f"{ran} compute (fp16 weights)",
                                     "int8": f"int8 ({ran} for float ops)"}[artifact.precision]
+        return rt
+
+    def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int,
+                     device: str = "cpu") -> OvRuntime:
+        """The IR reshaped to ``batch`` (its reshapes' leading 1 as 0), compiled for latency, checked against
+        batch 1."""
+        from yoloq.backends.batched import BatchError, check_batch
+
+        try:
+            rt = self.load(artifact, threads, device, batch=batch)
+        except Exception as e:  # noqa: BLE001 - OpenVINO's shape inference says why, in one line
+            raise BatchError(f"{self.name} {artifact.precision} cannot take a batch of {batch}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        single = self.load(artifact, threads, device)
+        rt.info["batch_check"] = check_batch(rt.predict, single.predict, batch, imgsz,
+                                             f"{self.name} {artifact.precision}")
         return rt
 
     def load_streams(self, artifact: Artifact, streams: int, threads: int, device: str = "cpu") -> list[OvRuntime]:
