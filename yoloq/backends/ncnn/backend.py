@@ -174,6 +174,13 @@ class NcnnBackend(Backend):
             ("stem2-distill-max", {"keep_stem_float": 2, "weight_rounding": "distill", "distill_minutes": 10.0,
                                    "method": "max"},
              "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 10 min of "
+             "distillation, no clipping"),
+            ("stem2-w8-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
+                                         "distill_steps": 600, "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation, no clipping"),
+            ("stem2-distill600-max", {"keep_stem_float": 2, "weight_rounding": "distill", "distill_steps": 600,
+                                      "method": "max"},
+             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
              "distillation, no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
