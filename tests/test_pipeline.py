@@ -178,6 +178,27 @@ def test_a_rerun_without_the_exports_keeps_what_devices_measured(tmp_path: Path)
     assert again.device_latency == timed and again.key == rec.key and again.latency["p50_ms"] > 0
 
 
+def test_a_throughput_pass_without_the_exports_exports_them_again(tmp_path: Path):
+    """Batch levels added to a run whose exports are gone (a committed run folder on a new machine): the variant is
+    exported again and its curve measured with them, not recorded as an error."""
+    import shutil
+
+    small = {"data": {"dataset": "coco-mini", "max_images": 2},
+             "calibration": {"sources": [{"dataset": "coco-mini", "split": "train2017"}], "images": 2},
+             "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "images": 1}}
+    streams = {"levels": [1], "seconds": 0.1, "block": 0.1, "warmup": 1}
+    out = tmp_path / "out"
+    assert run_cli("run", str(_write_cfg(tmp_path, **small, streams=streams)), "--out", str(out)).returncode == 0
+    shutil.rmtree(out / "artifacts")
+    proc = run_cli("run", str(_write_cfg(tmp_path, **small, streams=streams | {"batches": [2]})), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "onnxruntime-fp32: its export is not here; exporting and evaluating it again" in proc.stdout + proc.stderr
+    t = RecordStore(out).get("onnxruntime-fp32").throughput
+    assert "error" not in t and [(lv["streams"], lv["batch"]) for lv in t["levels"]] == [(1, 1), (1, 2)], t
+    assert t["concurrency"] == {"1": "1 separate runtime x 2 threads", "batch 2": "one runtime, 2 frames an "
+                                                                                    "inference, 2 threads"}
+
+
 def _write_cfg(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
     cfg["variants"] = [{"format": "onnxruntime", "precision": "fp32"}]

@@ -9,6 +9,7 @@ are left out of quantization and run in float on XNNPACK.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -144,12 +145,17 @@ class ExecuTorchBackend(Backend):
                                                                                     "rewrites": {}})
         if ctx.variant.precision == "fp32":
             pte = base_path(ctx.source, ctx.imgsz, ctx.workdir.parent, f"{tag}executorch-{REWRITTEN}") / "model.pte"
-            model = export_module(ctx.source, ctx.imgsz, head.end2end, ctx.max_det, "executorch")
-            info = {"rewrites": rewrite_model(model)}
-            if not pte.is_file():
+            counts = pte.with_name("rewrites.json")  # beside the program: a cached one needs no model to count
+            if not (pte.is_file() and counts.is_file()):
+                model = export_module(ctx.source, ctx.imgsz, head.end2end, ctx.max_det, "executorch")
+                done = rewrite_model(model)
                 with step(f"export {ctx.variant.label} (rewritten for XNNPACK, lowered by ExecuTorch)"):
                     pte.parent.mkdir(parents=True, exist_ok=True)
                     self._lower(model, ctx.imgsz, pte)
+                tmp = counts.with_name(f".{counts.name}.tmp")
+                tmp.write_text(json.dumps(done))
+                tmp.replace(counts)
+            info = {"rewrites": json.loads(counts.read_text())}
             return Artifact(pte, self.name, "fp32", base_info | info | {"delegate": "XnnpackPartitioner"})
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         out = ctx.workdir / "model_int8.pte"
