@@ -175,11 +175,13 @@ class NcnnBackend(Backend):
                                    "method": "max"},
              "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 10 min of "
              "distillation, no clipping"),
+            # these two name every setting they are about: a variant that distils already (as a tuned config's
+            # does) must not lend its own bits or step budget to them
             ("stem2-w8-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
                                          "distill_steps": 600, "method": "max"},
              "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation, no clipping"),
-            ("stem2-distill600-max", {"keep_stem_float": 2, "weight_rounding": "distill", "distill_steps": 600,
-                                      "method": "max"},
+            ("stem2-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 6, "weight_rounding": "distill",
+                                      "distill_steps": 600, "method": "max"},
              "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
              "distillation, no clipping"))]
 
