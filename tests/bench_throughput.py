@@ -63,7 +63,7 @@ def main() -> int:
         return 2
     cfg = load_config(run_dir / "config.yaml")
     fps_target = rec.throughput["settings"]["fps"]
-    n = cameras(rec.throughput["levels"], fps_target)["streams"]
+    n = cameras(rec.throughput["levels"], fps_target, batches=False)["streams"]  # its best stream count
     xml = model_xml(from_display(rec.artifact, run_dir))
     backend = get_backend("openvino")
     artifact = Artifact(xml.parent, "openvino", rec.precision, rec.artifact_info)
