@@ -203,9 +203,11 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
                     rt = backend.load_batched(artifact, b, cfg.imgsz, cfg.latency.threads, v.device)
                     rt.info["concurrency"] = f"one runtime, {b} frames an inference, {cfg.latency.threads} threads"
                     runtimes[r.name][(1, b)] = [rt]
-                except BatchError as e:  # the stream counts stand; the record says why this batch is missing
-                    refused.setdefault(r.name, {})[str(b)] = str(e)
-                    say(f"  {r.name}: no batch {b}: {e}")
+                except Exception as e:  # noqa: BLE001 - the stream counts stand; the record says why not
+                    why = str(e) if isinstance(e, BatchError) else \
+                        f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+                    refused.setdefault(r.name, {})[str(b)] = why
+                    say(f"  {r.name}: no batch {b}: {why}")
         except Exception as e:  # noqa: BLE001 - its accuracy and latency stand; the curve says why it is missing
             runtimes.pop(r.name, None)
             r.throughput = {"error": f"{type(e).__name__}: {e}", "settings": throughput_settings(cfg.streams,
