@@ -104,6 +104,7 @@ class OnnxRuntimeBackend(Backend):
         out = [TuneCandidate(n, base | o, w + why) for n, o, w in (
             ("default", {}, "ONNX Runtime's defaults in yoloq"),
             ("stem0", {"keep_stem_float": 0}, "the stem in int8 too (faster, if accuracy holds)"),
+            ("stem1", {"keep_stem_float": 1}, "only the first layer in float (faster, if accuracy holds)"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
             ("p99.99", {"percentile": 99.99}, "tighter activation ranges: finer steps, more clipping"),
             ("minmax", {"calibrate_method": "minmax"}, "full activation ranges: no clipping"))]
