@@ -188,7 +188,7 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
 
     runtimes: dict[str, dict[Level, list[Runtime]]] = {}
     refused: dict[str, dict[str, str]] = {}
-    todo = [export_again(inputs, store, by_label[r.name], r) for r in todo]
+    todo = [r for r in (export_again(inputs, store, by_label[r.name], r) for r in todo) if r.ok]
     for r in todo:
         v = by_label[r.name]
         try:
@@ -200,14 +200,11 @@ def stream_variants(inputs: RunInputs, store: RecordStore, variants: list[Varian
                                 for n in cfg.streams.levels}
             for b in cfg.streams.batches:
                 try:
-                    rt = backend.load_batched(artifact, b, cfg.imgsz, cfg.latency.threads, v.device)
-                    rt.info["concurrency"] = f"one runtime, {b} frames an inference, {cfg.latency.threads} threads"
-                    runtimes[r.name][(1, b)] = [rt]
-                except Exception as e:  # noqa: BLE001 - the stream counts stand; the record says why not
-                    why = str(e) if isinstance(e, BatchError) else \
-                        f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-                    refused.setdefault(r.name, {})[str(b)] = why
-                    say(f"  {r.name}: no batch {b}: {why}")
+                    runtimes[r.name][(1, b)] = [backend.load_batched(artifact, b, cfg.imgsz, cfg.latency.threads,
+                                                                     v.device)]
+                except BatchError as e:  # the stream counts stand; the record says why this batch is not
+                    refused.setdefault(r.name, {})[str(b)] = str(e)
+                    say(f"  {r.name}: no batch {b}: {e}")
         except Exception as e:  # noqa: BLE001 - its accuracy and latency stand; the curve says why it is missing
             runtimes.pop(r.name, None)
             r.throughput = {"error": f"{type(e).__name__}: {e}", "settings": throughput_settings(cfg.streams,

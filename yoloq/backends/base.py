@@ -265,11 +265,31 @@ class Backend(ABC):
 
     def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int, device: str = "cpu") -> Runtime:
         """One runtime of ``artifact`` taking ``batch`` images of ``imgsz`` per inference (frames from ``batch``
-        cameras at once), checked against batch 1 (:func:`yoloq.backends.batched.check_batch`).
+        cameras at once), made by :meth:`batched_runtime` and checked against batch 1
+        (:func:`yoloq.backends.batched.check_batch`).
 
         Raises:
-            BatchError: When this format's exports have a fixed batch of 1, or the batched graph differs.
+            BatchError: In one line, when this format's exports have a fixed batch of 1, the runtime cannot take
+                the batch, or the batched graph's outputs differ from batch 1's.
         """
+        from yoloq.backends.batched import BatchError, check_batch, one_line
+
+        what = f"{self.name} {artifact.precision}"
+        try:
+            rt = self.batched_runtime(artifact, batch, threads, device)
+        except BatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the runtime's own reason, in one line
+            raise BatchError(f"{what} cannot take a batch of {batch}: {one_line(e)}") from e
+        rt.info["batch_check"] = check_batch(rt.predict, self.load(artifact, threads, device).predict, batch, imgsz,
+                                             what)
+        rt.info["concurrency"] = f"one runtime, {batch} frames an inference, {threads} threads"
+        return rt
+
+    def batched_runtime(self, artifact: Artifact, batch: int, threads: int, device: str = "cpu") -> Runtime:
+        """A runtime of ``artifact`` at batch ``batch`` (unchecked: :meth:`load_batched` checks it). By default
+        none: yoloq's exports have a batch of 1, and a backend that can run the same graph at another batch says
+        how."""
         from yoloq.backends.batched import BatchError
 
         raise BatchError(f"{self.name} exports have a fixed batch of 1")

@@ -80,6 +80,11 @@ def ov_with_batch(model: Any, batch: int) -> Any:
     return model
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and its message's first line."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
 def check_batch(batched: Callable[[np.ndarray], np.ndarray], single: Callable[[np.ndarray], np.ndarray], batch: int,
                 imgsz: int, what: str, rtol: float = 1e-3) -> float:
     """Run ``batched`` on ``batch`` different inputs and ``single`` on each alone; raise :class:`BatchError` when
@@ -90,7 +95,7 @@ def check_batch(batched: Callable[[np.ndarray], np.ndarray], single: Callable[[n
     try:
         y = np.asarray(batched(x))
     except Exception as e:  # noqa: BLE001 - the runtime's own error, said in one line
-        raise BatchError(f"{what} does not run at batch {batch}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise BatchError(f"{what} does not run at batch {batch}: {one_line(e)}") from e
     ref = np.concatenate([np.asarray(single(x[i:i + 1])) for i in range(batch)])
     if y.shape != ref.shape:
         raise BatchError(f"{what} at batch {batch} gives shape {y.shape}, not {ref.shape}")

@@ -274,21 +274,9 @@ class OpenVinoBackend(Backend):
                                     "int8": f"int8 ({ran} for float ops)"}[artifact.precision]
         return rt
 
-    def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int,
-                     device: str = "cpu") -> OvRuntime:
-        """The IR reshaped to ``batch`` (its reshapes' leading 1 as 0), compiled for latency, checked against
-        batch 1."""
-        from yoloq.backends.batched import BatchError, check_batch
-
-        try:
-            rt = self.load(artifact, threads, device, batch=batch)
-        except Exception as e:  # noqa: BLE001 - OpenVINO's shape inference says why, in one line
-            raise BatchError(f"{self.name} {artifact.precision} cannot take a batch of {batch}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-        single = self.load(artifact, threads, device)
-        rt.info["batch_check"] = check_batch(rt.predict, single.predict, batch, imgsz,
-                                             f"{self.name} {artifact.precision}")
-        return rt
+    def batched_runtime(self, artifact: Artifact, batch: int, threads: int, device: str = "cpu") -> OvRuntime:
+        """The IR reshaped to ``batch`` (its reshapes' leading 1 as 0), compiled for latency."""
+        return self.load(artifact, threads, device, batch=batch)
 
     def load_streams(self, artifact: Artifact, streams: int, threads: int, device: str = "cpu") -> list[OvRuntime]:
         """One model compiled with OpenVINO's THROUGHPUT hint for ``streams`` requests in flight (it chooses its CPU

@@ -88,11 +88,6 @@ class TorchBackend(Backend):
         return TorchRuntime(Path(artifact.path), threads, device, half=artifact.precision == "fp16",
                             end2end=bool(artifact.info.get("end2end")), max_det=int(artifact.info.get("max_det", 300)))
 
-    def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int,
-                     device: str = "cpu") -> TorchRuntime:
-        """The model itself takes any batch (checked against batch 1 all the same)."""
-        from yoloq.backends.batched import check_batch
-
-        rt = self.load(artifact, threads, device)
-        rt.info["batch_check"] = check_batch(rt.predict, rt.predict, batch, imgsz, f"{self.name} {artifact.precision}")
-        return rt
+    def batched_runtime(self, artifact: Artifact, batch: int, threads: int, device: str = "cpu") -> TorchRuntime:
+        """The model itself takes any batch."""
+        return self.load(artifact, threads, device)

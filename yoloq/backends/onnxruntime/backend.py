@@ -185,19 +185,14 @@ class OnnxRuntimeBackend(Backend):
         rt.info["precision_ran"] = artifact.precision
         return rt
 
-    def load_batched(self, artifact: Artifact, batch: int, imgsz: int, threads: int,
-                     device: str = "cpu") -> OrtRuntime:
+    def batched_runtime(self, artifact: Artifact, batch: int, threads: int, device: str = "cpu") -> OrtRuntime:
         """The same graph with a batch of ``batch`` (its reshapes' leading 1 as 0; a temporary file the session
-        reads once), checked against the export itself at batch 1."""
-        from yoloq.backends.batched import check_batch, onnx_with_batch
+        reads once)."""
+        from yoloq.backends.batched import onnx_with_batch
 
         with tempfile.TemporaryDirectory(prefix="yoloq-batch-") as tmp:
             dst = onnx_with_batch(Path(artifact.path), batch, Path(tmp) / f"batch{batch}.onnx")
-            rt = self.load(replace(artifact, path=dst), threads, device)
-        single = self.load(artifact, threads, device)
-        rt.info["batch_check"] = check_batch(rt.predict, single.predict, batch, imgsz,
-                                             f"{self.name} {artifact.precision}")
-        return rt
+            return self.load(replace(artifact, path=dst), threads, device)
 
     def in_int8(self, ctx: ExportContext, groups: list[GroupError]) -> list[GroupError]:
         """Each group less the nodes the variant's scope (stem, head, float nodes) already keeps in float."""
