@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yoloq.artifacts import cached_artifact, remember_artifact
+from yoloq.artifacts import cached_artifact, remember_artifact, sibling_artifact
 from yoloq.backends.base import Artifact
 from yoloq.config import LatencyConfig
 from yoloq.latency import measure, measure_interleaved
@@ -95,8 +95,14 @@ def test_artifact_cache_reuses_only_the_same_key(tmp_path: Path):
     got = cached_artifact(work, "k1")
     assert got is not None and got.size_bytes == 10 and got.info == {"q": 1}
     assert cached_artifact(work, "k2") is None  # other settings: exported again
+    other = tmp_path / "artifacts" / "v-on-arm"  # the same export under another variant of the run
+    assert sibling_artifact(other, "k2") is None
+    twin = sibling_artifact(other, "k1")
+    assert twin is not None and Path(twin.path) == work / "model.onnx"
+    assert cached_artifact(other, "k1").path.resolve() == (work / "model.onnx").resolve()  # remembered
     (work / "model.onnx").unlink()
     assert cached_artifact(work, "k1") is None  # the file is gone: exported again
+    assert cached_artifact(other, "k1") is None and sibling_artifact(other, "k1") is None
 
 
 def test_machine_fingerprint_decides_reuse():
@@ -163,3 +169,59 @@ def test_an_exports_cost_is_the_backends_own_figure_where_it_keeps_one():
     ncnn = {"recovery_cost": {"calibration": {"s": 12.0, "peak_rss_mb": 2100}, "gptq": {"s": 45.0, "peak_rss_mb": 4800}}}
     assert export_cost(ncnn, 61.5) == (61.5, 4800)
     assert export_cost({}, 3.2) == (3.2, None)
+
+
+def test_distillation_augments_only_by_mirror_and_zoom():
+    """Distillation's augmentation (the teacher labels what the student sees): ``flip`` gives each image or its
+    mirror, nothing else; ``flip-scale`` zooms too, with the letterbox's gray where a zoomed-out frame is empty, the
+    same draws from the same seed; ``none`` passes the batch through."""
+    import torch
+
+    from yoloq.recover.distill import PAD, _augment
+
+    x = torch.rand(4, 3, 32, 32)
+    assert _augment(x, "none", np.random.default_rng(0)) is x
+    flipped = _augment(x, "flip", np.random.default_rng(0))
+    kinds = [bool(torch.equal(f, i)) or bool(torch.equal(f, torch.flip(i, dims=[2]))) for f, i in zip(flipped, x)]
+    assert all(kinds) and not torch.equal(flipped, x)
+    a, b = (_augment(x, "flip-scale", np.random.default_rng(1)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    gray = torch.full((1, 3, 32, 32), PAD)
+    zoomed = [_augment(gray * 0 + 0.9, "flip-scale", np.random.default_rng(s)) for s in range(20)]
+    # a zoom out leaves gray borders around the image; a zoom in shows only the image
+    assert any(torch.isclose(z[0, :, 0, 0], gray[0, :, 0, 0]).all() for z in zoomed)
+    assert any(torch.isclose(z, torch.full_like(z, 0.9)).all() for z in zoomed)
+
+
+def test_distillation_detection_loss_is_zero_only_at_the_teacher():
+    """The detection distillation loss: 0 where the student's raw output is the teacher's, larger the further its
+    scores move (a small score moved weighs more than under the squared error), and box errors count only where
+    the teacher sees something."""
+    import torch
+
+    from yoloq.recover.distill import _loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.cat([torch.rand(1, 4, 50, generator=g) * 320, torch.rand(1, 80, 50, generator=g) * 0.05], 1)
+    assert float(_loss(t, t, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
+    small, large = t.clone(), t.clone()
+    small[:, 4:] *= 1.5
+    large[:, 4:] *= 3.0
+    assert 0 < float(_loss(small, t, 320, "detection")) < float(_loss(large, t, 320, "detection"))
+    # the same score error (+0.01) costs the same under mse on a score of 0.01 and of 0.5; under the detection loss
+    # doubling the small score (what moves a detection's rank) costs far more
+    def cost(score: float, kind: str) -> float:
+        x = t.clone()
+        x[:, 4:] = score
+        y = x.clone()
+        y[:, 4:] += 0.01
+        return float(_loss(y, x, 320, kind))
+
+    assert cost(0.01, "mse") == pytest.approx(cost(0.5, "mse"), rel=1e-3)
+    assert cost(0.01, "detection") > 5 * cost(0.5, "detection")
+    empty = t.clone()
+    empty[:, 4:] = 0.0  # the teacher sees nothing: box errors cost nothing
+    shifted = empty.clone()
+    shifted[:, :4] += 5.0
+    assert float(_loss(shifted, empty, 320, "detection")) == pytest.approx(0.0, abs=1e-6)

@@ -17,6 +17,9 @@ import numpy as np
 LR = 1e-5  # Adam: the weights move by a fraction of a quantization step per update
 BATCH = 2
 HELD = 4  # calibration images held out of training to judge the result (the teacher's targets, not labels)
+AUGMENTS = ("none", "flip", "flip-scale")
+SCALE = (0.7, 1.3)  # flip-scale: each training image zoomed by a factor drawn from this range, at a random offset
+PAD = 114 / 255  # the letterbox's gray, where a zoomed-out image leaves the frame empty
 
 
 @dataclass(frozen=True)
@@ -46,22 +49,68 @@ def _fake_quantize(module: Any, grid: Grid) -> None:
     module.forward = forward
 
 
-def _loss(y: Any, t: Any, imgsz: int) -> Any:
-    """The mean squared error of the raw head output [B, 4 + nc, N], boxes divided by the input size so boxes and
-    scores weigh alike. (Weighting each anchor by the teacher's best score was tried: 96.3% kept on the tuning split
-    against 98.1% unweighted, though with 85 steps against 485: not adopted.)"""
-    scale = t.new_ones(t.shape[1], 1)
-    scale[:4] = 1.0 / imgsz  # boxes in input pixels: divided so boxes and scores weigh alike
-    return (((y - t) * scale) ** 2).mean()
+LOSSES = ("mse", "detection")
+
+
+def _loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
+    """How far the student's raw head output ``y`` [B, 4 + nc, N] is from the teacher's ``t``.
+
+    ``mse``: the mean squared error of every value, boxes divided by the input size so boxes and scores weigh alike.
+    (Weighting each anchor by the teacher's best score was tried: 96.3% kept on the tuning split against 98.1%
+    unweighted, though with 85 steps against 485: not adopted.)
+
+    ``detection``: what a detector distils by: binary cross-entropy of the class scores against the teacher's as soft
+    targets (less the teacher's own entropy, so it is 0 at equality), which weighs the small scores that decide the
+    ranking far more than their squared error does, plus each anchor's box L1 (in input sizes) weighted by the
+    teacher's best score, so boxes count where the teacher sees something."""
+    if kind == "mse":
+        scale = t.new_ones(t.shape[1], 1)
+        scale[:4] = 1.0 / imgsz  # boxes in input pixels: divided so boxes and scores weigh alike
+        return (((y - t) * scale) ** 2).mean()
+    import torch
+
+    eps = 1e-6
+    p, q = y[:, 4:].clamp(eps, 1 - eps), t[:, 4:].clamp(eps, 1 - eps)
+    bce = -(q * torch.log(p) + (1 - q) * torch.log(1 - p))
+    entropy = -(q * torch.log(q) + (1 - q) * torch.log(1 - q))
+    weight = t[:, 4:].amax(1, keepdim=True)  # [B, 1, N]
+    box = ((y[:, :4] - t[:, :4]).abs() / imgsz * weight).sum() / weight.sum().clamp_min(eps) / 4
+    return (bce - entropy).mean() + box
+
+
+def _augment(x: Any, kind: str, rng: np.random.Generator) -> Any:
+    """The training batch as the student and the teacher both see it: each image mirrored left-right with
+    probability 1/2 (``flip``), and also zoomed in or out about a random point with the letterbox's gray around it
+    (``flip-scale``). The teacher labels the augmented image itself, so every augmentation is exact: it only makes
+    more distinct inputs out of the same unlabelled images."""
+    import torch
+    import torch.nn.functional as F
+
+    if kind == "none":
+        return x
+    out = []
+    for img in x.split(1):
+        if rng.random() < 0.5:
+            img = torch.flip(img, dims=[3])
+        if kind == "flip-scale":
+            s = float(rng.uniform(*SCALE))
+            tx, ty = (float(v) for v in rng.uniform(-1, 1, 2) * abs(1 - 1 / s))
+            theta = torch.tensor([[[1 / s, 0, tx], [0, 1 / s, ty]]], dtype=img.dtype)
+            grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+            img = F.grid_sample(img - PAD, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + PAD
+        out.append(img)
+    return torch.cat(out)
 
 
 def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz: int, minutes: float,
-            threads: int, log: Callable[[str], None] = lambda s: None, steps: int = 0
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
+            threads: int, log: Callable[[str], None] = lambda s: None, steps: int = 0, augment: str = "none",
+            loss: str = "mse") -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
     ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
     steps where given (the same model on any machine and day: a budget in minutes trains as many steps as the
-    machine's speed allows).
+    machine's speed allows). ``augment`` (one of :data:`AUGMENTS`) varies the training images (:func:`_augment`);
+    the held-out images are judged as they are. ``loss`` (one of :data:`LOSSES`) is what training lowers and the
+    held-out images are judged by (:func:`_loss`).
 
     Returns:
         ``{module name: (weight, bias)}`` as numpy arrays (the originals where training did not lower the held-out
@@ -91,7 +140,7 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
 
     def held_loss() -> float:
         with torch.no_grad():
-            return float(np.mean([_loss(student(x), t, imgsz).item() for x, t in zip(held, targets_held)]))
+            return float(np.mean([_loss(student(x), t, imgsz, loss).item() for x, t in zip(held, targets_held)]))
 
     before = held_loss()
     start = {n: (named[n].weight.detach().clone(), None if named[n].bias is None else named[n].bias.detach().clone())
@@ -101,18 +150,18 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     budget, t0, steps, seen = steps, time.perf_counter(), 0, 0
     while (steps < budget) if budget else (time.perf_counter() - t0 < 60 * minutes):
         idx = rng.choice(len(train), min(BATCH, len(train)), replace=False)
-        x = torch.cat([train[i] for i in idx])
+        x = _augment(torch.cat([train[i] for i in idx]), augment, rng)
         with torch.no_grad():
             t = teacher(x)
-        loss = _loss(student(x), t, imgsz)
+        value = _loss(student(x), t, imgsz, loss)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
         steps, seen = steps + 1, seen + len(idx)
         if steps % 20 == 0:
             spent = time.perf_counter() - t0
             left = f"{steps}/{budget} steps" if budget else f"{max(60 * minutes - spent, 0):.0f}s left"
-            log(f"  distillation: step {steps}, training loss {loss.item():.3g}, {left}")
+            log(f"  distillation: step {steps}, training loss {value.item():.3g}, {left}")
     after = held_loss()
     kept = after < before
     out = {n: ((named[n].weight if kept else start[n][0]).detach().numpy().copy(),
@@ -122,4 +171,4 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
                  "kept": kept, "train_images": len(train), "held_out_images": len(held),
                  "minutes": None if budget else minutes, "step_budget": budget or None,
                  "seconds": round(time.perf_counter() - t0, 1),
-                 "lr": LR, "batch": BATCH}
+                 "lr": LR, "batch": BATCH, "augment": augment, "loss": loss}

@@ -130,6 +130,14 @@ class NcnnBackend(Backend):
         "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
                                     "distill_minutes allow): the same model on any machine", INT8, minimum=0,
                                     before=0),
+        "distill_augment": OptionSpec(str, "none", ("none", "flip", "flip-scale"), "distillation's training "
+                                      "images as they are, mirrored at random, or mirrored and zoomed (x0.7-1.3) "
+                                      "at random: the teacher labels what the student sees, so more distinct "
+                                      "inputs from the same calibration images", INT8, before="none"),
+        "distill_loss": OptionSpec(str, "mse", ("mse", "detection"), "what distillation lowers: the squared error "
+                                   "of every raw output, or a detector's distillation loss (the class scores' "
+                                   "cross-entropy against the teacher's, boxes weighted by the teacher's score)",
+                                   INT8, before="mse"),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
@@ -183,7 +191,22 @@ class NcnnBackend(Backend):
             ("stem2-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 6, "weight_rounding": "distill",
                                       "distill_steps": 600, "method": "max"},
              "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
-             "distillation, no clipping"))]
+             "distillation, no clipping"),
+            ("stem2-w8-distill600-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
+                                             "distill_steps": 600, "distill_augment": "flip-scale", "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation on calibration "
+             "images mirrored and zoomed at random, no clipping"),
+            ("stem2-w8-distill224-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
+                                             "distill_steps": 224, "distill_augment": "flip-scale", "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights learned by 224 steps of distillation on calibration "
+             "images mirrored and zoomed at random, no clipping"),
+            ("stem2-w8-distill600-aug-det-max", {"keep_stem_float": 2, "weight_bits_3x3": 8,
+                                                 "weight_rounding": "distill", "distill_steps": 600,
+                                                 "distill_augment": "flip-scale", "distill_loss": "detection",
+                                                 "method": "max"},
+             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation on calibration "
+             "images mirrored and zoomed at random, with a detector's loss (the scores' cross-entropy, boxes "
+             "weighted by score), no clipping"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -263,7 +286,8 @@ class NcnnBackend(Backend):
         bits = ctx.option("weight_bits_3x3")
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
-                                  steps=ctx.option("distill_steps"))
+                                  steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
+                                  loss=ctx.option("distill_loss"))
         return (*learned_integers(layers, learned, names, ws, bits), result)
 
     def _images(self, ctx: ExportContext) -> list[np.ndarray]:
