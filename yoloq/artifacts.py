@@ -84,6 +84,19 @@ def cached_artifact(workdir: Path, key: str) -> Artifact | None:
     return Artifact(path, m["format"], m["precision"], m.get("info", {}))
 
 
+def sibling_artifact(workdir: Path, key: str) -> Artifact | None:
+    """Another variant's export of the same key in the same run (one export scored on x86 and on an emulated CPU,
+    say: the key is what determines the export), remembered as this variant's too; None where there is none."""
+    for other in sorted(workdir.parent.glob("*/artifact.json")):
+        if other.parent == workdir:
+            continue
+        artifact = cached_artifact(other.parent, key)
+        if artifact is not None:
+            remember_artifact(workdir, key, artifact)
+            return artifact
+    return None
+
+
 def remember_artifact(workdir: Path, key: str, artifact: Artifact) -> None:
     """Write the variant's artifact manifest (atomically, after the export has finished)."""
     ref = os.path.relpath(Path(artifact.path).resolve(), workdir.resolve())
@@ -100,7 +113,7 @@ def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: Calibratio
         The artifact and whether it was reused.
     """
     workdir = workdir_of(out_dir, v)
-    artifact = cached_artifact(workdir, key)
+    artifact = cached_artifact(workdir, key) or sibling_artifact(workdir, key)
     if artifact is not None:
         return artifact, True
     if v.artifact:  # an existing export, evaluated as it is (its manifest points at it)
