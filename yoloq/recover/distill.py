@@ -62,7 +62,8 @@ def _loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
     ``detection``: what a detector distils by: binary cross-entropy of the class scores against the teacher's as soft
     targets (less the teacher's own entropy, so it is 0 at equality), which weighs the small scores that decide the
     ranking far more than their squared error does, plus each anchor's box L1 (in input sizes) weighted by the
-    teacher's best score, so boxes count where the teacher sees something."""
+    teacher's best score, so boxes count where the teacher sees something. (On YOLO11n's NCNN INT8, 600 augmented
+    steps: 97.6% kept on coco1k's tuning split against the squared error's 99.6%: offered, not the default.)"""
     if kind == "mse":
         scale = t.new_ones(t.shape[1], 1)
         scale[:4] = 1.0 / imgsz  # boxes in input pixels: divided so boxes and scores weigh alike
