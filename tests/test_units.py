@@ -100,6 +100,11 @@ def test_artifact_cache_reuses_only_the_same_key(tmp_path: Path):
     twin = sibling_artifact(other, "k1")
     assert twin is not None and Path(twin.path) == work / "model.onnx"
     assert cached_artifact(other, "k1").path.resolve() == (work / "model.onnx").resolve()  # remembered
+    # the owner exported again under other settings into the same file: the sharer's manifest no longer holds
+    remember_artifact(work, "k3", Artifact(work / "model.onnx", "onnxruntime", "int8", {"q": 3}))
+    assert cached_artifact(other, "k1") is None and sibling_artifact(other, "k1") is None
+    remember_artifact(work, "k1", Artifact(work / "model.onnx", "onnxruntime", "int8", {"q": 1}))
+    assert cached_artifact(other, "k1") is not None
     (work / "model.onnx").unlink()
     assert cached_artifact(work, "k1") is None  # the file is gone: exported again
     assert cached_artifact(other, "k1") is None and sibling_artifact(other, "k1") is None

@@ -72,7 +72,9 @@ def workdir_of(out_dir: Path, v: VariantConfig) -> Path:
 
 
 def cached_artifact(workdir: Path, key: str) -> Artifact | None:
-    """The artifact exported earlier for this variant key, if its manifest and files are intact."""
+    """The artifact exported earlier for this variant key, if its manifest and files are intact (and, for another
+    variant's export this one shares, if that variant's own manifest still has the key: its folder may since hold
+    an export under other settings)."""
     try:
         m = json.loads((workdir / "artifact.json").read_text())
     except (OSError, ValueError):
@@ -81,28 +83,41 @@ def cached_artifact(workdir: Path, key: str) -> Artifact | None:
     path = path if path.is_absolute() else workdir / path
     if m.get("key") != key or not path.exists():
         return None
+    if m.get("owner") and _own_key(workdir / m["owner"]) != key:
+        return None
     return Artifact(path, m["format"], m["precision"], m.get("info", {}))
+
+
+def _own_key(workdir: Path) -> str | None:
+    """The key of the export ``workdir`` made itself (None where it shares another's or has none)."""
+    try:
+        m = json.loads((workdir / "artifact.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if m.get("owner") else m.get("key")
 
 
 def sibling_artifact(workdir: Path, key: str) -> Artifact | None:
     """Another variant's export of the same key in the same run (one export scored on x86 and on an emulated CPU,
     say: the key is what determines the export), remembered as this variant's too; None where there is none."""
     for other in sorted(workdir.parent.glob("*/artifact.json")):
-        if other.parent == workdir:
+        if other.parent == workdir or _own_key(other.parent) != key:
             continue
         artifact = cached_artifact(other.parent, key)
         if artifact is not None:
-            remember_artifact(workdir, key, artifact)
+            remember_artifact(workdir, key, artifact, owner=other.parent)
             return artifact
     return None
 
 
-def remember_artifact(workdir: Path, key: str, artifact: Artifact) -> None:
-    """Write the variant's artifact manifest (atomically, after the export has finished)."""
+def remember_artifact(workdir: Path, key: str, artifact: Artifact, owner: Path | None = None) -> None:
+    """Write the variant's artifact manifest (atomically, after the export has finished); ``owner``: the folder of
+    the variant whose export this is, where it is another's."""
     ref = os.path.relpath(Path(artifact.path).resolve(), workdir.resolve())
+    extra = {"owner": os.path.relpath(owner.resolve(), workdir.resolve())} if owner is not None else {}
     write_atomic(workdir / "artifact.json", json.dumps({"key": key, "path": ref, "format": artifact.format,
                                                         "precision": artifact.precision,
-                                                        "info": dict(artifact.info)}, default=str))
+                                                        "info": dict(artifact.info)} | extra, default=str))
 
 
 def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: CalibrationSet, out_dir: Path,

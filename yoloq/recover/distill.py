@@ -18,6 +18,7 @@ LR = 1e-5  # Adam: the weights move by a fraction of a quantization step per upd
 BATCH = 2
 HELD = 4  # calibration images held out of training to judge the result (the teacher's targets, not labels)
 AUGMENTS = ("none", "flip", "flip-scale")
+LOSSES = ("mse", "detection")
 SCALE = (0.7, 1.3)  # flip-scale: each training image zoomed by a factor drawn from this range, at a random offset
 PAD = 114 / 255  # the letterbox's gray, where a zoomed-out image leaves the frame empty
 
@@ -47,9 +48,6 @@ def _fake_quantize(module: Any, grid: Grid) -> None:
         return F.conv2d(xq, wq, module.bias, module.stride, module.padding, module.dilation, module.groups)
 
     module.forward = forward
-
-
-LOSSES = ("mse", "detection")
 
 
 def _loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
@@ -119,6 +117,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     """
     import torch
 
+    if augment not in AUGMENTS or loss not in LOSSES:
+        raise ValueError(f"distill: augment {augment!r} / loss {loss!r}: expected one of {AUGMENTS} / {LOSSES}")
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(0)
     teacher = copy.deepcopy(model).eval()

@@ -30,6 +30,7 @@ from yoloq.backends.torch_scope import conv_order, export_module, in_float, modu
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
 from yoloq.recover.cost import measured
+from yoloq.recover.distill import AUGMENTS, LOSSES
 
 PARAM, BIN = int8.PARAM, int8.BIN
 CONVS = int8.CONVS
@@ -130,11 +131,11 @@ class NcnnBackend(Backend):
         "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
                                     "distill_minutes allow): the same model on any machine", INT8, minimum=0,
                                     before=0),
-        "distill_augment": OptionSpec(str, "none", ("none", "flip", "flip-scale"), "distillation's training "
+        "distill_augment": OptionSpec(str, "none", AUGMENTS, "distillation's training "
                                       "images as they are, mirrored at random, or mirrored and zoomed (x0.7-1.3) "
                                       "at random: the teacher labels what the student sees, so more distinct "
                                       "inputs from the same calibration images", INT8, before="none"),
-        "distill_loss": OptionSpec(str, "mse", ("mse", "detection"), "what distillation lowers: the squared error "
+        "distill_loss": OptionSpec(str, "mse", LOSSES, "what distillation lowers: the squared error "
                                    "of every raw output, or a detector's distillation loss (the class scores' "
                                    "cross-entropy against the teacher's, boxes weighted by the teacher's score)",
                                    INT8, before="mse"),
