@@ -7,9 +7,11 @@ reused while the manifest's key matches and the files exist.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from yoloq.backends.base import Artifact, ExportContext, MakeValidator
@@ -138,6 +140,10 @@ def ensure_artifact(cfg: RunConfig, source: SourceModel, calibration: Calibratio
         return artifact, False
     ctx = ExportContext(source, v, cfg.imgsz, calibration, workdir, validator=validator, threads=cfg.latency.threads,
                         max_det=cfg.eval.max_det)
+    t0 = time.perf_counter()
     artifact = get_backend(v.format).export(ctx)
+    if "export_seconds" not in artifact.info:  # kept with the export, so a run that reuses it still says what it cost
+        artifact = dataclasses.replace(artifact, info={**artifact.info,
+                                                       "export_seconds": round(time.perf_counter() - t0, 1)})
     remember_artifact(workdir, key, artifact)
     return artifact, False

@@ -197,6 +197,10 @@ class NcnnBackend(Backend):
                                              "distill_steps": 600, "distill_augment": "flip-scale", "method": "max"},
              "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation on calibration "
              "images mirrored and zoomed at random, no clipping"),
+            ("stem2-distill600-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 6, "weight_rounding": "distill",
+                                          "distill_steps": 600, "distill_augment": "flip-scale", "method": "max"},
+             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
+             "distillation on calibration images mirrored and zoomed at random, no clipping"),
             ("stem2-w8-distill224-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
                                              "distill_steps": 224, "distill_augment": "flip-scale", "method": "max"},
              "the first two layers in float, 8-bit 3x3 weights learned by 224 steps of distillation on calibration "
