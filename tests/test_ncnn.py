@@ -161,6 +161,29 @@ def test_yoloq_int8_file_is_what_ncnn_itself_quantizes(tmp_path):
     assert np.abs(a - _outputs(fp32, x, model.output)).max() > 0  # it is int8: not the float output
 
 
+def test_8bit_3x3_weights_marked_for_gemm_give_exactly_winograd_f23s_output(tmp_path):
+    """8-bit 3x3 weights are kept off ncnn's int8 Winograd F(4,3) (ncnn2table gives F(4,3) layers 6 bits). Marked
+    in the file (featmask) to run ncnn's int8 GEMM, they give bit for bit the output of its Winograd F(2,3) (asked
+    for beside the file, as before), and the file needs nothing beside it."""
+    from yoloq.backends.ncnn import calibration, int8
+
+    fp32 = _export_fp32(tmp_path)
+    model = int8.read(fp32)
+    images = _images(3)
+    acts = calibration.calibrate(fp32, model, images, "max", 2)
+    quant = {c.name: (int8.weight_scales(c, "max", 8), acts[c.name], None) for c in model.convs}
+    three = frozenset(c.name for c in model.convs if c.winograd43)
+    assert len(three) > 10
+    int8.write(model, tmp_path / "gemm", quant, gemm=three)
+    int8.write(model, tmp_path / "f23", quant, options={"use_winograd43_convolution": False})
+    marked = [ln for ln in (tmp_path / "gemm" / int8.PARAM).read_text().splitlines() if f" 31={int8.NO_WINOGRAD}" in ln]
+    assert len(marked) == len(three) and not (tmp_path / "gemm" / int8.OPTIONS).exists()
+    x = images[:2]
+    gemm = _outputs(tmp_path / "gemm", x, model.output)
+    assert np.array_equal(gemm, _outputs(tmp_path / "f23", x, model.output))
+    assert np.abs(gemm - _outputs(fp32, x, model.output)).max() > 0  # it is int8: not the float output
+
+
 @pytest.mark.full  # about 100 s; CI runs the full tier; the int8 file's own checks stay in the default tier
 def test_each_recovery_method_brings_int8_closer_to_the_fp32_teacher(tmp_path):
     """On held-out images (not the calibration ones), against plain PTQ with ncnn2table's settings (KL, 6-bit 3x3

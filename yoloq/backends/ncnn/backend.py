@@ -131,6 +131,11 @@ class NcnnBackend(Backend):
         "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
                                     "distill_minutes allow): the same model on any machine", INT8, minimum=0,
                                     before=0),
+        "int8_3x3_kernel": OptionSpec(str, "gemm", ("gemm", "winograd"), "how ncnn runs the 3x3 stride-1 "
+                                      "convolutions with 8-bit weights (weight_bits_3x3: 8): its int8 GEMM, marked "
+                                      "in the file (the same integers, exactly; faster than Winograd F(2,3) on a "
+                                      "VNNI CPU), or its Winograd F(2,3), asked for beside the file", INT8,
+                                      before="winograd"),
         "distill_augment": OptionSpec(str, "none", AUGMENTS, "distillation's training "
                                       "images as they are, mirrored at random, or mirrored and zoomed (x0.7-1.3) "
                                       "at random: the teacher labels what the student sees, so more distinct "
@@ -306,11 +311,14 @@ class NcnnBackend(Backend):
         images = self._images(ctx)
         cost: dict[str, Any] = {}
         quant = self._quant(ctx, fp32, model, layers, images, cost)
-        eight = ctx.option("weight_bits_3x3") == 8 and any(c.winograd43 for c in layers)
+        eight = [c.name for c in layers if c.winograd43] if ctx.option("weight_bits_3x3") == 8 else []
+        gemm = frozenset(eight) if ctx.option("int8_3x3_kernel") == "gemm" else frozenset()
         out = ctx.workdir / "model"
-        sizes = int8.write(model, out, quant, options={"use_winograd43_convolution": False} if eight else None)
+        sizes = int8.write(model, out, quant, gemm=gemm,
+                           options={"use_winograd43_convolution": False} if eight and not gemm else None)
         return out, {"calibration_used": len(images), "kept_float": sorted(names[n] for n in kept),
                      "int8_layers": len(layers), "recovery_cost": cost, **sizes,
+                     "gemm_layers": len(gemm),  # 8-bit 3x3 convolutions marked to run ncnn's int8 GEMM
                      "runtime_options": int8.runtime_options(out)}
 
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from yoloq.backends.ncnn.int8 import BIN, METHODS, PARAM, Layer, Model, aciq_clip, runtime_options
 from yoloq.errors import ExportError
+from yoloq.progress import bar
 
 BINS, TARGET_BIN = 2048, 128  # ncnn2table's KL histogram and its 7-bit target
 
@@ -138,8 +139,9 @@ def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: in
         idx = np.minimum((v / np.float32(top) * BINS).astype(np.int64), BINS - 1) if top > 0 else v.astype(int)
         st.hist[name] = st.hist.get(name, 0) + np.bincount(idx, minlength=BINS)
 
-    blobs(folder, names, images, threads, count)
-    blobs(folder, names, images, threads, histogram)
+    n = len(images)  # two passes over every image: a bar each, as a large calibration pool takes minutes
+    blobs(folder, names, bar(images, f"  calibration: each input's largest magnitude ({n} images)"), threads, count)
+    blobs(folder, names, bar(images, f"  calibration: histograms up to it ({n} images)"), threads, histogram)
     if hit is not None:
         hit.parent.mkdir(parents=True, exist_ok=True)
         tmp = hit.with_suffix(".partial")

@@ -220,11 +220,16 @@ def runtime_options(folder: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+NO_WINOGRAD = 64  # ncnn's per-layer featmask (param 31), bit 6: this layer never runs a Winograd kernel
+
+
 def write(model: Model, out: Path, quant: dict[str, tuple[Any, ...]],
-          int8: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
+          int8: bool = True, options: dict[str, Any] | None = None, gemm: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Write ``model`` to ``out`` with the convolutions in ``quant`` (name -> weight scales, input scale, int8
     weights or None for rounding to nearest[, a learned bias]) in int8; ``int8=False`` keeps their weights float32 with the same
-    scales (ncnn quantizes them when it loads). Returns sizes."""
+    scales (ncnn quantizes them when it loads). The layers named in ``gemm`` carry ncnn's featmask that turns its
+    Winograd kernels off for them alone (its int8 GEMM runs them: exact for 8-bit weights), in the file itself, so
+    any program that loads it runs them so. Returns sizes."""
     out.mkdir(parents=True, exist_ok=True)
     lines, chunks = list(model.header), []
     for layer in model.layers:
@@ -235,7 +240,7 @@ def write(model: Model, out: Path, quant: dict[str, tuple[Any, ...]],
         ws, act, q, *rest = quant[layer.name]
         bias = rest[0] if rest and rest[0] is not None else layer.bias  # a learned bias (distillation)
         term = 2 if layer.kind == "Convolution" else 1
-        lines.append(f"{layer.line} 8={term}")
+        lines.append(f"{layer.line} 8={term}" + (f" 31={NO_WINOGRAD}" if layer.name in gemm else ""))
         if int8:
             q = quantize_weights(layer, ws) if q is None else np.asarray(q, np.int8)
             raw = q.astype(np.int8).tobytes()
