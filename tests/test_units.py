@@ -230,3 +230,30 @@ def test_distillation_detection_loss_is_zero_only_at_the_teacher():
     shifted = empty.clone()
     shifted[:, :4] += 5.0
     assert float(_loss(shifted, empty, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_learned_input_step_gets_lsqs_gradient_and_starts_where_calibration_put_it():
+    """``distill_scales``: the int8 input step learns as LSQ's does: at the calibrated scale the fake-quantized
+    convolution computes what the fixed one does; the step's gradient is ``round(x/d) - x/d`` inside the range and
+    the clip value (+-127) outside it, so clipping is something it can learn; without it there is no parameter."""
+    import torch
+
+    from yoloq.recover.distill import Grid, _fake_quantize
+
+    def conv() -> torch.nn.Conv2d:
+        c = torch.nn.Conv2d(1, 1, 1, bias=False)
+        c.weight.data.fill_(1.0)
+        return c
+
+    grid = Grid(np.array([127.0], np.float32), 127, 10.0)  # input step 0.1: [-12.7, 12.7] before clipping
+    fixed, learned = conv(), conv()
+    assert _fake_quantize(fixed, grid) is None
+    log_step = _fake_quantize(learned, grid, learn_step=True)
+    x = torch.tensor([0.26, -0.44, 3.0, 20.0, -30.0]).view(1, 1, 1, 5)
+    assert torch.allclose(fixed(x), learned(x), atol=1e-6)
+    assert torch.allclose(learned(x).flatten(), torch.tensor([0.3, -0.4, 3.0, 12.7, -12.7]), atol=1e-5)
+    learned(x).sum().backward()
+    d = 0.1
+    v = torch.clamp(x.flatten() / d, -127, 127)
+    expected = float((torch.round(v) - torch.where(v.abs() < 127, v, torch.zeros_like(v))).sum()) * d  # d(exp u)/du = d
+    assert float(log_step.grad) == pytest.approx(expected, rel=1e-4)

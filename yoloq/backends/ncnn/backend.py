@@ -100,6 +100,20 @@ def conv_names(model: Any, param: Path, imgsz: int) -> dict[str, str]:
     return names
 
 
+def _distilled(name: str, stem: int, bits: int, steps: int, **extra: Any) -> tuple[str, dict[str, Any], str]:
+    """A distillation candidate with a step budget and no clipping: its name, options and what it does."""
+    opts = {"keep_stem_float": stem, "weight_bits_3x3": bits, "weight_rounding": "distill", "distill_steps": steps,
+            "method": "max", **extra}
+    what = [f"the first {stem} modules in float", f"{bits}-bit 3x3 weights" +
+            (" (Winograd F(4,3) kept)" if bits == 6 else "") +
+            (" and each convolution's input scale" if extra.get("distill_scales") else "") +
+            f" learned by {steps} steps of distillation" +
+            (" on calibration images mirrored and zoomed at random" if extra.get("distill_augment") else "") +
+            (", with a detector's loss (the scores' cross-entropy, boxes weighted by score)"
+             if extra.get("distill_loss") == "detection" else ""), "no clipping"]
+    return name, opts, ", ".join(what)
+
+
 @register
 class NcnnBackend(Backend):
     """ncnn on the CPU (x86 here: a proxy for the Arm boards it is made for)."""
@@ -131,6 +145,9 @@ class NcnnBackend(Backend):
         "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
                                     "distill_minutes allow): the same model on any machine", INT8, minimum=0,
                                     before=0),
+        "distill_scales": OptionSpec(bool, False, None, "distillation learns each quantized convolution's int8 "
+                                     "input scale too, as LSQ does (it may learn to clip), else keeps the "
+                                     "calibrated one", INT8, before=False),
         "int8_3x3_kernel": OptionSpec(str, "gemm", ("gemm", "winograd"), "how ncnn runs the 3x3 stride-1 "
                                       "convolutions with 8-bit weights (weight_bits_3x3: 8): its int8 GEMM, marked "
                                       "in the file (the same integers, exactly; faster than Winograd F(2,3) on a "
@@ -189,34 +206,18 @@ class NcnnBackend(Backend):
                                    "method": "max"},
              "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 10 min of "
              "distillation, no clipping"),
-            # these two name every setting they are about: a variant that distils already (as a tuned config's
-            # does) must not lend its own bits or step budget to them
-            ("stem2-w8-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
-                                         "distill_steps": 600, "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation, no clipping"),
-            ("stem2-distill600-max", {"keep_stem_float": 2, "weight_bits_3x3": 6, "weight_rounding": "distill",
-                                      "distill_steps": 600, "method": "max"},
-             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
-             "distillation, no clipping"),
-            ("stem2-w8-distill600-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
-                                             "distill_steps": 600, "distill_augment": "flip-scale", "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation on calibration "
-             "images mirrored and zoomed at random, no clipping"),
-            ("stem2-distill600-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 6, "weight_rounding": "distill",
-                                          "distill_steps": 600, "distill_augment": "flip-scale", "method": "max"},
-             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 600 steps of "
-             "distillation on calibration images mirrored and zoomed at random, no clipping"),
-            ("stem2-w8-distill224-aug-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
-                                             "distill_steps": 224, "distill_augment": "flip-scale", "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights learned by 224 steps of distillation on calibration "
-             "images mirrored and zoomed at random, no clipping"),
-            ("stem2-w8-distill600-aug-det-max", {"keep_stem_float": 2, "weight_bits_3x3": 8,
-                                                 "weight_rounding": "distill", "distill_steps": 600,
-                                                 "distill_augment": "flip-scale", "distill_loss": "detection",
-                                                 "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights learned by 600 steps of distillation on calibration "
-             "images mirrored and zoomed at random, with a detector's loss (the scores' cross-entropy, boxes "
-             "weighted by score), no clipping"))]
+            # the step-budget candidates name every setting they are about: a variant that distils already (as a
+            # tuned config's does) must not lend its own bits, step budget or augmentation to them
+            _distilled("stem2-w8-distill600-max", 2, 8, 600),
+            _distilled("stem2-distill600-max", 2, 6, 600),
+            _distilled("stem2-w8-distill600-aug-max", 2, 8, 600, distill_augment="flip-scale"),
+            _distilled("stem2-distill600-aug-max", 2, 6, 600, distill_augment="flip-scale"),
+            _distilled("stem2-w8-distill600-aug-lsq-max", 2, 8, 600, distill_augment="flip-scale",
+                       distill_scales=True),
+            _distilled("stem3-w8-distill600-aug-max", 3, 8, 600, distill_augment="flip-scale"),
+            _distilled("stem2-w8-distill224-aug-max", 2, 8, 224, distill_augment="flip-scale"),
+            _distilled("stem2-w8-distill600-aug-det-max", 2, 8, 600, distill_augment="flip-scale",
+                       distill_loss="detection"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -281,12 +282,14 @@ class NcnnBackend(Backend):
             with measured(cost, "distill"), step(f"distillation from the FP32 model through ncnn's arithmetic "
                                                     f"({budget}, {len(images)} "
                                                     f"calibration images)"):
-                ints, biases, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images)
+                ints, biases, learned, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images)
+            acts = {**acts, **learned}  # the input scales distillation learned (distill_scales), else the same
         return {c.name: (ws[c.name], acts[c.name], ints.get(c.name), biases.get(c.name)) for c in layers}
 
     def _distill(self, ctx: ExportContext, fp32: Path, layers: list[int8.Layer], ws: dict[str, np.ndarray],
-                 acts: dict[str, float], images: list[np.ndarray]) -> tuple[dict, dict, dict[str, Any]]:
-        """Weights and biases learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers."""
+                 acts: dict[str, float], images: list[np.ndarray]) -> tuple[dict, dict, dict, dict[str, Any]]:
+        """Weights, biases and input scales learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers,
+        float biases and input scales (by ncnn layer name)."""
         from yoloq.backends.ncnn.recovery import learned_integers
         from yoloq.progress import say
         from yoloq.recover.distill import Grid, distill
@@ -297,8 +300,9 @@ class NcnnBackend(Backend):
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
                                   steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
-                                  loss=ctx.option("distill_loss"))
-        return (*learned_integers(layers, learned, names, ws, bits), result)
+                                  loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"))
+        scales = {c.name: learned[names[c.name]][2] for c in layers}
+        return (*learned_integers(layers, learned, names, ws, bits), scales, result)
 
     def _images(self, ctx: ExportContext) -> list[np.ndarray]:
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  reading calibration images"))

@@ -50,7 +50,7 @@ def learned_integers(layers: list[int8.Layer], learned: dict[str, tuple[np.ndarr
     biases (by ncnn layer name)."""
     ints, biases = {}, {}
     for c in layers:
-        w, b = learned[names[c.name]]
+        w, b, *_ = learned[names[c.name]]
         top = int8.qmax(c, bits_3x3)
         ints[c.name] = np.clip(int8.round_int8(w.reshape(c.weight.shape) * scales[c.name][:, None]), -top,
                                top).astype(np.int8)
