@@ -73,6 +73,9 @@ def main() -> int:
     ap.add_argument("--variant", default="ncnn-int8-aug")
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
+    if not (args.run / "config.yaml").is_file():
+        sys.exit(f"{args.run}: not a finished run folder (no config.yaml); run configs/ncnn-recovery.yaml first, or "
+                 f"give the folder of a run with an NCNN INT8 variant")
     cfg = load_config(args.run / "config.yaml")
     threads = cfg.latency.threads
     image = sorted((shared_root() / "datasets" / "coco-mini" / "train2017").glob("*.jpg"))[0]

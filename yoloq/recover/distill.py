@@ -1,8 +1,8 @@
 """Quantization-aware distillation: the FP32 model is the teacher, its raw head output on unlabelled calibration
 images the target; the student is the same model with the target format's arithmetic in fake quantizers (per-channel
 symmetric weights on the format's grid, a per-tensor symmetric int8 scale on each quantized convolution's input, both
-rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn; the scales stay
-the format's own, so the learned weights drop into its file. No label is read and no evaluation image is seen.
+rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where asked,
+each one's input scale); the weight scales stay the format's own, so what is learned drops into its file. No label is read and no evaluation image is seen.
 """
 
 from __future__ import annotations

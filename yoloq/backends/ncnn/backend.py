@@ -7,9 +7,10 @@ n-th ``Convolution`` of the ncnn graph is the n-th ``Conv2d`` the model runs (ch
 scope keeps in float get no scales and stay float.
 
 Recovery with the FP32 model as the teacher (calibration images only): 8-bit weights for the 3x3 stride-1
-convolutions (ncnn2table gives them 6 bits for ncnn's int8 Winograd F(4,3); the model then asks ncnn for its
-F(2,3) kernels, ``ncnn-options.json``), GPTQ rounding on ncnn's grid, and blocks ranked by sensitivity in ncnn's
-runtime for ``yoloq tune``'s fallback candidates.
+convolutions (ncnn2table gives them 6 bits for ncnn's int8 Winograd F(4,3); the file marks them for ncnn's int8 GEMM,
+or, with ``int8_3x3_kernel: winograd``, asks ncnn for its F(2,3) kernels in ``ncnn-options.json``), GPTQ rounding on
+ncnn's grid, distillation through ncnn's arithmetic (:mod:`yoloq.recover.distill`), and blocks ranked by
+sensitivity in ncnn's runtime for ``yoloq tune``'s fallback candidates.
 """
 
 from __future__ import annotations

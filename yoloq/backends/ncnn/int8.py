@@ -213,7 +213,8 @@ OPTIONS = "ncnn-options.json"  # runtime options the model needs, beside it (rea
 
 
 def runtime_options(folder: Path) -> dict[str, Any]:
-    """The ncnn options a model folder asks for (``use_winograd43_convolution: false`` for 8-bit 3x3 weights)."""
+    """The ncnn options a model folder asks for (``use_winograd43_convolution: false`` for 8-bit 3x3 weights run by
+    Winograd F(2,3); a file whose layers carry ncnn's featmask needs none)."""
     import json
 
     f = Path(folder) / OPTIONS
