@@ -21,6 +21,7 @@ BATCH = 2
 HELD = 4  # calibration images held out of training to judge the result (the teacher's targets, not labels)
 AUGMENTS = ("none", "flip", "flip-scale")
 LOSSES = ("mse", "detection")
+SCHEDULES = ("constant", "cosine")  # the learning rate over the budget: held, or decayed to 0 along a half cosine
 SCALE = (0.7, 1.3)  # flip-scale: each training image zoomed by a factor drawn from this range, at a random offset
 PAD = 114 / 255  # the letterbox's gray, where a zoomed-out image leaves the frame empty
 
@@ -112,16 +113,25 @@ def _augment(x: Any, kind: str, rng: np.random.Generator) -> Any:
     return torch.cat(out)
 
 
+def lr_factor(done: float, schedule: str) -> float:
+    """The learning rate's factor once ``done`` (0 to 1) of the budget is spent: 1 throughout (``constant``), or a
+    half cosine from 1 to 0 (``cosine``)."""
+    return 1.0 if schedule == "constant" else 0.5 * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+
+
 def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz: int, minutes: float,
             threads: int, log: Callable[[str], None] = lambda s: None, steps: int = 0, augment: str = "none",
-            loss: str = "mse", learn_steps: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+            loss: str = "mse", learn_steps: bool = False, schedule: str = "constant"
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
     ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
     steps where given (the same model on any machine and day: a budget in minutes trains as many steps as the
     machine's speed allows). ``augment`` (one of :data:`AUGMENTS`) varies the training images (:func:`_augment`);
     the held-out images are judged as they are. ``loss`` (one of :data:`LOSSES`) is what training lowers and the
     held-out images are judged by (:func:`_loss`). ``learn_steps``: each quantized convolution's input scale
-    learns too (LSQ: it may learn to clip), else it stays the format's calibrated one.
+    learns too (LSQ: it may learn to clip), else it stays the format's calibrated one. ``schedule`` (one of
+    :data:`SCHEDULES`): the learning rates held over the budget, or decayed to 0 along a half cosine (the last steps
+    move the weights by far less than a quantization step, so the rounding the run ends on is not one step's noise).
 
     Returns:
         ``{module name: (weight, bias, input scale)}`` (weights and biases as numpy arrays; all three the
@@ -130,8 +140,9 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     """
     import torch
 
-    if augment not in AUGMENTS or loss not in LOSSES:
-        raise ValueError(f"distill: augment {augment!r} / loss {loss!r}: expected one of {AUGMENTS} / {LOSSES}")
+    if augment not in AUGMENTS or loss not in LOSSES or schedule not in SCHEDULES:
+        raise ValueError(f"distill: augment {augment!r} / loss {loss!r} / schedule {schedule!r}: expected one of "
+                         f"{AUGMENTS} / {LOSSES} / {SCHEDULES}")
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(0)
     teacher = copy.deepcopy(model).eval()
@@ -172,6 +183,9 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
         with torch.no_grad():
             t = teacher(x)
         value = _loss(student(x), t, imgsz, loss)
+        done = steps / budget if budget else (time.perf_counter() - t0) / (60 * minutes)
+        for group, lr in zip(opt.param_groups, (LR, STEP_LR)):
+            group["lr"] = lr * lr_factor(done, schedule)
         opt.zero_grad()
         value.backward()
         opt.step()
@@ -191,6 +205,6 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
                  "kept": kept, "train_images": len(train), "held_out_images": len(held),
                  "minutes": None if budget else minutes, "step_budget": budget or None,
                  "seconds": round(time.perf_counter() - t0, 1),
-                 "lr": LR, "batch": BATCH, "augment": augment, "loss": loss,
+                 "lr": LR, "batch": BATCH, "augment": augment, "loss": loss, "schedule": schedule,
                  **({"learned_steps": len(moved), "step_lr": STEP_LR,
                      "input_scale_ratio": [round(min(moved), 3), round(max(moved), 3)]} if moved else {})}

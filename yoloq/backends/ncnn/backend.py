@@ -31,7 +31,7 @@ from yoloq.backends.torch_scope import conv_order, export_module, in_float, modu
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
 from yoloq.recover.cost import measured
-from yoloq.recover.distill import AUGMENTS, LOSSES
+from yoloq.recover.distill import AUGMENTS, LOSSES, SCHEDULES
 
 PARAM, BIN = int8.PARAM, int8.BIN
 CONVS = int8.CONVS
@@ -111,7 +111,9 @@ def _distilled(name: str, stem: int, bits: int, steps: int, **extra: Any) -> tup
             f" learned by {steps} steps of distillation" +
             (" on calibration images mirrored and zoomed at random" if extra.get("distill_augment") else "") +
             (", with a detector's loss (the scores' cross-entropy, boxes weighted by score)"
-             if extra.get("distill_loss") == "detection" else ""), "no clipping"]
+             if extra.get("distill_loss") == "detection" else "") +
+            (", the learning rate decayed along a half cosine" if extra.get("distill_schedule") == "cosine" else ""),
+            *([f"{', '.join(extra['float_modules'])} in float"] if extra.get("float_modules") else []), "no clipping"]
     return name, opts, ", ".join(what)
 
 
@@ -162,6 +164,8 @@ class NcnnBackend(Backend):
                                    "of every raw output, or a detector's distillation loss (the class scores' "
                                    "cross-entropy against the teacher's, boxes weighted by the teacher's score)",
                                    INT8, before="mse"),
+        "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
+                                       "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
@@ -218,7 +222,11 @@ class NcnnBackend(Backend):
             _distilled("stem3-w8-distill600-aug-max", 3, 8, 600, distill_augment="flip-scale"),
             _distilled("stem2-w8-distill224-aug-max", 2, 8, 224, distill_augment="flip-scale"),
             _distilled("stem2-w8-distill600-aug-det-max", 2, 8, 600, distill_augment="flip-scale",
-                       distill_loss="detection"))]
+                       distill_loss="detection"),
+            _distilled("stem2-w8-distill600-aug-cls-max", 2, 8, 600, distill_augment="flip-scale",
+                       float_modules=[f"model.23.cv3.{i}" for i in range(3)]),
+            _distilled("stem2-w8-distill600-aug-cos-max", 2, 8, 600, distill_augment="flip-scale",
+                       distill_schedule="cosine"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -301,7 +309,8 @@ class NcnnBackend(Backend):
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
                                   steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
-                                  loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"))
+                                  loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"),
+                                  schedule=ctx.option("distill_schedule"))
         scales = {c.name: learned[names[c.name]][2] for c in layers}
         return (*learned_integers(layers, learned, names, ws, bits), scales, result)
 
