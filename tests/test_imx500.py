@@ -1,9 +1,9 @@
 """Sony IMX500: YOLO11n quantized by Sony's MCT for the IMX500 in its own environment (``yoloq setup imx500``), the
 camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime (simulated); its bundle's
 predict.py runs that model alone; YOLOv8n (random init) goes through the same export; YOLO26n is a skipped record
-naming what MCT's IMX export supports. One YOLO11n export at imgsz 320 on 8 calibration images (the mixed-precision
-search on 2) serves the YOLO11n tests. Skipped with the reason where
-Sony's tools cannot be set up."""
+naming what MCT's IMX export supports. One run of YOLO11n at imgsz 320 on 8 calibration images (the mixed-precision
+search on 2: plain, with GPTQ, and distilled for the sensor first) serves the YOLO11n tests. Skipped with the reason
+where Sony's tools cannot be set up; the distillation for the sensor's arithmetic is also tested without them."""
 
 from __future__ import annotations
 
@@ -57,7 +57,11 @@ def imx(tmp_path_factory: pytest.TempPathFactory, sony_tools: None) -> dict:
                                                               {"format": "imx500", "precision": "int8",
                                                                "name": "imx500-gptq",
                                                                "options": {"mixed_precision_images": 2,
-                                                                           "gptq_epochs": 3, "gptq_images": 6}}])
+                                                                           "gptq_epochs": 3, "gptq_images": 6}},
+                                                              {"format": "imx500", "precision": "int8",
+                                                               "name": "imx500-distilled",
+                                                               "options": {"mixed_precision_images": 2,
+                                                                           "distill_steps": 20}}])
     proc = run_cli("run", str(cfg), "--out", str(tmp / "bundle" / "work"), timeout=3600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     recs = {r["name"]: r for r in map(json.loads, (tmp / "bundle" / "work" / "records.jsonl").read_text().splitlines())}
@@ -108,16 +112,23 @@ def test_imx500_int8_is_scored_by_simulation_and_keeps_torchs_detections(imx):
     assert found > 0 and kept >= 0.9 * found, f"IMX500 INT8 found {kept} of torch FP32's {found} detections"
 
 
-@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
-def test_gptq_learns_from_the_fp32_model_and_each_step_is_watched(imx):
-    """MCT's GPTQ at a budget (3 passes over 6 of the 8 calibration images): its loss against the FP32 model falls
-    from the first pass to the last, the weights it rounds differ from plain PTQ's, and both exports carry what they
-    cost: the peak memory of MCT's process and, after it ended, of imxconv-pt's, each phase named."""
+def _weights(imx: dict, rec: dict) -> dict[str, np.ndarray]:
+    """The convolution weights of a variant's MCT-quantized ONNX in the fixture's run."""
     import onnx
     from onnx import numpy_helper
 
     from yoloq.artifacts import cached_artifact
 
+    art = cached_artifact(imx["tmp"] / "bundle" / "work" / "artifacts" / rec["name"], rec["key"])
+    model = onnx.load(str(next(Path(art.path).glob("*.onnx"))))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.dims and len(t.dims) == 4}
+
+
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
+def test_gptq_learns_from_the_fp32_model_and_each_step_is_watched(imx):
+    """MCT's GPTQ at a budget (3 passes over 6 of the 8 calibration images): its loss against the FP32 model falls
+    from the first pass to the last, the weights it rounds differ from plain PTQ's, and both exports carry what they
+    cost: the peak memory of MCT's process and, after it ended, of imxconv-pt's, each phase named."""
     ptq, gptq = imx["records"]["imx500-int8"], imx["records"]["imx500-gptq"]
     assert gptq["status"] == "ok", gptq["reason"]
     learned = gptq["artifact_info"]["gptq"]
@@ -125,12 +136,7 @@ def test_gptq_learns_from_the_fp32_model_and_each_step_is_watched(imx):
     assert learned["loss_by_epoch"][-1] < learned["loss_by_epoch"][0], learned
     assert "gptq" not in ptq["artifact_info"]
 
-    def weights(rec: dict) -> dict[str, np.ndarray]:
-        art = cached_artifact(imx["tmp"] / "bundle" / "work" / "artifacts" / rec["name"], rec["key"])
-        model = onnx.load(str(next(Path(art.path).glob("*.onnx"))))
-        return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.dims and len(t.dims) == 4}
-
-    a, b = weights(ptq), weights(gptq)
+    a, b = _weights(imx, ptq), _weights(imx, gptq)
     assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
     # an export reused from $YOLOQ_CACHE carries what it cost when it was made (one made before yoloq measured it: none)
     for rec in [gptq] + [ptq] * bool(ptq["artifact_info"].get("export_memory")):
@@ -139,6 +145,23 @@ def test_gptq_learns_from_the_fp32_model_and_each_step_is_watched(imx):
         assert memory["peak_mb"] == max(memory["quantize"]["peak_mb"], memory["convert"]["peak_mb"])
         assert "mixed-precision search (layers scored)" in memory["quantize"]["phases_peak_mb"]
     assert "GPTQ (images x epochs)" in gptq["artifact_info"]["export_memory"]["quantize"]["phases_peak_mb"]
+
+
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
+def test_a_model_distilled_for_the_sensor_is_what_mct_quantizes(imx):
+    """``distill_steps``: the FP32 model distilled through the IMX500's arithmetic first (its held-out loss against
+    the FP32 model falls), then MCT quantizes that checkpoint: its weights differ from plain PTQ's, the record
+    carries what distillation reached and cost, and the export's time includes it."""
+    ptq, distilled = imx["records"]["imx500-int8"], imx["records"]["imx500-distilled"]
+    assert distilled["status"] == "ok", distilled["reason"]
+    info = distilled["artifact_info"]
+    result, cost = info["distill_result"], info["recovery_cost"]["distill"]
+    assert result["steps"] == 20 and result["kept"] and result["held_out_loss_after"] < result["held_out_loss_before"]
+    assert result["layers"] > 80 and cost["s"] > 0 and cost["peak_rss_mb"] > 500, (result, cost)
+    assert info["export_seconds"] >= cost["s"] and "distill_result" not in ptq["artifact_info"]
+
+    a, b = _weights(imx, ptq), _weights(imx, distilled)
+    assert a.keys() == b.keys() and sum(not np.array_equal(a[k], b[k]) for k in a) > len(a) // 2
 
 
 def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
@@ -325,3 +348,96 @@ def test_an_export_that_cannot_fit_this_machine_is_announced(capsys):
     warn_memory(np.zeros((5000, 3, 8, 8), np.uint8))  # as many as no machine here holds
     err = capsys.readouterr().err
     assert "warning: Sony's MCT will hold about" in err and "options.calibration_images: 64" in err
+
+
+def _coco_mini(n: int, split: str, imgsz: int = 320) -> list[np.ndarray]:
+    from yoloq.preprocess import prepare, read_image
+
+    files = sorted((SHARED / "datasets" / "coco-mini" / split).glob("*.jpg"))[:n]
+    return [prepare([read_image(f)], imgsz)[0] for f in files]
+
+
+def test_mcts_power_of_two_threshold_trades_clipping_against_the_step():
+    """The threshold of a signed 8-bit activation: a power of two; the one that clips nothing where the values
+    spread to their largest, a lower one (clipping a rare outlier for a finer step) where one value stands alone."""
+    from yoloq.backends.imx500.distill import pow2_threshold
+
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(-5.0, 5.0, 10000)
+    assert pow2_threshold(spread) == 8.0  # 5 fits under 8 and nothing clips
+    outlier = np.append(rng.normal(0, 0.5, 100000), 9.0)
+    assert pow2_threshold(outlier) == 4.0  # 16 would clip nothing: its step costs more than clipping one value
+    assert pow2_threshold(np.array([0.3, -0.2])) == 0.5
+
+
+def test_a_checkpoint_of_learned_fused_weights_computes_them(tmp_path):
+    """What distillation learns (fused convolution weights and biases) goes back into an Ultralytics checkpoint of
+    the same structure: loaded and fused again, it computes what the learned fused model computes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from yoloq.backends.imx500.distill import student_layers, write_checkpoint
+    from yoloq.backends.torch_scope import export_module
+    from yoloq.models import load_source
+
+    source = load_source("yolo11n.pt")
+    fused = export_module(source, 320, False, 300, "ncnn")
+    modules = dict(fused.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    learned = {}
+    for name in student_layers(fused):
+        m = modules[name]
+        m.weight.data += 0.01 * m.weight.abs().max() * torch.randn(m.weight.shape, generator=gen)
+        m.bias.data += 0.01 * torch.randn(m.bias.shape, generator=gen)
+        learned[name] = (m.weight.detach().numpy(), m.bias.detach().numpy(), 1.0)
+    ckpt = write_checkpoint(source.path, learned, tmp_path / "yolo11n.pt")
+    again = export_module(SimpleNamespace(path=ckpt), 320, False, 300, "ncnn")
+    x = torch.from_numpy(_coco_mini(1, "val2017")[0])
+    with torch.no_grad():
+        want, got, original = fused(x), again(x), export_module(source, 320, False, 300, "ncnn")(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-3), float((got - want).abs().max())
+    assert not torch.allclose(original, want, rtol=1e-4, atol=1e-3)  # the perturbation is there to be carried
+
+
+@pytest.mark.full  # about a minute at 320 (60 steps of distillation); CI runs the full tier
+def test_sensor_distillation_learns_the_power_of_two_arithmetic_and_its_checkpoint_carries_it(tmp_path):
+    """``distill_steps`` (no Sony tool needed): every convolution input gets a power-of-two 8-bit threshold chosen as
+    MCT's mse method chooses it (the image's: 1); the FP32 model distilled through that arithmetic is written as an
+    Ultralytics checkpoint whose fused model, under the same fake quantizers, is closer to the FP32 teacher on images
+    it never saw (val) than the original is: so the checkpoint MCT is given carries what was learned."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from yoloq.backends.imx500.distill import distill_for_sensor, sensor_grids
+    from yoloq.backends.torch_scope import export_module
+    from yoloq.models import load_source
+    from yoloq.recover.distill import _fake_quantize
+
+    source = load_source("yolo11n.pt")
+    cal, held = _coco_mini(16, "train2017"), _coco_mini(6, "val2017")
+    teacher = export_module(source, 320, False, 300, "ncnn")
+    grids = sensor_grids(teacher, cal)
+    assert grids["model.0.conv"].input_scale == 128.0  # the image's [0, 1]: threshold 1
+    assert all(np.log2(128.0 / g.input_scale) == round(np.log2(128.0 / g.input_scale)) for g in grids.values())
+    assert not any(".dfl." in n for n in grids) and len(grids) > 80
+    ckpt, result = distill_for_sensor(source, cal, 320, 60, 2, tmp_path / "distilled" / "yolo11n.pt")
+    assert result["kept"] and result["steps"] == 60 and result["layers"] == len(grids), result
+    distilled = export_module(SimpleNamespace(path=ckpt), 320, False, 300, "ncnn")
+
+    def sqnr(model) -> float:
+        student = copy.deepcopy(model)
+        modules = dict(student.named_modules())
+        for name, grid in grids.items():
+            _fake_quantize(modules[name], grid)
+        with torch.no_grad():
+            ref = torch.cat([teacher(torch.from_numpy(x)) for x in held]).numpy().astype(np.float64)
+            y = torch.cat([student(torch.from_numpy(x)) for x in held]).numpy().astype(np.float64)
+        ref[:, :4] /= 320
+        y[:, :4] /= 320
+        return float(10 * np.log10((ref ** 2).sum() / ((ref - y) ** 2).sum()))
+
+    before, after = sqnr(teacher), sqnr(distilled)
+    assert after > before + 0.5, (before, after, result)

@@ -45,7 +45,7 @@ RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
 MP_IMAGES = 10  # Ultralytics' setting for MCT's mixed-precision search
 ERROR_METHODS = ("mse", "noclipping", "mae", "kl", "lp")  # MCT's QuantizationErrorMethod for activations
 DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse",
-            "gptq_epochs": 0, "gptq_images": 0}
+            "gptq_epochs": 0, "gptq_images": 0, "distill_steps": 0}
 # what the IMX500 could take at 16 bits (besides the box decode): its Detect module's layers and the concatenations;
 # MCT drops those that feed a convolution (every concatenation inside the network), and the scores stay 8-bit
 # (the sensor's NMS takes 8-bit scores only: imxconv-pt refuses the model otherwise)
@@ -176,6 +176,11 @@ class Imx500Backend(Backend):
                                   "quantization, as Ultralytics exports", INT8, minimum=0),
         "gptq_images": OptionSpec(int, 0, None, "calibration images GPTQ learns on, the first of them (the statistics "
                                   "use them all); 0: all", INT8, minimum=0),
+        "distill_steps": OptionSpec(int, 0, None, "before MCT quantizes it, the FP32 model distilled through the "
+                                    "IMX500's arithmetic (8-bit power-of-two activation ranges, 8-bit weights: fake "
+                                    "quantizers) for this many steps on all the calibration images, mirrored and "
+                                    "zoomed at random, the FP32 model's outputs the targets; 0: the model as it is",
+                                    INT8, minimum=0, before=0),
         "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
                                               "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
                                               "largest value)", INT8, before="mse"),
@@ -230,7 +235,10 @@ class Imx500Backend(Backend):
              f"{GPTQ_IMAGES} calibration images (MCT's memory grows with them: this keeps a 640 export within 16 GB) "
              f"and its GPTQ: weights' rounding and biases learned against the FP32 model's outputs through the "
              f"IMX500's quantizers, {GPTQ_EPOCHS} passes over those images (a 22-min export at 640 on two cores, "
-             f"16 GB at its peak; Ultralytics' 1000 passes are a GPU's job)"))]
+             f"16 GB at its peak; Ultralytics' 1000 passes are a GPU's job)"),
+            ("distill600", {"calibration_images": GPTQ_IMAGES, "distill_steps": 600}, f"the FP32 model first "
+             f"distilled through the IMX500's arithmetic (600 steps on all calibration images, mirrored and zoomed), "
+             f"then MCT on the first {GPTQ_IMAGES} of them"))]
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
@@ -248,6 +256,9 @@ class Imx500Backend(Backend):
         cal = ctx.workdir / "calibration.npy"
         images = [np.rint(x[0] * 255.0).astype(np.uint8)  # exact: yoloq's inputs are uint8 pixels / 255
                   for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
+        steps = ctx.option("distill_steps")
+        every = ([np.rint(x[0] * 255.0).astype(np.uint8) for x in ctx.calibration.batches(
+            ctx.imgsz, progress="  loading distillation images")] if steps else [])
         if not images:
             raise ExportError("no calibration image could be read")
         stack = np.stack(images)
@@ -257,14 +268,16 @@ class Imx500Backend(Backend):
                "reply": str(ctx.workdir / "reply.json"), "mixed_precision_images": ctx.option("mixed_precision_images"),
                "activations_16bit": list(ctx.option("activations_16bit") or []),
                "activation_error_method": ctx.option("activation_error_method"),
-               "gptq_epochs": ctx.option("gptq_epochs"), "gptq_images": ctx.option("gptq_images")}
+               "gptq_epochs": ctx.option("gptq_epochs"), "gptq_images": ctx.option("gptq_images"),
+               "distill_steps": steps}
         made = [ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(), req["imgsz"], req["conf"],
                 req["iou"], req["max_det"]] + [req[k] for k, default in DEFAULTS.items()
                                                if req[k] != default]  # a default keeps the key exports had before
+        made += [hashlib.sha256(np.stack(every)).hexdigest()] if steps else []
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._cached(key, out) or self._run_worker(ctx, req, warn_memory(stack))
+            reply = self._cached(key, out) or self._distilled_export(ctx, req, stack, every)
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
             self._keep(key, out, reply)
@@ -280,12 +293,16 @@ class Imx500Backend(Backend):
             "head": head_info, "quantizer": "Sony MCT post-training quantization, IMX500 target platform (TPC 4.0), "
             "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
-            "export_seconds": reply["seconds"], "toolkit": reply["versions"], "camera_package": "packerOut.zip",
+            "export_seconds": reply["seconds"] + (reply.get("distill") or {}).get("s", 0.0),
+            "toolkit": reply["versions"], "camera_package": "packerOut.zip",
             "export_memory": reply.get("memory"),
             "simulation": sim, "sensor_memory": memory}
             | {k: reply[k] for k in ("activations_16bit", "activations_16bit_refused") if reply.get(k)}
             | ({"gptq": {"epochs": req["gptq_epochs"], "images": reply.get("gptq_images"),
-                         "loss_by_epoch": reply.get("gptq_loss")}} if req["gptq_epochs"] else {}))
+                         "loss_by_epoch": reply.get("gptq_loss")}} if req["gptq_epochs"] else {})
+            | ({"distill_result": reply["distill"], "recovery_cost": {"distill": {
+                k: reply["distill"][k] for k in ("s", "peak_rss_mb")}}}
+               if reply.get("distill") else {}))
 
     @staticmethod
     def _cached(key: str, out: Path) -> dict[str, Any] | None:
@@ -309,6 +326,26 @@ class Imx500Backend(Backend):
         shutil.copytree(out, partial / "model")
         (partial / "reply.json").write_text(json.dumps({k: v for k, v in reply.items() if k != "reused_from_cache"}))
         os.replace(partial, kept)
+
+    def _distilled_export(self, ctx: ExportContext, req: dict[str, Any], stack: np.ndarray,
+                          every: list[np.ndarray]) -> dict[str, Any]:
+        """MCT's export of the model, distilled first through the IMX500's arithmetic where ``distill_steps`` asks
+        (:mod:`yoloq.backends.imx500.distill`: the checkpoint MCT is given instead of the source's)."""
+        stack = warn_memory(stack)  # before minutes of distillation, not after them
+        if not req["distill_steps"]:
+            return self._run_worker(ctx, req, stack)
+        from yoloq.backends.imx500.distill import distill_for_sensor
+        from yoloq.progress import say
+        from yoloq.recover.cost import measured
+
+        cost: dict[str, Any] = {}
+        with measured(cost, "distill"), step(f"distillation through the IMX500's arithmetic ({req['distill_steps']} "
+                                             f"steps, {len(every)} calibration images)"):
+            ckpt, result = distill_for_sensor(ctx.source, [x[None].astype(np.float32) / 255.0 for x in every],
+                                              ctx.imgsz, req["distill_steps"], ctx.threads,
+                                              ctx.workdir / "distilled" / Path(ctx.source.path).name, say)
+        reply = self._run_worker(ctx, req | {"model": str(ckpt)}, stack)
+        return reply | {"distill": result | cost["distill"]}  # s: thresholds, training and the checkpoint
 
     def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
         return run_export(ENV.python(), HERE / "worker.py", ctx.workdir, ctx.variant.label, req, images,
