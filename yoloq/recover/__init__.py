@@ -5,7 +5,8 @@ What it offers, shared by every backend that recovers on its own grid (each back
 - :mod:`yoloq.recover.rounding`: learned rounding of convolution weights on a format's per-channel symmetric grid
   (GPTQ against the FP32 layer's own inputs), the input patches of an NCHW convolution and their second moments;
 - :mod:`yoloq.recover.distill`: quantization-aware distillation from the FP32 model through a format's fake
-  quantizers on unlabelled calibration images (a step or minute budget, exact augmentations, two losses);
+  quantizers on unlabelled calibration images (a step or minute budget, exact augmentations, two losses, a held or
+  cosine learning rate); NCNN trains its own file's weights with it, the IMX500 a checkpoint MCT then quantizes;
 - :mod:`yoloq.recover.cost`: what a recovery step cost (seconds, peak resident memory), for the record.
 
 Float fallback chosen by sensitivity goes through ``Backend.sensitivity`` / ``Backend.keep_float`` and ``yoloq tune``'s
