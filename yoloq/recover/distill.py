@@ -125,8 +125,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
     ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
-    steps where given (the same model on any machine and day: a budget in minutes trains as many steps as the
-    machine's speed allows). ``augment`` (one of :data:`AUGMENTS`) varies the training images (:func:`_augment`);
+    steps where given (the same model on any day: a budget in minutes trains as many steps as the machine's speed
+    allows; another CPU rounds float32 differently, so it trains other weights). ``augment`` (one of :data:`AUGMENTS`) varies the training images (:func:`_augment`);
     the held-out images are judged as they are. ``loss`` (one of :data:`LOSSES`) is what training lowers and the
     held-out images are judged by (:func:`_loss`). ``learn_steps``: each quantized convolution's input scale
     learns too (LSQ: it may learn to clip), else it stays the format's calibrated one. ``schedule`` (one of

@@ -146,7 +146,7 @@ class NcnnBackend(Backend):
         "distill_minutes": OptionSpec(float, 5.0, None, "the CPU time distillation trains for "
                                       "(weight_rounding: distill)", INT8, minimum=0.1),
         "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
-                                    "distill_minutes allow): the same model on any machine", INT8, minimum=0,
+                                    "distill_minutes allow): the same model on any day (on one CPU)", INT8, minimum=0,
                                     before=0),
         "distill_scales": OptionSpec(bool, False, None, "distillation learns each quantized convolution's int8 "
                                      "input scale too, as LSQ does (it may learn to clip), else keeps the "
