@@ -256,9 +256,6 @@ class Imx500Backend(Backend):
         cal = ctx.workdir / "calibration.npy"
         images = [np.rint(x[0] * 255.0).astype(np.uint8)  # exact: yoloq's inputs are uint8 pixels / 255
                   for x in ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration")]
-        steps = ctx.option("distill_steps")
-        every = ([np.rint(x[0] * 255.0).astype(np.uint8) for x in ctx.calibration.batches(
-            ctx.imgsz, progress="  loading distillation images")] if steps else [])
         if not images:
             raise ExportError("no calibration image could be read")
         stack = np.stack(images)
@@ -269,15 +266,15 @@ class Imx500Backend(Backend):
                "activations_16bit": list(ctx.option("activations_16bit") or []),
                "activation_error_method": ctx.option("activation_error_method"),
                "gptq_epochs": ctx.option("gptq_epochs"), "gptq_images": ctx.option("gptq_images"),
-               "distill_steps": steps}
+               "distill_steps": ctx.option("distill_steps")}
         made = [ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(), req["imgsz"], req["conf"],
                 req["iou"], req["max_det"]] + [req[k] for k, default in DEFAULTS.items()
                                                if req[k] != default]  # a default keeps the key exports had before
-        made += [hashlib.sha256(np.stack(every)).hexdigest()] if steps else []
+        made += [ctx.calibration.sha256] if req["distill_steps"] else []  # distillation's images: all of them
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._cached(key, out) or self._distilled_export(ctx, req, stack, every)
+            reply = self._cached(key, out) or self._distilled_export(ctx, req, stack)
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
             self._keep(key, out, reply)
@@ -327,8 +324,7 @@ class Imx500Backend(Backend):
         (partial / "reply.json").write_text(json.dumps({k: v for k, v in reply.items() if k != "reused_from_cache"}))
         os.replace(partial, kept)
 
-    def _distilled_export(self, ctx: ExportContext, req: dict[str, Any], stack: np.ndarray,
-                          every: list[np.ndarray]) -> dict[str, Any]:
+    def _distilled_export(self, ctx: ExportContext, req: dict[str, Any], stack: np.ndarray) -> dict[str, Any]:
         """MCT's export of the model, distilled first through the IMX500's arithmetic where ``distill_steps`` asks
         (:mod:`yoloq.backends.imx500.distill`: the checkpoint MCT is given instead of the source's)."""
         stack = warn_memory(stack)  # before minutes of distillation, not after them
@@ -340,9 +336,9 @@ class Imx500Backend(Backend):
 
         cost: dict[str, Any] = {}
         with measured(cost, "distill"), step(f"distillation through the IMX500's arithmetic ({req['distill_steps']} "
-                                             f"steps, {len(every)} calibration images)"):
-            ckpt, result = distill_for_sensor(ctx.source, [x[None].astype(np.float32) / 255.0 for x in every],
-                                              ctx.imgsz, req["distill_steps"], ctx.threads,
+                                             f"steps, {len(ctx.calibration.images)} calibration images)"):
+            images = list(ctx.calibration.batches(ctx.imgsz, progress="  loading distillation images"))
+            ckpt, result = distill_for_sensor(ctx.source, images, ctx.imgsz, req["distill_steps"], ctx.threads,
                                               ctx.workdir / "distilled" / Path(ctx.source.path).name, say)
         reply = self._run_worker(ctx, req | {"model": str(ckpt)}, stack)
         return reply | {"distill": result | cost["distill"]}  # s: thresholds, training and the checkpoint
