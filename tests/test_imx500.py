@@ -2,7 +2,7 @@
 camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime (simulated); its bundle's
 predict.py runs that model alone; YOLOv8n (random init) goes through the same export; YOLO26n is a skipped record
 naming what MCT's IMX export supports. One run of YOLO11n at imgsz 320 on 8 calibration images (the mixed-precision
-search on 2: plain, with GPTQ, and distilled for the sensor first) serves the YOLO11n tests. Skipped with the reason
+search on 2: plain, with GPTQ, distilled for the sensor first, and trained by MCT's QAT) serves the YOLO11n tests. Skipped with the reason
 where Sony's tools cannot be set up; the distillation for the sensor's arithmetic is also tested without them."""
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ def imx(tmp_path_factory: pytest.TempPathFactory, sony_tools: None) -> dict:
                                                               {"format": "imx500", "precision": "int8",
                                                                "name": "imx500-distilled",
                                                                "options": {"mixed_precision_images": 2,
-                                                                           "distill_steps": 20}}])
+                                                                           "distill_steps": 20}},
+                                                              {"format": "imx500", "precision": "int8",
+                                                               "name": "imx500-qat",
+                                                               "options": {"mixed_precision_images": 2,
+                                                                           "qat_steps": 30}}])
     proc = run_cli("run", str(cfg), "--out", str(tmp / "bundle" / "work"), timeout=3600)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     recs = {r["name"]: r for r in map(json.loads, (tmp / "bundle" / "work" / "records.jsonl").read_text().splitlines())}
@@ -164,6 +168,28 @@ def test_a_model_distilled_for_the_sensor_is_what_mct_quantizes(imx):
     assert a.keys() == b.keys() and sum(not np.array_equal(a[k], b[k]) for k in a) > len(a) // 2
 
 
+@pytest.mark.full  # Sony's toolkit takes 4-6 min even at 320: full tier (and CI's own IMX500 step)
+def test_mcts_qat_trains_the_model_through_the_quantizers_the_export_keeps(imx):
+    """``qat_steps``: MCT's QAT in place of its post-training quantization (30 steps on the 8 calibration images):
+    the quantized layers' weights and biases learn (the thresholds stay MCT's), the training images' loss against
+    the FP32 model falls, the exported weights are the learned ones where the held-out images say training helped
+    (else PTQ's, unchanged), and the record carries what it reached and cost, the training a phase of the export."""
+    ptq, qat = imx["records"]["imx500-int8"], imx["records"]["imx500-qat"]
+    assert qat["status"] == "ok", qat["reason"]
+    info = qat["artifact_info"]
+    result, cost = info["qat_result"], info["recovery_cost"]["qat"]
+    assert result["steps"] == 30 and result["train_images"] == 4 and result["held_out_images"] == 4, result
+    assert 2_000_000 < result["parameters"] < 3_000_000, result  # YOLO11n's weights and biases, not its thresholds
+    assert result["train_loss_after"] < result["train_loss_before"], result
+    assert result["kept"] == (result["held_out_loss_after"] < result["held_out_loss_before"])
+    assert cost["s"] > 0 and cost["peak_rss_mb"] > 500 and "qat_result" not in ptq["artifact_info"]
+    assert "QAT (steps)" in info["export_memory"]["quantize"]["phases_peak_mb"]
+
+    a, b = _weights(imx, ptq), _weights(imx, qat)
+    changed = sum(not np.array_equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and (changed > len(a) // 2 if result["kept"] else changed == 0), (changed, len(a))
+
+
 def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
     """How many of ``ref``'s detections ``other`` has too: the same class at IoU >= 0.5."""
     if not len(ref) or not len(other):
@@ -263,7 +289,7 @@ def test_an_nms_threshold_above_the_evaluations_is_refused():
 def test_an_export_is_kept_by_its_key_so_tune_and_run_share_it(tmp_path, monkeypatch):
     """An IMX500 export (20-30 min at 640) is kept under $YOLOQ_CACHE by its key, whole or not at all; a later run
     with the same key gets a copy and its reply, an unknown key nothing."""
-    from yoloq.backends.imx500.backend import Imx500Backend
+    from yoloq.backends.imx500.store import cached, keep
 
     monkeypatch.setenv("YOLOQ_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run1" / "imx500"
@@ -271,13 +297,13 @@ def test_an_export_is_kept_by_its_key_so_tune_and_run_share_it(tmp_path, monkeyp
     (out / "packerOut.zip").write_bytes(b"camera package")
     (out / "model_imx.onnx").write_bytes(b"onnx")
     key = "ab" * 32
-    Imx500Backend._keep(key, out, {"ok": True, "seconds": 1500.0, "calibration_used": 200})
+    keep(key, out, {"ok": True, "seconds": 1500.0, "calibration_used": 200})
     assert not list((tmp_path / "cache" / "imx500-exports").glob("*.partial"))
     again = tmp_path / "run2" / "imx500"
-    reply = Imx500Backend._cached(key, again)
+    reply = cached(key, again)
     assert reply == {"ok": True, "seconds": 1500.0, "calibration_used": 200, "reused_from_cache": True}
     assert (again / "packerOut.zip").read_bytes() == b"camera package"
-    assert Imx500Backend._cached("cd" * 32, tmp_path / "run3" / "imx500") is None
+    assert cached("cd" * 32, tmp_path / "run3" / "imx500") is None
 
 
 def test_the_sensors_memory_report_is_read():
@@ -315,6 +341,33 @@ def test_the_tune_space_and_mcts_options_are_checked():
     with pytest.raises(ConfigError, match=r"activation_error_method.*noclipping"):
         resolve_config(parse_config(base | {"variants": [{"format": "imx500", "precision": "int8",
                                                           "options": {"activation_error_method": "bogus"}}]}))
+
+
+def test_centered_anchors_fit_the_sensors_8_bit_constants_where_ultralytics_do_not():
+    """At 640 no 8-bit power-of-two threshold (one per anchor, as MCT quantizes the decode's anchor grid) holds 2,304
+    of Ultralytics' 6,400 stride-8 anchors (MCT's export rounds them by half a cell); counted
+    from the image's centre (``centered_anchors``) every anchor is exact, and the decode adds the centre back in
+    pixels: the same boxes."""
+    import torch
+    from ultralytics.utils.tal import make_anchors
+
+    from yoloq.backends.imx500.worker import image_centre
+
+    def off(a: torch.Tensor) -> torch.Tensor:  # anchors no 8-bit power-of-two threshold holds exactly (MCT picks
+        exact = torch.zeros(len(a), dtype=torch.bool)  # the least-error threshold: an exact one where there is one)
+        for k in range(-7, 12):
+            step = 2.0 ** k / 128
+            exact |= ((a / step).round().clamp(-128, 127) * step == a).all(1)
+        return ~exact
+
+    strides = torch.tensor([8.0, 16.0, 32.0])
+    feats = torch.cat([s / strides.unsqueeze(-1) for s in (640, 640)], dim=1)
+    anchors, stride = make_anchors(feats, strides, 0.5)
+    shift, centre = image_centre(feats, strides)
+    centered = anchors - shift
+    assert int(off(anchors).sum()) == int(off(anchors[:6400]).sum()) == 2304
+    assert not off(centered).any() and float(centered.abs().max()) == 39.5
+    assert torch.equal(centered * stride + centre.T, anchors * stride)  # the decode adds the centre back: same boxes
 
 
 def test_layers_mct_refuses_at_16_bits_are_dropped_one_by_one():

@@ -32,8 +32,8 @@ from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8
 from yoloq.backends.sideenv import SideEnv
 from yoloq.backends.imx500.process import run_export, warn_memory
+from yoloq.backends.imx500.store import cached, keep
 from yoloq.errors import BackendUnavailable, ConfigError, ExportError
-from yoloq.paths import cache_root
 from yoloq.progress import step
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,8 @@ RUNTIME = ("mct_quantizers", "edgemdt_cl", "onnxruntime_extensions")
 MP_IMAGES = 10  # Ultralytics' setting for MCT's mixed-precision search
 ERROR_METHODS = ("mse", "noclipping", "mae", "kl", "lp")  # MCT's QuantizationErrorMethod for activations
 DEFAULTS = {"mixed_precision_images": MP_IMAGES, "activations_16bit": [], "activation_error_method": "mse",
-            "gptq_epochs": 0, "gptq_images": 0, "distill_steps": 0}
+            "gptq_epochs": 0, "gptq_images": 0, "distill_steps": 0, "qat_steps": 0,
+            "centered_anchors": False}
 # what the IMX500 could take at 16 bits (besides the box decode): its Detect module's layers and the concatenations;
 # MCT drops those that feed a convolution (every concatenation inside the network), and the scores stay 8-bit
 # (the sensor's NMS takes 8-bit scores only: imxconv-pt refuses the model otherwise)
@@ -181,6 +182,16 @@ class Imx500Backend(Backend):
                                     "quantizers) for this many steps on all the calibration images, mirrored and "
                                     "zoomed at random, the FP32 model's outputs the targets; 0: the model as it is",
                                     INT8, minimum=0, before=0),
+        "qat_steps": OptionSpec(int, 0, None, "MCT's quantization-aware training in place of its post-training "
+                                "quantization: MCT's quantized model trained for this many steps on all the "
+                                "calibration images, mirrored and zoomed at random, the FP32 model's outputs the "
+                                "targets; it implies centered_anchors (MCT's QAT leaves the decode's constants for "
+                                "the converter to quantize: centered, they fit 8 bits in half cells); 0: none",
+                                INT8, minimum=0, before=0),
+        "centered_anchors": OptionSpec(bool, False, None, "the box decode's anchors counted from the image's centre "
+                                       "(the sensor's 8-bit constants then hold every anchor exactly; as Ultralytics "
+                                       "exports, anchors past 64 cells are rounded to a whole cell: the stride-8 grid "
+                                       "at 640); the same boxes in float", INT8, before=False),
         "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
                                               "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
                                               "largest value)", INT8, before="mse"),
@@ -221,10 +232,15 @@ class Imx500Backend(Backend):
         return ENV.setup()
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """Ultralytics' IMX settings, 16 bits where the loss is, thresholds without clipping, GPTQ at a CPU budget
-        (each export takes 20-30 min at 640 on two cores: four candidates)."""
+        """Ultralytics' IMX settings, exact anchors, 16 bits where the loss is, thresholds without clipping, and
+        what learns against the FP32 model at a CPU budget (each export takes 12-30 min at 640 on two cores:
+        ``yoloq tune --candidate`` tries some of them)."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "Ultralytics' IMX settings: 8-bit activations but the box decode, MSE thresholds"),
+            ("centered", {"centered_anchors": True}, "the box decode's anchors counted from the image's centre, so "
+             "the sensor's 8-bit constants hold each exactly"),
+            ("centered128", {"centered_anchors": True, "calibration_images": 128}, "centered anchors and MCT on 128 "
+             "calibration images (about 15 GB at 640 on MCT's side: a 16 GB laptop's limit)"),
             ("head16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "16 bits wherever the IMX500 takes them "
              "besides the box decode: the head's convolutions' outputs and the class logits (MCT refuses a 16-bit "
              "output that feeds a convolution, as every concatenation inside the network does; the sensor's NMS "
@@ -238,7 +254,10 @@ class Imx500Backend(Backend):
              f"16 GB at its peak; Ultralytics' 1000 passes are a GPU's job)"),
             ("distill600", {"calibration_images": GPTQ_IMAGES, "distill_steps": 600}, f"the FP32 model first "
              f"distilled through the IMX500's arithmetic (600 steps on all calibration images, mirrored and zoomed), "
-             f"then MCT on the first {GPTQ_IMAGES} of them"))]
+             f"then MCT on the first {GPTQ_IMAGES} of them"),
+            ("qat600", {"calibration_images": GPTQ_IMAGES, "qat_steps": 600}, f"MCT on the first {GPTQ_IMAGES} "
+             f"calibration images, then its quantization-aware training through its own quantizers (600 steps on "
+             f"all calibration images, mirrored and zoomed; anchors centered)"))]
 
     def untimed_reason(self) -> str:
         return ("not timed here: the network runs on the IMX500 sensor; this CPU only simulates its arithmetic "
@@ -266,18 +285,19 @@ class Imx500Backend(Backend):
                "activations_16bit": list(ctx.option("activations_16bit") or []),
                "activation_error_method": ctx.option("activation_error_method"),
                "gptq_epochs": ctx.option("gptq_epochs"), "gptq_images": ctx.option("gptq_images"),
-               "distill_steps": ctx.option("distill_steps")}
+               "distill_steps": ctx.option("distill_steps"), "qat_steps": ctx.option("qat_steps"),
+               "centered_anchors": ctx.option("centered_anchors") or ctx.option("qat_steps") > 0}
         made = [ctx.source.sha256, ENV.pins_digest(), hashlib.sha256(stack).hexdigest(), req["imgsz"], req["conf"],
                 req["iou"], req["max_det"]] + [req[k] for k, default in DEFAULTS.items()
                                                if req[k] != default]  # a default keeps the key exports had before
-        made += [ctx.calibration.sha256] if req["distill_steps"] else []  # distillation's images: all of them
+        made += [ctx.calibration.sha256] if req["distill_steps"] or req["qat_steps"] else []  # training: all images
         key = hashlib.sha256(json.dumps(made).encode()).hexdigest()
         reply = json.loads(done.read_text()) if done.is_file() else {}
         if reply.get("key") != key or not (out / "packerOut.zip").is_file():  # else: this very export, made before
-            reply = self._cached(key, out) or self._distilled_export(ctx, req, stack)
+            reply = cached(key, out) or self._distilled_export(ctx, req, stack)
             done.with_suffix(".partial").write_text(json.dumps(reply | {"key": key}))
             os.replace(done.with_suffix(".partial"), done)
-            self._keep(key, out, reply)
+            keep(key, out, reply)
         memory = sensor_memory(out)
         if memory.get("fits") is False:
             raise ExportError(f"the IMX500 model does not fit the sensor: {memory['usage']} of {memory['available']} "
@@ -295,39 +315,23 @@ class Imx500Backend(Backend):
             "export_memory": reply.get("memory"),
             "simulation": sim, "sensor_memory": memory}
             | {k: reply[k] for k in ("activations_16bit", "activations_16bit_refused") if reply.get(k)}
+            | ({"centered_anchors": True} if req["centered_anchors"] else {})
             | ({"gptq": {"epochs": req["gptq_epochs"], "images": reply.get("gptq_images"),
                          "loss_by_epoch": reply.get("gptq_loss")}} if req["gptq_epochs"] else {})
             | ({"distill_result": reply["distill"], "recovery_cost": {"distill": {
                 k: reply["distill"][k] for k in ("s", "peak_rss_mb")}}}
-               if reply.get("distill") else {}))
-
-    @staticmethod
-    def _cached(key: str, out: Path) -> dict[str, Any] | None:
-        """This very export (same model, toolkit, calibration images and settings) made by an earlier run or tune
-        on this machine, copied to ``out`` (an export takes minutes to hours); else None."""
-        kept = cache_root() / "imx500-exports" / key[:24]
-        if not (kept / "reply.json").is_file() or not (kept / "model" / "packerOut.zip").is_file():
-            return None
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(kept / "model", out)
-        return json.loads((kept / "reply.json").read_text()) | {"reused_from_cache": True}
-
-    @staticmethod
-    def _keep(key: str, out: Path, reply: dict[str, Any]) -> None:
-        """Keep the export under ``$YOLOQ_CACHE/imx500-exports`` by its key (written whole, then renamed)."""
-        kept = cache_root() / "imx500-exports" / key[:24]
-        if kept.is_dir():
-            return
-        partial = kept.with_name(kept.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(out, partial / "model")
-        (partial / "reply.json").write_text(json.dumps({k: v for k, v in reply.items() if k != "reused_from_cache"}))
-        os.replace(partial, kept)
+               if reply.get("distill") else {})
+            | ({"qat_result": reply["qat"], "recovery_cost": {"qat": {
+                "s": reply["qat"]["s"], "peak_rss_mb": reply.get("peak_rss_mb")}}} if reply.get("qat") else {}))
 
     def _distilled_export(self, ctx: ExportContext, req: dict[str, Any], stack: np.ndarray) -> dict[str, Any]:
         """MCT's export of the model, distilled first through the IMX500's arithmetic where ``distill_steps`` asks
         (:mod:`yoloq.backends.imx500.distill`: the checkpoint MCT is given instead of the source's)."""
         stack = warn_memory(stack)  # before minutes of distillation, not after them
+        if req["qat_steps"]:  # all calibration images, as uint8 pixels, for the worker to train on
+            np.save(ctx.workdir / "qat-images.npy", np.stack([np.rint(x[0] * 255.0).astype(np.uint8) for x in
+                    ctx.calibration.batches(ctx.imgsz, progress="  loading the training images")]))
+            req = req | {"qat_images": str(ctx.workdir / "qat-images.npy")}
         if not req["distill_steps"]:
             return self._run_worker(ctx, req, stack)
         from yoloq.backends.imx500.distill import distill_for_sensor

@@ -9,11 +9,13 @@ of NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_d
 ``error``); optionally ``mixed_precision_images`` (how many images MCT's mixed-precision search scores each layer's
 bit widths on; Ultralytics sets 10), ``activations_16bit`` (regular expressions over the layers' names as MCT's
 torch.fx trace names them, e.g. ``cat_4``, ``{head}`` standing for the Detect module's prefix: those layers' outputs
-quantized at 16 bits besides the box decode Ultralytics sets) and ``activation_error_method`` (MCT's threshold
-selection for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``) and
+quantized at 16 bits besides the box decode Ultralytics sets), ``centered_anchors`` (the box decode's anchors
+counted from the image's centre: :func:`center_anchors`) and ``activation_error_method`` (MCT's threshold selection
+for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``) and
 ``gptq_epochs`` (MCT's gradient-based post-training quantization for that many passes over the calibration images, the
 FP32 model's outputs its targets, instead of plain post-training quantization; Ultralytics' export has it off) on the
-first ``gptq_images`` of them (all when 0).
+first ``gptq_images`` of them (all when 0); ``qat_steps`` (MCT's quantization-aware training in place of its
+post-training quantization, that many steps on ``qat_images``, a uint8 ``.npy``: :mod:`mct_qat` beside this script).
 
 ``imxconv-pt`` does not run here: the reply's ``convert`` is its command line with ``{out}`` for the output folder, which yoloq runs once this process has ended and its memory is free (MCT holds gigabytes until then). Progress
 goes to stdout as ``yoloq-progress`` lines (phase, n, total), which yoloq relays to its console.
@@ -52,6 +54,8 @@ def export(req: dict) -> dict:
                 super().__init__(*args, **(kwargs | {"num_of_images": n}))
 
         mct.core.MixedPrecisionQuantizationConfig = MixedPrecision
+    if req.get("centered_anchors"):
+        center_anchors()
     extra16 = SixteenBit(req.get("activations_16bit") or [])
     if req.get("activation_error_method", "mse") != "mse":
         import model_compression_toolkit as mct
@@ -69,6 +73,12 @@ def export(req: dict) -> dict:
     gptq_images = min(len(batches), int(req.get("gptq_images") or len(batches)))
     if req.get("gptq_epochs"):
         use_gptq(int(req["gptq_epochs"]), gptq_images)
+    qat: dict = {}
+    if req.get("qat_steps"):  # this script's folder is on sys.path: the module beside it
+        from mct_qat import RESULT as qat, use_qat
+
+        use_qat(int(req["qat_steps"]), req["qat_images"], req["imgsz"],
+                lambda n, total: progress("QAT (steps)", n, total))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         pt = Path(tmp) / Path(req["model"]).name
@@ -91,7 +101,7 @@ def export(req: dict) -> dict:
 
     return {"seconds": round(time.perf_counter() - t0, 1), "calibration_used": len(batches), "convert": convert[-1],
             "gptq_images": gptq_images if req.get("gptq_epochs") else None,
-            "gptq_loss": [sum(v) / len(v) for _, v in sorted(GPTQ_LOSS.items())] or None,
+            "gptq_loss": [sum(v) / len(v) for _, v in sorted(GPTQ_LOSS.items())] or None, "qat": qat or None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "activations_16bit": extra16.chosen, "activations_16bit_refused": extra16.refused,
             "versions": {p: version(p) for p in ("model-compression-toolkit", "edge-mdt-tpc", "mct-quantizers",
@@ -198,6 +208,47 @@ def defer_imxconv() -> list[list[str]]:
     Subprocess.run = staticmethod(run)
     imx.subprocess = Subprocess()
     return noted
+
+
+def image_centre(feats, strides) -> tuple:  # noqa: ANN001 - make_anchors' arguments: [(h, w)] per level, strides
+    """Each anchor's shift to the image's centre in its level's cells ([N, 2], x then y, in make_anchors' order),
+    and the centre in pixels ([2, 1])."""
+    import torch
+
+    sizes = [(int(f[0]), int(f[1])) for f in feats]
+    shift = torch.cat([torch.tensor([w / 2, h / 2]).expand(h * w, 2) for h, w in sizes])
+    h0, w0 = sizes[0]
+    return shift, torch.tensor([[w0 * float(strides[0]) / 2], [h0 * float(strides[0]) / 2]])
+
+
+def center_anchors() -> None:
+    """The box decode with anchors the IMX500's 8-bit constants hold exactly. MCT quantizes the decode's anchor grid
+    (a constant operand of its subtraction and addition) at 8 bits with a power-of-two threshold per anchor, so an
+    anchor whose larger coordinate passes 64 cells (on the stride-8 grid at 640: 2,304 of its 6,400 anchors) gets a
+    step of 2 cells: its half-cell coordinates are rounded, its box moved by half a cell (4 pixels). Here each level's anchors are counted from the image's
+    centre (at most half its width in cells: 39.5 at 640, a step of 0.5 at most, exact) and the centre, in pixels,
+    is added back after the strides (an exact constant too); the added node's output is quantized at 16 bits as the
+    decode's others are. The same boxes in float; the model MCT sees is otherwise Ultralytics'."""
+    import torch
+    import ultralytics.utils.export.imx as imx
+
+    make, state = imx.make_anchors, {}
+
+    def centered(feats, strides, offset=0.5):  # noqa: ANN001, ANN202 - make_anchors' signature
+        anchors, stride = make(feats, strides, offset)
+        shift, state["center"] = image_centre(feats, strides)
+        return anchors - shift.type_as(anchors), stride
+
+    def inference(self, x):  # noqa: ANN001, ANN202 - Ultralytics' _inference
+        center = self.decode_bboxes(torch.zeros(1, 4, 1), state["center"].unsqueeze(0))  # [1, 4, 1] in pixels
+        dbox = self.decode_bboxes(self.dfl(x["boxes"]), self.anchors.unsqueeze(0)) * self.strides + center
+        return dbox.transpose(1, 2), x["scores"].sigmoid().permute(0, 2, 1)
+
+    imx.make_anchors, imx._inference = centered, inference
+    for family in imx.MCT_CONFIG.values():  # the added node: the addition after the decode's last one
+        names = family["detect"]["layer_names"]
+        last = max(int(n[4:]) for n in names if re.fullmatch(r"add_\d+", n))
+        names.append(f"add_{last + 1}")
 
 
 GPTQ_LOSS: dict[int, list[float]] = {}  # each GPTQ epoch's step losses (the quantized model against the FP32 one)
