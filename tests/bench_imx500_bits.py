@@ -37,6 +37,7 @@ REWRITES = {
     "activations 16-bit": [("Activation", ".", False)],
     "activations 16-bit, ranges x4": [("Activation", ".", True)],
     "weights 16-bit": [("Weights", ".", False)],
+    "the box decode's constants 16-bit (anchors, strides)": [("WeightsPOT", ".", False)],
     "activations and weights 16-bit, ranges x4": [("Activation", ".", True), ("Weights", ".", False)],
     "head outputs 16-bit, ranges x4 (what the sensor allows)": [
         ("Activation", r"^model_\d+_(cv[23]_\d+_2|dfl_conv)_|^cat_18_", True)],

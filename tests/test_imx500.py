@@ -8,6 +8,7 @@ where Sony's tools cannot be set up; the distillation for the sensor's arithmeti
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,24 @@ def test_mcts_qat_trains_the_model_through_the_quantizers_the_export_keeps(imx):
     a, b = _weights(imx, ptq), _weights(imx, qat)
     changed = sum(not np.array_equal(a[k], b[k]) for k in a)
     assert a.keys() == b.keys() and (changed > len(a) // 2 if result["kept"] else changed == 0), (changed, len(a))
+    # QAT implies centered anchors: the decode ends in one more addition (the image's centre), its output at 16 bits
+    assert info["centered_anchors"] is True and "centered_anchors" not in ptq["artifact_info"]
+    plain, centered = _output_bits(imx, ptq), _output_bits(imx, qat)
+    adds = [sorted((int(k[4:]) for k in bits if re.fullmatch(r"add_\d+", k)))[-1] for bits in (plain, centered)]
+    assert adds[1] == adds[0] + 1 and centered[f"add_{adds[1]}"] == 16 and centered["mul_2"] == 16, adds
+
+
+def _output_bits(imx: dict, rec: dict) -> dict[str, int]:
+    """Each layer's output bits in a variant's MCT-quantized ONNX (its activation quantizers), by layer name."""
+    import onnx
+
+    from yoloq.artifacts import cached_artifact
+
+    art = cached_artifact(imx["tmp"] / "bundle" / "work" / "artifacts" / rec["name"], rec["key"])
+    model = onnx.load(str(next(Path(art.path).glob("*.onnx"))))
+    return {n.name.split("/")[2].removesuffix("_activation_holder_quantizer"): onnx.helper.get_attribute_value(a)
+            for n in model.graph.node if n.op_type == "ActivationPOTQuantizer" for a in n.attribute
+            if a.name == "num_bits"}
 
 
 def _kept(ref, other) -> int:  # noqa: ANN001 - Detections
