@@ -1,9 +1,10 @@
 """Sony IMX500: YOLO11n quantized by Sony's MCT for the IMX500 in its own environment (``yoloq setup imx500``), the
 camera's package made by imxconv-pt, the quantized model scored here in ONNX Runtime (simulated); its bundle's
 predict.py runs that model alone; YOLOv8n (random init) goes through the same export; YOLO26n is a skipped record
-naming what MCT's IMX export supports. One run of YOLO11n at imgsz 320 on 8 calibration images (the mixed-precision
-search on 2: plain, with GPTQ, distilled for the sensor first, and trained by MCT's QAT) serves the YOLO11n tests. Skipped with the reason
-where Sony's tools cannot be set up; the distillation for the sensor's arithmetic is also tested without them."""
+naming what MCT's IMX export supports. One run of YOLO11n at imgsz 320 on 8 calibration images (the
+mixed-precision search on 2: plain, with GPTQ, distilled for the sensor first, and trained by MCT's QAT) serves
+the YOLO11n tests. Skipped with the reason where Sony's tools cannot be set up; the distillation for the sensor's
+arithmetic is also tested without them."""
 
 from __future__ import annotations
 

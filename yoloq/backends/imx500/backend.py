@@ -190,8 +190,8 @@ class Imx500Backend(Backend):
                                 INT8, minimum=0, before=0),
         "centered_anchors": OptionSpec(bool, False, None, "the box decode's anchors counted from the image's centre "
                                        "(the sensor's 8-bit constants then hold every anchor exactly; as Ultralytics "
-                                       "exports, anchors past 64 cells are rounded to a whole cell: the stride-8 grid "
-                                       "at 640); the same boxes in float", INT8, before=False),
+                                       "exports, anchors past 64 cells, on the stride-8 grid at 640, are off by half "
+                                       "a cell); the same boxes in float", INT8, before=False),
         "activation_error_method": OptionSpec(str, "mse", ERROR_METHODS, "how MCT chooses each activation's "
                                               "power-of-two threshold (mse: Ultralytics' setting; noclipping: the "
                                               "largest value)", INT8, before="mse"),
@@ -240,7 +240,7 @@ class Imx500Backend(Backend):
             ("centered", {"centered_anchors": True}, "the box decode's anchors counted from the image's centre, so "
              "the sensor's 8-bit constants hold each exactly"),
             ("centered128", {"centered_anchors": True, "calibration_images": 128}, "centered anchors and MCT on 128 "
-             "calibration images (about 15 GB at 640 on MCT's side: a 16 GB laptop's limit)"),
+             "calibration images (MCT held about 10 GB at 640: within a 16 GB laptop)"),
             ("head16", {"activations_16bit": list(HEAD_AND_CONCATS)}, "16 bits wherever the IMX500 takes them "
              "besides the box decode: the head's convolutions' outputs and the class logits (MCT refuses a 16-bit "
              "output that feeds a convolution, as every concatenation inside the network does; the sensor's NMS "
@@ -307,7 +307,8 @@ class Imx500Backend(Backend):
         head_info = head.describe() | {"nms_in_model": True, "nms": {"conf": req["conf"], "iou": req["iou"],
                                                                      "max_det": req["max_det"]}}
         return Artifact(out, self.name, "int8", {
-            "head": head_info, "quantizer": "Sony MCT post-training quantization, IMX500 target platform (TPC 4.0), "
+            "head": head_info, "quantizer": f"Sony MCT {'QAT' if req['qat_steps'] else 'post-training quantization'}, "
+            "IMX500 target platform (TPC 4.0), "
             "mixed-precision weights within the IMX500's weight memory, 16-bit activations on the box decode "
             "(Ultralytics' IMX settings)", "calibration_used": reply["calibration_used"],
             "export_seconds": reply["seconds"] + (reply.get("distill") or {}).get("s", 0.0),
@@ -326,7 +327,8 @@ class Imx500Backend(Backend):
 
     def _distilled_export(self, ctx: ExportContext, req: dict[str, Any], stack: np.ndarray) -> dict[str, Any]:
         """MCT's export of the model, distilled first through the IMX500's arithmetic where ``distill_steps`` asks
-        (:mod:`yoloq.backends.imx500.distill`: the checkpoint MCT is given instead of the source's)."""
+        (:mod:`yoloq.backends.imx500.distill`: the checkpoint MCT is given instead of the source's); with
+        ``qat_steps``, all the calibration images go to the worker for MCT's QAT (:mod:`.mct_qat`)."""
         stack = warn_memory(stack)  # before minutes of distillation, not after them
         if req["qat_steps"]:  # all calibration images, as uint8 pixels, for the worker to train on
             np.save(ctx.workdir / "qat-images.npy", np.stack([np.rint(x[0] * 255.0).astype(np.uint8) for x in
@@ -348,8 +350,11 @@ class Imx500Backend(Backend):
         return reply | {"distill": result | cost["distill"]}  # s: thresholds, training and the checkpoint
 
     def _run_worker(self, ctx: ExportContext, req: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
-        return run_export(ENV.python(), HERE / "worker.py", ctx.workdir, ctx.variant.label, req, images,
-                          EXPORT_TIMEOUT_S)
+        try:
+            return run_export(ENV.python(), HERE / "worker.py", ctx.workdir, ctx.variant.label, req, images,
+                              EXPORT_TIMEOUT_S)
+        finally:  # QAT's training images (all the calibration images at imgsz) are not kept with the export
+            Path(req.get("qat_images") or ctx.workdir / "none").unlink(missing_ok=True)
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Imx500Runtime:
         standard = simulated_as_standard(artifact)

@@ -222,13 +222,14 @@ def image_centre(feats, strides) -> tuple:  # noqa: ANN001 - make_anchors' argum
 
 
 def center_anchors() -> None:
-    """The box decode with anchors the IMX500's 8-bit constants hold exactly. MCT quantizes the decode's anchor grid
-    (a constant operand of its subtraction and addition) at 8 bits with a power-of-two threshold per anchor, so an
+    """The box decode with anchors the IMX500's 8-bit constants hold exactly. MCT quantizes the decode's anchor grid (a
+    constant operand of its subtraction and addition) at 8 bits with a power-of-two threshold per anchor, so an
     anchor whose larger coordinate passes 64 cells (on the stride-8 grid at 640: 2,304 of its 6,400 anchors) gets a
-    step of 2 cells: its half-cell coordinates are rounded, its box moved by half a cell (4 pixels). Here each level's anchors are counted from the image's
-    centre (at most half its width in cells: 39.5 at 640, a step of 0.5 at most, exact) and the centre, in pixels,
-    is added back after the strides (an exact constant too); the added node's output is quantized at 16 bits as the
-    decode's others are. The same boxes in float; the model MCT sees is otherwise Ultralytics'."""
+    step of 2 cells: its half-cell coordinates are rounded, its box moved by half a cell (4 pixels). Here each
+    level's anchors are counted from the image's centre (at most half its width in cells: 39.5 at 640, a step of 0.5
+    at most, exact) and the centre, in pixels, is added back after the strides (an exact constant too); the added
+    node's output is quantized at 16 bits as the decode's others are. The same boxes in float; the model MCT sees is
+    otherwise Ultralytics'."""
     import torch
     import ultralytics.utils.export.imx as imx
 
