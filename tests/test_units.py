@@ -182,18 +182,18 @@ def test_distillation_augments_only_by_mirror_and_zoom():
     same draws from the same seed; ``none`` passes the batch through."""
     import torch
 
-    from yoloq.recover.distill import PAD, _augment
+    from yoloq.recover.distill import PAD, augment_batch
 
     x = torch.rand(4, 3, 32, 32)
-    assert _augment(x, "none", np.random.default_rng(0)) is x
-    flipped = _augment(x, "flip", np.random.default_rng(0))
+    assert augment_batch(x, "none", np.random.default_rng(0)) is x
+    flipped = augment_batch(x, "flip", np.random.default_rng(0))
     kinds = [bool(torch.equal(f, i)) or bool(torch.equal(f, torch.flip(i, dims=[2]))) for f, i in zip(flipped, x)]
     assert all(kinds) and not torch.equal(flipped, x)
-    a, b = (_augment(x, "flip-scale", np.random.default_rng(1)) for _ in range(2))
+    a, b = (augment_batch(x, "flip-scale", np.random.default_rng(1)) for _ in range(2))
     assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     gray = torch.full((1, 3, 32, 32), PAD)
-    zoomed = [_augment(gray * 0 + 0.9, "flip-scale", np.random.default_rng(s)) for s in range(20)]
+    zoomed = [augment_batch(gray * 0 + 0.9, "flip-scale", np.random.default_rng(s)) for s in range(20)]
     # a zoom out leaves gray borders around the image; a zoom in shows only the image
     assert any(torch.isclose(z[0, :, 0, 0], gray[0, :, 0, 0]).all() for z in zoomed)
     assert any(torch.isclose(z, torch.full_like(z, 0.9)).all() for z in zoomed)
@@ -205,15 +205,15 @@ def test_distillation_detection_loss_is_zero_only_at_the_teacher():
     the teacher sees something."""
     import torch
 
-    from yoloq.recover.distill import _loss
+    from yoloq.recover.distill import output_loss
 
     g = torch.Generator().manual_seed(0)
     t = torch.cat([torch.rand(1, 4, 50, generator=g) * 320, torch.rand(1, 80, 50, generator=g) * 0.05], 1)
-    assert float(_loss(t, t, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
+    assert float(output_loss(t, t, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
     small, large = t.clone(), t.clone()
     small[:, 4:] *= 1.5
     large[:, 4:] *= 3.0
-    assert 0 < float(_loss(small, t, 320, "detection")) < float(_loss(large, t, 320, "detection"))
+    assert 0 < float(output_loss(small, t, 320, "detection")) < float(output_loss(large, t, 320, "detection"))
     # the same score error (+0.01) costs the same under mse on a score of 0.01 and of 0.5; under the detection loss
     # doubling the small score (what moves a detection's rank) costs far more
     def cost(score: float, kind: str) -> float:
@@ -221,7 +221,7 @@ def test_distillation_detection_loss_is_zero_only_at_the_teacher():
         x[:, 4:] = score
         y = x.clone()
         y[:, 4:] += 0.01
-        return float(_loss(y, x, 320, kind))
+        return float(output_loss(y, x, 320, kind))
 
     assert cost(0.01, "mse") == pytest.approx(cost(0.5, "mse"), rel=1e-3)
     assert cost(0.01, "detection") > 5 * cost(0.5, "detection")
@@ -229,7 +229,7 @@ def test_distillation_detection_loss_is_zero_only_at_the_teacher():
     empty[:, 4:] = 0.0  # the teacher sees nothing: box errors cost nothing
     shifted = empty.clone()
     shifted[:, :4] += 5.0
-    assert float(_loss(shifted, empty, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
+    assert float(output_loss(shifted, empty, 320, "detection")) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_a_learned_input_step_gets_lsqs_gradient_and_starts_where_calibration_put_it():

@@ -1,8 +1,9 @@
-"""Quantization-aware distillation: the FP32 model is the teacher, its raw head output on unlabelled calibration
-images the target; the student is the same model with the target format's arithmetic in fake quantizers (per-channel
+"""Quantization-aware distillation: the FP32 model is the teacher, its raw head output on unlabelled calibration images
+the target; the student is the same model with the target format's arithmetic in fake quantizers (per-channel
 symmetric weights on the format's grid, a per-tensor symmetric int8 scale on each quantized convolution's input, both
-rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where asked,
-each one's input scale); the weight scales stay the format's own, so what is learned drops into its file. No label is read and no evaluation image is seen.
+rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where
+asked, each one's input scale); the weight scales stay the format's own, so what is learned drops into its file. No
+label is read and no evaluation image is seen.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
     return log_step
 
 
-def _loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
+def output_loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
     """How far the student's raw head output ``y`` [B, 4 + nc, N] is from the teacher's ``t``.
 
     ``mse``: the mean squared error of every value, boxes divided by the input size so boxes and scores weigh alike.
@@ -89,7 +90,7 @@ def _loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
     return (bce - entropy).mean() + box
 
 
-def _augment(x: Any, kind: str, rng: np.random.Generator) -> Any:
+def augment_batch(x: Any, kind: str, rng: np.random.Generator) -> Any:
     """The training batch as the student and the teacher both see it: each image mirrored left-right with
     probability 1/2 (``flip``), and also zoomed in or out about a random point with the letterbox's gray around it
     (``flip-scale``). The teacher labels the augmented image itself, so every augmentation is exact: it only makes
@@ -126,12 +127,13 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
     ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
     steps where given (the same model on any day: a budget in minutes trains as many steps as the machine's speed
-    allows; another CPU rounds float32 differently, so it trains other weights). ``augment`` (one of :data:`AUGMENTS`) varies the training images (:func:`_augment`);
-    the held-out images are judged as they are. ``loss`` (one of :data:`LOSSES`) is what training lowers and the
-    held-out images are judged by (:func:`_loss`). ``learn_steps``: each quantized convolution's input scale
-    learns too (LSQ: it may learn to clip), else it stays the format's calibrated one. ``schedule`` (one of
-    :data:`SCHEDULES`): the learning rates held over the budget, or decayed to 0 along a half cosine (the last steps
-    move the weights by far less than a quantization step, so the rounding the run ends on is not one step's noise).
+    allows; another CPU rounds float32 differently, so it trains other weights). ``augment`` (one of
+    :data:`AUGMENTS`) varies the training images (:func:`augment_batch`); the held-out images are judged as they are.
+    ``loss`` (one of :data:`LOSSES`) is what training lowers and the held-out images are judged by
+    (:func:`output_loss`). ``learn_steps``: each quantized convolution's input scale learns too (LSQ: it may learn to
+    clip), else it stays the format's calibrated one. ``schedule`` (one of :data:`SCHEDULES`): the learning rates
+    held over the budget, or decayed to 0 along a half cosine (the last steps move the weights by far less than a
+    quantization step, so the rounding the run ends on is not one step's noise).
 
     Returns:
         ``{module name: (weight, bias, input scale)}`` (weights and biases as numpy arrays; all three the
@@ -168,7 +170,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
 
     def held_loss() -> float:
         with torch.no_grad():
-            return float(np.mean([_loss(student(x), t, imgsz, loss).item() for x, t in zip(held, targets_held)]))
+            return float(np.mean([output_loss(student(x), t, imgsz, loss).item()
+                                  for x, t in zip(held, targets_held)]))
 
     before = held_loss()
     start = {n: (named[n].weight.detach().clone(), None if named[n].bias is None else named[n].bias.detach().clone())
@@ -179,10 +182,10 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     budget, t0, steps, seen = steps, time.perf_counter(), 0, 0
     while (steps < budget) if budget else (time.perf_counter() - t0 < 60 * minutes):
         idx = rng.choice(len(train), min(BATCH, len(train)), replace=False)
-        x = _augment(torch.cat([train[i] for i in idx]), augment, rng)
+        x = augment_batch(torch.cat([train[i] for i in idx]), augment, rng)
         with torch.no_grad():
             t = teacher(x)
-        value = _loss(student(x), t, imgsz, loss)
+        value = output_loss(student(x), t, imgsz, loss)
         done = steps / budget if budget else (time.perf_counter() - t0) / (60 * minutes)
         for group, lr in zip(opt.param_groups, (LR, STEP_LR)):
             group["lr"] = lr * lr_factor(done, schedule)

@@ -354,7 +354,8 @@ class Imx500Backend(Backend):
             return run_export(ENV.python(), HERE / "worker.py", ctx.workdir, ctx.variant.label, req, images,
                               EXPORT_TIMEOUT_S)
         finally:  # QAT's training images (all the calibration images at imgsz) are not kept with the export
-            Path(req.get("qat_images") or ctx.workdir / "none").unlink(missing_ok=True)
+            if req.get("qat_images"):
+                Path(req["qat_images"]).unlink(missing_ok=True)
 
     def load(self, artifact: Artifact, threads: int, device: str = "cpu") -> Imx500Runtime:
         standard = simulated_as_standard(artifact)

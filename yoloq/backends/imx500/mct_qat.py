@@ -1,15 +1,15 @@
 """MCT's quantization-aware training for the IMX500, inside the export worker (the side environment): the model is
 trained through MCT's own quantizers, the very ones the export keeps.
 
-Distillation before MCT (:mod:`yoloq.backends.imx500.distill`) taught the weights yoloq's emulation of the sensor,
-and MCT then put in its own quantizers (thresholds chosen again, every output quantized, mixed-precision bit widths),
-which undid most of it. Here Ultralytics' export runs as always, but where it calls MCT's post-training
-quantization, MCT's QAT is called instead with the same arguments (its initialisation is that post-training
-quantization: the same thresholds, mixed precision and weight memory), the wrapped model is trained for a step budget
-against the FP32 model's own outputs on the calibration images (mirrored and zoomed: no label is read), and MCT's
-finalisation turns it into the inferable quantized model the export continues with. Only the quantized layers'
-weights and biases learn (straight-through rounding on MCT's per-channel grids); the activations' power-of-two
-thresholds stay the ones MCT chose. The step, loss, augmentation and learning rate are yoloq's distillation's
+Distillation before MCT (:mod:`yoloq.backends.imx500.distill`) taught the weights yoloq's emulation of the sensor, and
+MCT then put in its own quantizers (thresholds chosen again, every output quantized, mixed-precision bit widths), which
+undid most of it. Here Ultralytics' export runs as always, but where it calls MCT's post-training quantization, MCT's
+QAT is called instead with the same arguments (its initialisation is that post-training quantization: the same
+thresholds, mixed precision and weight memory), the wrapped model is trained for a step budget against the FP32 model's
+own outputs on the calibration images (mirrored and zoomed: no label is read), and MCT's finalisation turns it into the
+inferable quantized model the export continues with. Only the quantized layers' weights and biases learn
+(straight-through rounding on MCT's per-channel grids); the activations' power-of-two thresholds stay the ones MCT
+chose, and the DFL's projection stays fixed. The step, loss, augmentation and learning rate are yoloq's distillation's
 (:mod:`yoloq.recover.distill`, loaded from its file: the worker cannot import yoloq).
 
 Imported by the worker script only (it runs in the side environment with MCT); nothing here runs in yoloq's process.
@@ -60,10 +60,11 @@ def trainable(model: Any) -> list[Any]:
     return params
 
 
-def train(student: Any, teacher: Any, images: Any, imgsz: int, steps: int, augment: str,
-          report: Callable[[int, int], None]) -> dict[str, Any]:
+def train(student: Any, teacher: Any, images: Any, imgsz: int, steps: int, report: Callable[[int, int], None],
+          augment: str = "flip-scale") -> dict[str, Any]:
     """Train ``student`` (MCT's QAT model) towards ``teacher`` (the FP32 model) on ``images`` (uint8 NCHW) for
-    ``steps`` steps, the first :data:`HELD` images held out to judge it. Returns what it reached; the weights go back
+    ``steps`` steps (each batch augmented as ``augment``, one of the recipe's ``AUGMENTS``), the recipe's first
+    ``HELD`` images held out to judge it. Returns what it reached; the weights go back
     to MCT's initial ones where training did not lower the held-out loss."""
     import numpy as np
     import torch
@@ -80,7 +81,7 @@ def train(student: Any, teacher: Any, images: Any, imgsz: int, steps: int, augme
     def loss_on(xs: list) -> float:
         student.eval()
         with torch.no_grad():
-            return float(np.mean([r._loss(_head(student(x / 255.0)), targets[id(x)], imgsz).item() for x in xs]))
+            return float(np.mean([r.output_loss(_head(student(x / 255.0)), targets[id(x)], imgsz).item() for x in xs]))
 
     before, fit_before, start = loss_on(held), loss_on(fit), copy.deepcopy(student.state_dict())
     opt = torch.optim.Adam(params, lr=r.LR)
@@ -88,10 +89,10 @@ def train(student: Any, teacher: Any, images: Any, imgsz: int, steps: int, augme
     student.train()
     for step in range(steps):
         idx = rng.choice(len(train_set), min(r.BATCH, len(train_set)), replace=False)
-        x = r._augment(torch.cat([train_set[i] for i in idx]) / 255.0, r.AUGMENTS[2] if augment else "none", rng)
+        x = r.augment_batch(torch.cat([train_set[i] for i in idx]) / 255.0, augment, rng)
         with torch.no_grad():
             t = _head(teacher(x))
-        loss = r._loss(_head(student(x)), t, imgsz)
+        loss = r.output_loss(_head(student(x)), t, imgsz)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -102,7 +103,7 @@ def train(student: Any, teacher: Any, images: Any, imgsz: int, steps: int, augme
     return {"steps": steps, "images_seen": steps * min(r.BATCH, len(train_set)), "train_images": len(train_set),
             "held_out_images": len(held), "held_out_loss_before": before, "held_out_loss_after": after,
             "train_loss_before": fit_before, "train_loss_after": fit_after, "train_loss_images": len(fit),
-            "kept": after < before, "lr": r.LR, "batch": r.BATCH, "augment": r.AUGMENTS[2] if augment else "none",
+            "kept": after < before, "lr": r.LR, "batch": r.BATCH, "augment": augment,
             "parameters": sum(p.numel() for p in params), "s": round(time.perf_counter() - t0, 1)}
 
 
@@ -120,7 +121,7 @@ def use_qat(steps: int, images_path: str, imgsz: int, report: Callable[[int, int
         teacher = copy.deepcopy(in_module).eval()
         model, info = init(in_module, representative_data_gen, target_resource_utilization=target_resource_utilization,
                            core_config=core_config, target_platform_capabilities=target_platform_capabilities)
-        RESULT.update(train(model, teacher, np.load(images_path), imgsz, steps, True, report))
+        RESULT.update(train(model, teacher, np.load(images_path), imgsz, steps, report))
         model.eval()
         return finalize(model), info
 

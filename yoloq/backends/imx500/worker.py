@@ -2,23 +2,24 @@
 
 It imports only the standard library, numpy, torch and Ultralytics, and runs Ultralytics' IMX export (Sony's Model
 Compression Toolkit, post-training quantization for the IMX500 target platform with the memory-bound mixed precision
-Ultralytics sets, then ``imxconv-pt``, which needs Java) with yoloq's calibration images in place of the exporter's
-own dataset. One request: the path of a JSON file with ``model`` (a ``.pt``), ``imgsz``, ``calibration`` (an ``.npy``
-of NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_det`` (the NMS the model carries),
-``out`` (the folder to create) and ``reply`` (where the JSON reply goes: ``ok``, ``seconds``, ``versions`` or
-``error``); optionally ``mixed_precision_images`` (how many images MCT's mixed-precision search scores each layer's
-bit widths on; Ultralytics sets 10), ``activations_16bit`` (regular expressions over the layers' names as MCT's
-torch.fx trace names them, e.g. ``cat_4``, ``{head}`` standing for the Detect module's prefix: those layers' outputs
-quantized at 16 bits besides the box decode Ultralytics sets), ``centered_anchors`` (the box decode's anchors
-counted from the image's centre: :func:`center_anchors`) and ``activation_error_method`` (MCT's threshold selection
-for activations: ``mse``, as Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``) and
-``gptq_epochs`` (MCT's gradient-based post-training quantization for that many passes over the calibration images, the
-FP32 model's outputs its targets, instead of plain post-training quantization; Ultralytics' export has it off) on the
-first ``gptq_images`` of them (all when 0); ``qat_steps`` (MCT's quantization-aware training in place of its
-post-training quantization, that many steps on ``qat_images``, a uint8 ``.npy``: :mod:`mct_qat` beside this script).
+Ultralytics sets, then ``imxconv-pt``, which needs Java) with yoloq's calibration images in place of the exporter's own
+dataset. One request: the path of a JSON file with ``model`` (a ``.pt``), ``imgsz``, ``calibration`` (an ``.npy`` of
+NCHW float32 inputs in [0, 1], yoloq's letterbox), ``conf``, ``iou``, ``max_det`` (the NMS the model carries), ``out``
+(the folder to create) and ``reply`` (where the JSON reply goes: ``ok``, ``seconds``, ``versions`` or ``error``);
+optionally ``mixed_precision_images`` (how many images MCT's mixed-precision search scores each layer's bit widths on;
+Ultralytics sets 10), ``activations_16bit`` (regular expressions over the layers' names as MCT's torch.fx trace names
+them, e.g. ``cat_4``, ``{head}`` standing for the Detect module's prefix: those layers' outputs quantized at 16 bits
+besides the box decode Ultralytics sets), ``centered_anchors`` (the box decode's anchors counted from the image's
+centre: :func:`center_anchors`) and ``activation_error_method`` (MCT's threshold selection for activations: ``mse``, as
+Ultralytics leaves it, ``noclipping``, ``mae``, ``kl`` or ``lp``) and ``gptq_epochs`` (MCT's gradient-based
+post-training quantization for that many passes over the calibration images, the FP32 model's outputs its targets,
+instead of plain post-training quantization; Ultralytics' export has it off) on the first ``gptq_images`` of them (all
+when 0); ``qat_steps`` (MCT's quantization-aware training in place of its post-training quantization, that many steps on
+``qat_images``, a uint8 ``.npy``: :mod:`mct_qat` beside this script).
 
-``imxconv-pt`` does not run here: the reply's ``convert`` is its command line with ``{out}`` for the output folder, which yoloq runs once this process has ended and its memory is free (MCT holds gigabytes until then). Progress
-goes to stdout as ``yoloq-progress`` lines (phase, n, total), which yoloq relays to its console.
+``imxconv-pt`` does not run here: the reply's ``convert`` is its command line with ``{out}`` for the output folder,
+which yoloq runs once this process has ended and its memory is free (MCT holds gigabytes until then). Progress goes to
+stdout as ``yoloq-progress`` lines (phase, n, total), which yoloq relays to its console.
 """
 
 from __future__ import annotations
