@@ -29,11 +29,14 @@ PAD = 114 / 255  # the letterbox's gray, where a zoomed-out image leaves the fra
 
 @dataclass(frozen=True)
 class Grid:
-    """One convolution's format arithmetic: weight scales per output channel, the largest integer, input scale."""
+    """One convolution's format arithmetic: weight scales per output channel, the largest integer, input scale, and
+    the center subtracted from the input before it is quantized (0: none; the border is padded before the shift, so
+    padding reads zero as the format's explicit padding does)."""
 
     weight_scales: np.ndarray
     qmax: int
     input_scale: float
+    center: float = 0.0
 
 
 def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
@@ -44,20 +47,24 @@ def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
     import torch.nn.functional as F
 
     ws = torch.tensor(np.asarray(grid.weight_scales, np.float32)).view(-1, 1, 1, 1)
-    a = float(grid.input_scale)
+    a, c = float(grid.input_scale), float(grid.center)
+    pad = (0, 0) if not c else tuple(module.padding)
     log_step = torch.nn.Parameter(torch.tensor(-math.log(a), dtype=torch.float32)) if learn_step else None
 
     def ste(v: Any) -> Any:
         return v + (torch.round(v) - v).detach()
 
     def forward(x: Any) -> Any:
+        if c:
+            x = F.pad(x, (pad[1], pad[1], pad[0], pad[0])) - c
         if log_step is None:
             xq = torch.clamp(ste(x * a), -127, 127) / a
         else:
             d = torch.exp(log_step)
             xq = ste(torch.clamp(x / d, -127, 127)) * d
         wq = torch.clamp(ste(module.weight * ws), -grid.qmax, grid.qmax) / ws
-        return F.conv2d(xq, wq, module.bias, module.stride, module.padding, module.dilation, module.groups)
+        return F.conv2d(xq + c, wq, module.bias, module.stride, (0, 0) if c else module.padding, module.dilation,
+                        module.groups)
 
     module.forward = forward
     return log_step

@@ -101,22 +101,6 @@ def conv_names(model: Any, param: Path, imgsz: int) -> dict[str, str]:
     return names
 
 
-def _distilled(name: str, stem: int, bits: int, steps: int, **extra: Any) -> tuple[str, dict[str, Any], str]:
-    """A distillation candidate with a step budget and no clipping: its name, options and what it does."""
-    opts = {"keep_stem_float": stem, "weight_bits_3x3": bits, "weight_rounding": "distill", "distill_steps": steps,
-            "method": "max", **extra}
-    what = [f"the first {stem} modules in float", f"{bits}-bit 3x3 weights" +
-            (" (Winograd F(4,3) kept)" if bits == 6 else "") +
-            (" and each convolution's input scale" if extra.get("distill_scales") else "") +
-            f" learned by {steps} steps of distillation" +
-            (" on calibration images mirrored and zoomed at random" if extra.get("distill_augment") else "") +
-            (", with a detector's loss (the scores' cross-entropy, boxes weighted by score)"
-             if extra.get("distill_loss") == "detection" else "") +
-            (", the learning rate decayed along a half cosine" if extra.get("distill_schedule") == "cosine" else ""),
-            *([f"{', '.join(extra['float_modules'])} in float"] if extra.get("float_modules") else []), "no clipping"]
-    return name, opts, ", ".join(what)
-
-
 @register
 class NcnnBackend(Backend):
     """ncnn on the CPU (x86 here: a proxy for the Arm boards it is made for)."""
@@ -166,6 +150,11 @@ class NcnnBackend(Backend):
                                    INT8, before="mse"),
         "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
                                        "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
+        "centered_inputs": OptionSpec(bool, False, None, "each quantized convolution's input is shifted by its "
+                                      "calibrated range's midpoint before ncnn quantizes it (an added scalar and "
+                                      "explicit padding, undone in the bias: exact in float), so a SiLU's one-sided "
+                                      "output spends all 255 int8 levels instead of 128 (method: max)", INT8,
+                                      before=False),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
@@ -182,51 +171,11 @@ class NcnnBackend(Backend):
         return version("ncnn")
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """Activation calibration, the head's scope, the stem in float, and recovery on ncnn's grid."""
-        return [TuneCandidate(n, o, w) for n, o, w in (
-            ("default", {}, "ncnn2table's KL calibration and 6-bit 3x3 weights, yoloq's head scope, the image's "
-                            "known range"),
-            ("aciq", {"method": "aciq"}, "ACIQ clipping instead of KL"),
-            ("max", {"method": "max"}, "each activation's largest magnitude: no clipping"),
-            ("input-calibrated", {"input_range": False}, "the image's range calibrated too (KL clips pixels)"),
-            ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
-            ("stem2-max", {"keep_stem_float": 2, "method": "max"}, "the first two layers in float, no clipping"),
-            ("w8", {"weight_bits_3x3": 8}, "8-bit weights in the 3x3 stride-1 convolutions (no Winograd F(4,3))"),
-            ("w8-max", {"weight_bits_3x3": 8, "method": "max"}, "8-bit 3x3 weights, no clipping"),
-            ("w8-gptq", {"weight_bits_3x3": 8, "weight_rounding": "gptq"}, "8-bit 3x3 weights rounded by GPTQ"),
-            ("w8-gptq-max", {"weight_bits_3x3": 8, "weight_rounding": "gptq", "method": "max"},
-             "8-bit 3x3 weights rounded by GPTQ, no clipping"),
-            ("w8-distill-max", {"weight_bits_3x3": 8, "weight_rounding": "distill", "method": "max"},
-             "8-bit 3x3 weights learned by distillation from the FP32 model through ncnn's arithmetic, no "
-             "clipping"),
-            ("stem2-w8-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights, no clipping"),
-            ("stem2-w8-gptq-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "gptq",
-                                   "method": "max"}, "the first two layers in float, 8-bit 3x3 weights rounded by "
-                                                     "GPTQ, no clipping"),
-            ("stem2-w8-distill-max", {"keep_stem_float": 2, "weight_bits_3x3": 8, "weight_rounding": "distill",
-                                      "distill_minutes": 10.0, "method": "max"},
-             "the first two layers in float, 8-bit 3x3 weights learned by 10 min of distillation, no clipping"),
-            ("stem2-distill-max", {"keep_stem_float": 2, "weight_rounding": "distill", "distill_minutes": 10.0,
-                                   "method": "max"},
-             "the first two layers in float, 6-bit 3x3 weights (Winograd F(4,3) kept) learned by 10 min of "
-             "distillation, no clipping"),
-            # the step-budget candidates name every setting they are about: a variant that distils already (as a
-            # tuned config's does) must not lend its own bits, step budget or augmentation to them
-            _distilled("stem2-w8-distill600-max", 2, 8, 600),
-            _distilled("stem2-distill600-max", 2, 6, 600),
-            _distilled("stem2-w8-distill600-aug-max", 2, 8, 600, distill_augment="flip-scale"),
-            _distilled("stem2-distill600-aug-max", 2, 6, 600, distill_augment="flip-scale"),
-            _distilled("stem2-w8-distill600-aug-lsq-max", 2, 8, 600, distill_augment="flip-scale",
-                       distill_scales=True),
-            _distilled("stem3-w8-distill600-aug-max", 3, 8, 600, distill_augment="flip-scale"),
-            _distilled("stem2-w8-distill224-aug-max", 2, 8, 224, distill_augment="flip-scale"),
-            _distilled("stem2-w8-distill600-aug-det-max", 2, 8, 600, distill_augment="flip-scale",
-                       distill_loss="detection"),
-            _distilled("stem2-w8-distill600-aug-cls-max", 2, 8, 600, distill_augment="flip-scale",
-                       float_modules=[f"model.23.cv3.{i}" for i in range(3)]),
-            _distilled("stem2-w8-distill600-aug-cos-max", 2, 8, 600, distill_augment="flip-scale",
-                       distill_schedule="cosine"))]
+        """Activation calibration, the head's scope, the stem in float, and recovery on ncnn's grid
+        (:mod:`yoloq.backends.ncnn.candidates`)."""
+        from yoloq.backends.ncnn.candidates import CANDIDATES
+
+        return [TuneCandidate(n, o, w) for n, o, w in CANDIDATES]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -269,9 +218,17 @@ class NcnnBackend(Backend):
                images: list[np.ndarray], cost: dict[str, Any]) -> dict[str, Any]:
         """Each quantized convolution's (weight scales, input scale, int8 weights or None)."""
         method, bits = ctx.option("method"), ctx.option("weight_bits_3x3")
+        centered = ctx.option("centered_inputs")
+        if centered and method != "max":
+            raise ExportError(f"ncnn option centered_inputs centers each input's whole range: it needs method: max "
+                              f"(got method: {method})")
         with measured(cost, "calibrate"):
             acts = calibration.calibrate(fp32, model, images, method, ctx.threads, layers,
                                          cache=fp32.parent / "ncnn-stats")
+            mids = {n: 0.0 for n in acts}
+            if centered:
+                found = calibration.centers(fp32, model, images, ctx.threads, layers, cache=fp32.parent / "ncnn-stats")
+                mids, acts = {n: m for n, (m, _) in found.items()}, {n: a for n, (_, a) in found.items()}
         if ctx.option("input_range"):
             for c in layers:
                 if model.input in c.bottoms:
@@ -291,12 +248,15 @@ class NcnnBackend(Backend):
             with measured(cost, "distill"), step(f"distillation from the FP32 model through ncnn's arithmetic "
                                                     f"({budget}, {len(images)} "
                                                     f"calibration images)"):
-                ints, biases, learned, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images)
+                ints, biases, learned, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images,
+                                                                              mids)
             acts = {**acts, **learned}  # the input scales distillation learned (distill_scales), else the same
-        return {c.name: (ws[c.name], acts[c.name], ints.get(c.name), biases.get(c.name)) for c in layers}
+        return {c.name: (ws[c.name], acts[c.name], ints.get(c.name), biases.get(c.name), mids[c.name])
+                for c in layers}
 
     def _distill(self, ctx: ExportContext, fp32: Path, layers: list[int8.Layer], ws: dict[str, np.ndarray],
-                 acts: dict[str, float], images: list[np.ndarray]) -> tuple[dict, dict, dict, dict[str, Any]]:
+                 acts: dict[str, float], images: list[np.ndarray], mids: dict[str, float]
+                 ) -> tuple[dict, dict, dict, dict[str, Any]]:
         """Weights, biases and input scales learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers,
         float biases and input scales (by ncnn layer name)."""
         from yoloq.backends.ncnn.recovery import learned_integers
@@ -306,7 +266,7 @@ class NcnnBackend(Backend):
         model = export_module(ctx.source, ctx.imgsz, False, ctx.max_det, "ncnn")
         names = conv_names(model, fp32 / PARAM, ctx.imgsz)
         bits = ctx.option("weight_bits_3x3")
-        grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name]) for c in layers}
+        grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name], mids[c.name]) for c in layers}
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
                                   steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
                                   loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"),

@@ -57,6 +57,8 @@ class Stats:
     """Per-convolution input statistics over calibration images."""
 
     absmax: dict[str, float] = field(default_factory=dict)
+    low: dict[str, float] = field(default_factory=dict)  # each input's smallest and largest value (centered inputs)
+    high: dict[str, float] = field(default_factory=dict)
     count: dict[str, int] = field(default_factory=dict)
     hist: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -120,7 +122,7 @@ def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: in
     import hashlib
     import pickle
 
-    key = hashlib.sha256((Path(folder) / BIN).read_bytes())
+    key = hashlib.sha256(b"stats-v2" + (Path(folder) / BIN).read_bytes())
     for x in images:
         key.update(np.ascontiguousarray(x, np.float32).tobytes())
     hit = Path(cache) / f"ncnn-stats-{key.hexdigest()[:24]}.pkl" if cache else None
@@ -131,6 +133,8 @@ def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: in
 
     def count(name: str, a: np.ndarray) -> None:
         st.absmax[name] = max(st.absmax.get(name, 0.0), float(np.abs(a).max()))
+        st.low[name] = min(st.low.get(name, 0.0), float(a.min()))
+        st.high[name] = max(st.high.get(name, 0.0), float(a.max()))
         st.count[name] = a.size
 
     def histogram(name: str, a: np.ndarray) -> None:
@@ -148,6 +152,29 @@ def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: in
         tmp.write_bytes(pickle.dumps(st))
         tmp.replace(hit)
     return st
+
+
+CENTER_GAIN = 0.9  # an input is centered only where that shrinks its threshold to under 90% of its largest magnitude
+
+
+def centers(folder: Path, model: Model, images: list[np.ndarray], threads: int, layers: list[Layer],
+            cache: Path | None = None) -> dict[str, tuple[float, float]]:
+    """Each convolution's centered input (``centered_inputs``): the midpoint of its calibrated range, which the
+    written model subtracts before ncnn quantizes it, and its scale, 127 / half the range (no clipping). A
+    convolution whose input is already about symmetric (or whose padding ncnn computes itself) gets ``(0, 127 /
+    largest magnitude)``: nothing to gain from the extra layers. So does one reading the image: ncnn would shift the
+    caller's input buffer in place (seen to crash it)."""
+    st = statistics(folder, model, images, threads, cache)
+    out = {}
+    for c in layers:
+        blob = c.bottoms[0]
+        lo, hi, top = st.low.get(blob, 0.0), st.high.get(blob, 0.0), st.absmax.get(blob, 0.0)
+        half = (hi - lo) / 2
+        if top <= 0 or half >= CENTER_GAIN * top or min(c.kernel()[6:]) < 0 or model.input in c.bottoms:
+            out[c.name] = (0.0, 127.0 / top if top > 0 else 1.0)
+        else:
+            out[c.name] = ((hi + lo) / 2, 127.0 / half)
+    return out
 
 
 def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str, threads: int,

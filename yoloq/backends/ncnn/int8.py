@@ -224,15 +224,53 @@ def runtime_options(folder: Path) -> dict[str, Any]:
 NO_WINOGRAD = 64  # ncnn's per-layer featmask (param 31), bit 6: this layer never runs a Winograd kernel
 
 
+def _param_line(kind: str, name: str, bottoms: list[str], tops: list[str], params: dict[str, str]) -> str:
+    return " ".join([f"{kind:<24}", f"{name:<24}", str(len(bottoms)), str(len(tops)), *bottoms, *tops,
+                     *(f"{k}={v}" for k, v in params.items())])
+
+
+def centered_layers(layer: Layer, center: float) -> tuple[list[str], Layer]:
+    """The lines that shift ``layer``'s input by ``-center`` before ncnn quantizes it (a ``BinaryOp`` adding a
+    scalar) and pad it explicitly with the shifted zero (a ``Padding`` whose value is ``-center``, so the border
+    reads what zero padding read), and the convolution reading the result with no padding of its own. Exact in
+    float: the caller adds the weights' sum times ``center`` to the bias (which the convolution gets if it had
+    none)."""
+    shifted, lines = f"{layer.bottoms[0]}_yc", []
+    lines.append(_param_line("BinaryOp", f"{layer.name}_center", [layer.bottoms[0]], [shifted],
+                             {"0": "0", "1": "1", "2": f"{-center:.9e}"}))
+    _kw, _kh, _sw, _sh, _dw, _dh, pl, pr, pt, pb = layer.kernel()
+    params = {k: v for k, v in layer.params.items() if k not in ("4", "14", "15", "16", "18")} | {"5": "1"}
+    if pl or pr or pt or pb:
+        padded = f"{layer.bottoms[0]}_yp"
+        lines.append(_param_line("Padding", f"{layer.name}_pad", [shifted], [padded],
+                                 {"0": str(pt), "1": str(pb), "2": str(pl), "3": str(pr), "4": "0",
+                                  "5": f"{-center:.9e}"}))
+        shifted = padded
+    conv = Layer(layer.kind, layer.name, [shifted], layer.tops, params, "")
+    conv.line = _param_line(conv.kind, conv.name, conv.bottoms, conv.tops, params)
+    return lines, conv
+
+
+def centered_bias(layer: Layer, q: np.ndarray, ws: np.ndarray, bias: np.ndarray, center: float) -> np.ndarray:
+    """The bias that undoes an input shifted by ``-center``: each output channel's int8 weights, as ncnn scales
+    them, summed over its inputs and taps, times ``center``."""
+    wq = q.astype(np.float64).reshape(len(ws), -1) / ws.astype(np.float64)[:, None]
+    return (bias.astype(np.float64) + wq.reshape(len(bias), -1).sum(1) * center).astype(np.float32)
+
+
 def write(model: Model, out: Path, quant: dict[str, tuple[Any, ...]],
-          int8: bool = True, options: dict[str, Any] | None = None, gemm: frozenset[str] = frozenset()) -> dict[str, Any]:
+          int8: bool = True, options: dict[str, Any] | None = None, gemm: frozenset[str] = frozenset(),
+          scaled: bool = True) -> dict[str, Any]:
     """Write ``model`` to ``out`` with the convolutions in ``quant`` (name -> weight scales, input scale, int8
-    weights or None for rounding to nearest[, a learned bias]) in int8; ``int8=False`` keeps their weights float32 with the same
-    scales (ncnn quantizes them when it loads). The layers named in ``gemm`` carry ncnn's featmask that turns its
-    Winograd kernels off for them alone (its int8 GEMM runs them: exact for 8-bit weights), in the file itself, so
-    any program that loads it runs them so. Returns sizes."""
+    weights or None for rounding to nearest[, a learned bias or None[, the input's center]]) in int8; ``int8=False``
+    keeps their weights float32 with the same scales (ncnn quantizes them when it loads). A nonzero center shifts
+    the convolution's input before ncnn quantizes it (:func:`centered_layers`), so a one-sided input (a SiLU's)
+    spends all 255 levels. The layers named in ``gemm`` carry ncnn's featmask that turns its Winograd kernels off for
+    them alone (its int8 GEMM runs them: exact for 8-bit weights), in the file itself, so any program that loads it
+    runs them so. ``scaled=False`` (with ``int8=False``) writes no scales: the same graph and weights run in float,
+    which checks the graph's own arithmetic. Returns sizes."""
     out.mkdir(parents=True, exist_ok=True)
-    lines, chunks = list(model.header), []
+    lines, chunks, added = list(model.header[:1]), [], 0
     for layer in model.layers:
         if layer.name not in quant:
             lines.append(layer.line)
@@ -240,19 +278,31 @@ def write(model: Model, out: Path, quant: dict[str, tuple[Any, ...]],
             continue
         ws, act, q, *rest = quant[layer.name]
         bias = rest[0] if rest and rest[0] is not None else layer.bias  # a learned bias (distillation)
+        center = float(rest[1]) if len(rest) > 1 and rest[1] else 0.0
+        given = q is not None
+        q = np.asarray(q, np.int8) if given else quantize_weights(layer, ws)
+        line = layer.line
+        if center:
+            pre, conv = centered_layers(layer, center)
+            lines += pre
+            added += len(pre)
+            line = conv.line
+            bias = centered_bias(layer, q, ws, np.zeros(layer.p(0), np.float32) if bias is None else bias, center)
         term = 2 if layer.kind == "Convolution" else 1
-        lines.append(f"{layer.line} 8={term}" + (f" 31={NO_WINOGRAD}" if layer.name in gemm else ""))
+        lines.append(line + (f" 8={term}" if scaled else "") + (f" 31={NO_WINOGRAD}" if layer.name in gemm else ""))
         if int8:
-            q = quantize_weights(layer, ws) if q is None else np.asarray(q, np.int8)
             raw = q.astype(np.int8).tobytes()
             body = struct.pack("<I", TAG_INT8) + raw + b"\0" * (-len(raw) % 4)
         else:
-            body = struct.pack("<I", 0) + (layer.weight if q is None else
-                                           q.astype(np.float32) / ws[:, None]).astype(np.float32).tobytes()
-        if layer.bias is not None:
+            body = struct.pack("<I", 0) + (q.astype(np.float32) / ws[:, None] if given else
+                                           layer.weight).astype(np.float32).tobytes()
+        if bias is not None:
             body += np.asarray(bias, np.float32).tobytes()
-        body += np.asarray(ws, np.float32).tobytes() + np.float32(act).tobytes()
+        if scaled:
+            body += np.asarray(ws, np.float32).tobytes() + np.float32(act).tobytes()
         chunks.append(body)
+    n_layers, n_blobs = (int(v) for v in model.header[1].split())
+    lines.insert(1, f"{n_layers + added} {n_blobs + added}")
     tmp_p, tmp_b = out / (PARAM + ".partial"), out / (BIN + ".partial")
     tmp_p.write_text("\n".join(lines).rstrip("\n") + "\n")
     tmp_b.write_bytes(b"".join(chunks))
