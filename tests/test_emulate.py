@@ -91,6 +91,8 @@ def test_a_twin_is_scored_on_emulated_arm_beside_its_x86_record(emulated_run):
     # emulated runtime that computes something else falls far below it
     assert vs["agreement"] >= EMULATED_AGREEMENT and abs(vs["drop"]) <= EMULATED_DROP, vs
     assert abs(vs["drop"] - (host["metrics"]["map50_95"] - twin["metrics"]["map50_95"])) < 1e-9
+    # the reference on the twin's images (here all 4): the emulated score reads against it in the report
+    assert vs["reference_map"] == pytest.approx(recs["torch-fp32"]["metrics"]["map50_95"], abs=1e-9)
     div = twin["metrics"]["divergence"]
     assert div["summary"] and div["tensors"] > 50, div  # every int8 tensor of the graph probed on both
     assert vs["identical"] == (div["differ"] == 0)
@@ -99,6 +101,19 @@ def test_a_twin_is_scored_on_emulated_arm_beside_its_x86_record(emulated_run):
     report = (emulated_run["dir"] / "report.md").read_text()
     assert "On the device's instruction set (emulated)" in report
     assert "| onnxruntime-int8 | aarch64 cortex-a76" in report
+    assert "emulated % of ref" in report
+
+
+@pytest.mark.full  # the Arm userland and emulated scoring: 3-4 min on 2 cores (CI's full tier)
+def test_retime_times_every_variant_again_and_keeps_what_was_measured(emulated_run):
+    """``yoloq run --retime``: every timed variant gets a new side-by-side pass (new times, float means that a new
+    measurement never repeats); the accuracy and the emulated twin are kept, not measured again."""
+    before = {n: r["latency"]["mean_ms"] for n, r in _records(emulated_run["dir"]).items() if r["latency"]}
+    proc = run_cli("run", str(emulated_run["config"]), "--out", str(emulated_run["dir"]), "--retime")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = _records(emulated_run["dir"])
+    assert before and all(after[n]["latency"]["mean_ms"] != m for n, m in before.items()), before
+    assert after[TWIN]["timings_s"]["evaluate"] == emulated_run["records"][TWIN]["timings_s"]["evaluate"]
 
 
 @pytest.mark.full  # the Arm userland and emulated scoring: 3-4 min on 2 cores (CI's full tier)

@@ -98,13 +98,14 @@ class Run:
         return self.out_dir / "report.html"
 
 
-def run(config: ConfigLike, out: str | Path | None = None, wait: bool = False) -> Run:
+def run(config: ConfigLike, out: str | Path | None = None, wait: bool = False, retime: bool = False) -> Run:
     """Export, evaluate and time every variant of ``config`` (what ``yoloq run`` does).
 
     Args:
         config: A :class:`RunConfig`, a mapping as the YAML would give, or a YAML path.
         out: The run folder (default: the config's ``output``/<this machine>).
         wait: When another run writes that folder, wait for it (default: raise).
+        retime: Time every variant again side by side, though its latency is recorded.
 
     Raises:
         YoloqError: When the run cannot start (config, model, data, output folder).
@@ -114,7 +115,7 @@ def run(config: ConfigLike, out: str | Path | None = None, wait: bool = False) -
 
     cfg = as_config(config)
     out_dir = Path(out) if out else default_out(cfg)
-    return Run(out_dir, run_pipeline(cfg, out_dir, wait))
+    return Run(out_dir, run_pipeline(cfg, out_dir, wait, retime))
 
 
 def quantize(model: str | Path, format: str, precision: str = "int8", data: str | Mapping[str, Any] = "coco-mini",

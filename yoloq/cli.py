@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_on_ray(_config(args.config), args.ray, out, args.shard_images, args.wait)
     from yoloq.api import run
 
-    return run(_config(args.config), out, args.wait).exit_code
+    return run(_config(args.config), out, args.wait, args.retime).exit_code
 
 
 def run_dir_of(path: str, prefer_other_machine: bool = False) -> Path:
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ray: evaluation images per accuracy task (default 250)")
     r.add_argument("--wait", action="store_true", help="when another run is writing the output folder, wait for it "
                                                        "(default: refuse in one line)")
+    r.add_argument("--retime", action="store_true", help="time every variant again, side by side, though its "
+                                                         "latency is recorded (a pass the machine's noise disturbed)")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")

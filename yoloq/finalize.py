@@ -17,10 +17,25 @@ from yoloq.progress import bar
 from yoloq.records import Record, RecordStore, reference_of, speedup
 
 
-def _pairs(store: RecordStore, report: ReportConfig) -> int:
+def _reference_map(store: RecordStore, ref: Record | None, image_ids: np.ndarray) -> dict[str, Any]:
+    """The reference's mAP50-95 on ``image_ids`` (a twin's images), so an emulated score reads against the
+    reference on the same images: ``{"reference_map": ...}``, or nothing where the reference's evaluation is not
+    kept or lacks one of them."""
+    f = evaldata_path(store.run_dir, ref.name) if ref else None
+    if f is None or not f.is_file():
+        return {}
+    a = PerImageEval.load(f)
+    if not np.isin(image_ids, a.image_ids).all():
+        return {}
+    a = a.subset(image_ids)
+    return {"reference_map": float(weighted_map(a, np.ones(len(a.image_ids)))[0])}
+
+
+def _pairs(store: RecordStore, report: ReportConfig, ref: Record | None = None) -> int:
     """Paired intervals between records that name a partner: a QAT record's ``pair.ptq`` (PTQ - QAT, as
     ``metrics.qat_vs_ptq``; positive: PTQ is better) and an emulated twin's ``pair.host`` (x86 - emulated, as
-    ``metrics.vs_host``, with the twin's agreement with the x86 detections and whether they are identical).
+    ``metrics.vs_host``, with the twin's agreement with the x86 detections, whether they are identical, and the
+    reference's mAP on the twin's images).
     Returns how many were computed."""
     n = 0
     for r in store.all():
@@ -33,7 +48,7 @@ def _pairs(store: RecordStore, report: ReportConfig) -> int:
                 continue
             old = r.metrics.get(metric) or {}
             if (old.get(f"{field}_key"), old.get("key"), old.get("resamples"), old.get("seed")) == \
-                    (other.key, r.key, report.bootstrap, report.seed):
+                    (other.key, r.key, report.bootstrap, report.seed) and (field != "host" or "reference_map" in old):
                 continue
             a, b = PerImageEval.load(files[0]), PerImageEval.load(files[1])
             part = field == "host" and len(b.image_ids) < len(a.image_ids) and np.isin(b.image_ids, a.image_ids).all()
@@ -45,7 +60,7 @@ def _pairs(store: RecordStore, report: ReportConfig) -> int:
             r.metrics[metric] = ci | {field: other.name, f"{field}_key": other.key, "key": r.key} | \
                 (_twin_agreement(store, other, r) if field == "host" else {}) | \
                 ({"images": int(len(b.image_ids)), "host_map": float(weighted_map(a, np.ones(len(a.image_ids)))[0])}
-                 if part else {})
+                 if part else {}) | (_reference_map(store, ref, b.image_ids) if field == "host" else {})
             n += 1
     return n
 
@@ -131,7 +146,7 @@ def finalize(store: RecordStore, budget: BudgetConfig, report: ReportConfig) -> 
             r.metrics["map_drop_ci"] = ci | {"reference": ref.name, "reference_key": ref.key, "key": r.key}
             r.timings_s["bootstrap"] = round(shared_s + time.perf_counter() - t1, 2)
             n += 1
-    n += _pairs(store, report)
+    n += _pairs(store, report, ref)
     seconds = time.perf_counter() - t0
     agreed = _agreements(store, ref)
     for r in records:

@@ -76,9 +76,11 @@ def run_variant(inputs: RunInputs, v: VariantConfig, key: str) -> Record:
     return rec
 
 
-def needs_timing(records: list[Record], cfg: RunConfig) -> list[Record]:
+def needs_timing(records: list[Record], cfg: RunConfig, retime: bool = False) -> list[Record]:
     """The ok records to time: all of them unless they already share one pass under today's settings that no
-    outside load disturbed (a variant flagged for it is timed again)."""
+    outside load disturbed (a variant flagged for it is timed again), or all of them where asked (``retime``)."""
+    if retime:
+        return list(records)
     settings = latency_settings(cfg.latency)
 
     def fresh(r: Record) -> bool:  # timed under today's settings, on a quiet machine
@@ -117,7 +119,7 @@ def export_again(inputs: RunInputs, store: RecordStore, v: VariantConfig, r: Rec
     return fresh
 
 
-def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig]) -> None:
+def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantConfig], retime: bool = False) -> None:
     """The latency pass over every ok variant of ``variants`` (a variant whose export is gone runs again first)."""
     cfg = inputs.cfg
     by_label = {v.label: v for v in variants}
@@ -128,7 +130,8 @@ def time_variants(inputs: RunInputs, store: RecordStore, variants: list[VariantC
         elif r.ok and r.name in by_label and not get_backend(r.format).timed_here:
             r.extra["not_timed"] = get_backend(r.format).untimed_reason()
     store.save()
-    todo = needs_timing([r for r in store.all() if r.name in by_label and r.ok and "not_timed" not in r.extra], cfg)
+    todo = needs_timing([r for r in store.all() if r.name in by_label and r.ok and "not_timed" not in r.extra], cfg,
+                        retime)
     if not todo:
         return
     runtimes: dict[str, Runtime] = {}
@@ -259,11 +262,12 @@ def _set_aside_other_machines(store: RecordStore) -> None:
     store.remove([r.name for r in other])
 
 
-def run(cfg: RunConfig, out_dir: Path | None = None, wait: bool = False) -> int:
+def run(cfg: RunConfig, out_dir: Path | None = None, wait: bool = False, retime: bool = False) -> int:
     """Run every variant of ``cfg`` (resolved) into ``out_dir`` (default: the config's output, per machine).
 
     Variants already recorded on this machine with the same key are kept, so an interrupted run resumes. One
     run per folder at a time: a second one is refused in one line, or waits for the first (``wait``).
+    ``retime``: every variant is timed again side by side, though its latency is recorded.
 
     Returns:
         0 when every variant is ok or skipped, 1 when any failed.
@@ -276,10 +280,10 @@ def run(cfg: RunConfig, out_dir: Path | None = None, wait: bool = False) -> int:
     torch.set_num_threads(cfg.latency.threads)  # the shared NMS runs in torch: same threads for every variant
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
     with run_lock(out_dir, wait):
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, retime)
 
 
-def _run(cfg: RunConfig, out_dir: Path) -> int:
+def _run(cfg: RunConfig, out_dir: Path, retime: bool = False) -> int:
     inputs = prepare_inputs(cfg, out_dir)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     cal = inputs.calibration
@@ -287,15 +291,16 @@ def _run(cfg: RunConfig, out_dir: Path) -> int:
         f"{inputs.evalset.name}/{inputs.evalset.split} ({len(inputs.evalset.samples)} images); calibration: "
         f"{len(cal.images)} of {cal.pool} images from {', '.join(cal.sources)}; machine {machine()['id']}; "
         f"output {out_dir}")
-    return run_variants(cfg, inputs, list(cfg.variants))
+    return run_variants(cfg, inputs, list(cfg.variants), retime=retime)
 
 
 def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig],
-                 pairs: dict[str, dict[str, Any]] | None = None) -> int:
+                 pairs: dict[str, dict[str, Any]] | None = None, retime: bool = False) -> int:
     """Run ``variants`` (reusing finished ones), time them, then intervals, budget and reports for the folder.
 
     Args:
         pairs: Per variant name, the record's ``pair`` (e.g. a QAT variant and its PTQ counterpart).
+        retime: Time every variant again side by side, though its latency is recorded.
 
     Returns:
         0 when every variant of ``cfg`` is ok or skipped, 1 when any failed.
@@ -311,7 +316,7 @@ def run_variants(cfg: RunConfig, inputs: RunInputs, variants: list[VariantConfig
         store.put(rec)
         say(f"  {v.label}: {describe(rec)}")
     emulated_twins(cfg, inputs, store, variants)
-    time_variants(inputs, store, variants)
+    time_variants(inputs, store, variants, retime)
     stream_variants(inputs, store, variants)
     code = finish_run(cfg, store)
     set_library_log(None)
