@@ -308,10 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs pip install -e \".[ray]\"")
     r.add_argument("--shard-images", type=_positive, default=250, metavar="N",
                    help="with --ray: evaluation images per accuracy task (default 250)")
-    r.add_argument("--wait", action="store_true", help="when another run is writing the output folder, wait for it "
-                                                       "(default: refuse in one line)")
-    r.add_argument("--retime", action="store_true", help="time every variant again, side by side, though its "
-                                                         "latency is recorded (a pass the machine's noise disturbed)")
+    r.add_argument("--wait", action="store_true", help="wait for another run writing the folder (default: refuse)")
+    r.add_argument("--retime", action="store_true", help="time every variant again, side by side (a disturbed pass)")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="rebuild report.md/html, summary.csv and intervals from a run's records")
     rep.add_argument("run_dir")
