@@ -9,8 +9,9 @@ scope keeps in float get no scales and stay float.
 Recovery with the FP32 model as the teacher (calibration images only): 8-bit weights for the 3x3 stride-1
 convolutions (ncnn2table gives them 6 bits for ncnn's int8 Winograd F(4,3); the file marks them for ncnn's int8 GEMM,
 or, with ``int8_3x3_kernel: winograd``, asks ncnn for its F(2,3) kernels in ``ncnn-options.json``), GPTQ rounding on
-ncnn's grid, distillation through ncnn's arithmetic (:mod:`yoloq.recover.distill`), and blocks ranked by
-sensitivity in ncnn's runtime for ``yoloq tune``'s fallback candidates.
+ncnn's grid, distillation through ncnn's arithmetic (:mod:`yoloq.recover.distill`), inputs centered on their range
+before ncnn quantizes them (``centered_inputs``), and blocks ranked by sensitivity in ncnn's runtime for ``yoloq
+tune``'s fallback candidates (:mod:`yoloq.backends.ncnn.candidates`).
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class NcnnBackend(Backend):
                                    INT8, before="mse"),
         "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
                                        "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
-        "centered_inputs": OptionSpec(bool, False, None, "each quantized convolution's input is shifted by its "
-                                      "calibrated range's midpoint before ncnn quantizes it (an added scalar and "
+        "centered_inputs": OptionSpec(bool, False, None, "each quantized convolution's one-sided input (not "
+                                      "the image) is shifted by its calibrated range's midpoint before ncnn quantizes it (an added scalar and "
                                       "explicit padding, undone in the bias: exact in float), so a SiLU's one-sided "
                                       "output spends all 255 int8 levels instead of 128 (method: max)", INT8,
                                       before=False),

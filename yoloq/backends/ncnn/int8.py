@@ -12,7 +12,9 @@ itself on the FP32 ``.param``/``.bin`` that pnnx wrote, with ncnn's own Python r
   (no clipping);
 - **the file**: each quantized convolution gets ``8=`` (``int8_scale_term``) in the ``.param`` and, in the ``.bin``,
   its weights as int8 behind ncnn's int8 tag, then its bias, weight scales and input scale, as ``ncnn2int8`` writes
-  them. Everything else is copied byte for byte.
+  them. Everything else is copied byte for byte;
+- **centered inputs** (optional): a ``BinaryOp`` and a ``Padding`` before a convolution whose input is one-sided,
+  and its bias corrected (:func:`centered_layers`), so ncnn's symmetric int8 spends all its levels on the range.
 
 ncnn quantizes FP32 weights itself when a layer has scales but float weights (:func:`write` with ``int8=False``), so
 the two forms check each other: same scales, same outputs.
