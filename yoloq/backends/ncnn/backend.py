@@ -152,10 +152,10 @@ class NcnnBackend(Backend):
         "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
                                        "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
         "centered_inputs": OptionSpec(bool, False, None, "each quantized convolution's one-sided input (not "
-                                      "the image) is shifted by its calibrated range's midpoint before ncnn quantizes it (an added scalar and "
-                                      "explicit padding, undone in the bias: exact in float), so a SiLU's one-sided "
-                                      "output spends all 255 int8 levels instead of 128 (method: max)", INT8,
-                                      before=False),
+                                      "the image) is shifted by its calibrated range's midpoint before ncnn "
+                                      "quantizes it (an added scalar and explicit padding, undone in the bias: exact "
+                                      "in float), so a SiLU's output spends all 255 int8 levels instead of 128 "
+                                      "(method: max)", INT8, before=False),
         "float_modules": OptionSpec(list, [], None, "module names (and everything inside them) kept in float "
                                     "besides the scope, e.g. the blocks yoloq sensitivity ranks worst", INT8),
     }
