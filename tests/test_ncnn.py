@@ -283,8 +283,9 @@ def test_centered_inputs_bring_int8_closer_to_the_fp32_model_and_the_twin_follow
     fp32 = _export_fp32(tmp_path)
     model = int8.read(fp32)
     cal, held = _images(8), _images(4, split="val2017")
-    acts = calibration.calibrate(fp32, model, cal, "max", 2)
-    found = calibration.centers(fp32, model, cal, 2, model.convs)
+    st = calibration.statistics(fp32, model, cal, 2)
+    acts = calibration.scales(st, model, "max")
+    found = calibration.centers(st, model, model.convs)
     centered = [c for c in model.convs if found[c.name][0]]
     assert len(centered) > 0.6 * len(model.convs)  # most inputs are a SiLU's, one-sided
     scales = {c.name: int8.weight_scales(c, "max", 8) for c in model.convs}

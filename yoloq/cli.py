@@ -36,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from yoloq.cluster.driver import run_on_ray
 
-        return run_on_ray(_config(args.config), args.ray, out, args.shard_images, args.wait)
+        return run_on_ray(_config(args.config), args.ray, out, args.shard_images, args.wait, args.retime)
     from yoloq.api import run
 
     return run(_config(args.config), out, args.wait, args.retime).exit_code

@@ -17,18 +17,11 @@ from yoloq.progress import bar
 from yoloq.records import Record, RecordStore, reference_of, speedup
 
 
-def _reference_map(store: RecordStore, ref: Record | None, image_ids: np.ndarray) -> dict[str, Any]:
-    """The reference's mAP50-95 on ``image_ids`` (a twin's images), so an emulated score reads against the
-    reference on the same images: ``{"reference_map": ...}``, or nothing where the reference's evaluation is not
-    kept or lacks one of them."""
-    f = evaldata_path(store.run_dir, ref.name) if ref else None
-    if f is None or not f.is_file():
-        return {}
-    a = PerImageEval.load(f)
-    if not np.isin(image_ids, a.image_ids).all():
-        return {}
-    a = a.subset(image_ids)
-    return {"reference_map": float(weighted_map(a, np.ones(len(a.image_ids)))[0])}
+def _map_on(pe: PerImageEval | None, image_ids: np.ndarray) -> float | None:
+    """mAP50-95 of an evaluation on ``image_ids`` alone; None where it lacks one of them."""
+    if pe is None or not np.isin(image_ids, pe.image_ids).all():
+        return None
+    return float(weighted_map(pe.subset(image_ids), np.ones(len(image_ids)))[0])
 
 
 def _pairs(store: RecordStore, report: ReportConfig, ref: Record | None = None) -> int:
@@ -38,6 +31,8 @@ def _pairs(store: RecordStore, report: ReportConfig, ref: Record | None = None) 
     reference's mAP on the twin's images).
     Returns how many were computed."""
     n = 0
+    ref_file = evaldata_path(store.run_dir, ref.name) if ref else None
+    ref_pe = None  # the reference's evaluation, loaded once where a twin needs it
     for r in store.all():
         for field, metric in (("ptq", "qat_vs_ptq"), ("host", "vs_host")):
             other = store.get(r.pair.get(field, "")) if r.pair else None
@@ -57,10 +52,12 @@ def _pairs(store: RecordStore, report: ReportConfig, ref: Record | None = None) 
             if not np.array_equal(a.image_ids, b.image_ids):
                 continue
             ci = paired_bootstrap(a, b, report.bootstrap, report.seed)
+            if field == "host" and ref_pe is None and ref_file is not None and ref_file.is_file():
+                ref_pe = PerImageEval.load(ref_file)  # the reference on a twin's images: its score reads against it
             r.metrics[metric] = ci | {field: other.name, f"{field}_key": other.key, "key": r.key} | \
                 (_twin_agreement(store, other, r) if field == "host" else {}) | \
-                ({"images": int(len(b.image_ids)), "host_map": float(weighted_map(a, np.ones(len(a.image_ids)))[0])}
-                 if part else {}) | (_reference_map(store, ref, b.image_ids) if field == "host" else {})
+                ({"images": int(len(b.image_ids)), "host_map": _map_on(a, b.image_ids)} if part else {}) | \
+                ({"reference_map": _map_on(ref_pe, b.image_ids)} if field == "host" else {})
             n += 1
     return n
 

@@ -66,8 +66,9 @@ class RayRun:
     """The driver's side of one run: submit, collect, record."""
 
     def __init__(self, cluster: Cluster, cfg: RunConfig, inputs: RunInputs, store: RecordStore,
-                 shard_images: int) -> None:
+                 shard_images: int, retime: bool = False) -> None:
         self.cluster, self.cfg, self.inputs, self.store = cluster, cfg, inputs, store
+        self.retime = retime  # time every variant again, though its latency is recorded
         self.shards = Shard.cut(inputs.evalset, shard_images)
         self._shipment: Any = None
         self._shard_refs: list[Any] = []
@@ -164,7 +165,7 @@ class RayRun:
             if r.name in by_label and (r.ok or awaits_target(r, by_label[r.name])):
                 groups.setdefault(by_label[r.name].target, []).append(r)
         for target, recs in groups.items():
-            todo = needs_timing(recs, self.cfg)
+            todo = needs_timing(recs, self.cfg, self.retime)
             if not todo:
                 continue
             missing = [r for r in todo if cached_artifact(workdir_of(self.inputs.out_dir, by_label[r.name]), r.key)
@@ -220,10 +221,11 @@ class RayRun:
 
 
 def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_images: int = 250,
-               wait: bool = False) -> int:
+               wait: bool = False, retime: bool = False) -> int:
     """Run every variant of ``cfg`` on the Ray cluster at ``address`` (``auto``: the one ``ray start`` began here).
 
-    One run per folder at a time, as a local run (``wait``: wait for the other).
+    One run per folder at a time, as a local run (``wait``: wait for the other); ``retime``: every variant timed
+    again side by side, as a local run.
 
     Returns:
         0 when every variant is ok or skipped, 1 when any failed.
@@ -233,10 +235,10 @@ def run_on_ray(cfg: RunConfig, address: str, out_dir: Path | None = None, shard_
     """
     out_dir = Path(out_dir) if out_dir else default_out(cfg)
     with run_lock(out_dir, wait):
-        return _run_on_ray(cfg, address, out_dir, shard_images)
+        return _run_on_ray(cfg, address, out_dir, shard_images, retime)
 
 
-def _run_on_ray(cfg: RunConfig, address: str, out_dir: Path, shard_images: int) -> int:
+def _run_on_ray(cfg: RunConfig, address: str, out_dir: Path, shard_images: int, retime: bool = False) -> int:
     inputs = prepare_inputs(cfg, out_dir)  # a bad model, dataset or folder is one line before any cluster work
     cluster = Cluster.connect(address)
     write_atomic(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -245,7 +247,7 @@ def _run_on_ray(cfg: RunConfig, address: str, out_dir: Path, shard_images: int) 
         f"{inputs.evalset.split} ({len(inputs.evalset.samples)} images, shards of {shard_images}) on the Ray cluster "
         f"at {cluster.address}: {cluster.describe()}; output {out_dir}")
     store = RecordStore(out_dir)
-    run = RayRun(cluster, cfg, inputs, store, shard_images)
+    run = RayRun(cluster, cfg, inputs, store, shard_images, retime)
     try:
         run.run_variants(plan(cfg, inputs, store, list(cfg.variants)))
         emulated_twins(cfg, inputs, store, list(cfg.variants))  # scored on this (the driver's) machine

@@ -224,11 +224,11 @@ class NcnnBackend(Backend):
             raise ExportError(f"ncnn option centered_inputs centers each input's whole range: it needs method: max "
                               f"(got method: {method})")
         with measured(cost, "calibrate"):
-            acts = calibration.calibrate(fp32, model, images, method, ctx.threads, layers,
-                                         cache=fp32.parent / "ncnn-stats")
+            st = calibration.statistics(fp32, model, images, ctx.threads, cache=fp32.parent / "ncnn-stats")
+            acts = calibration.scales(st, model, method, layers)
             mids = {n: 0.0 for n in acts}
             if centered:
-                found = calibration.centers(fp32, model, images, ctx.threads, layers, cache=fp32.parent / "ncnn-stats")
+                found = calibration.centers(st, model, layers)
                 mids, acts = {n: m for n, (m, _) in found.items()}, {n: a for n, (_, a) in found.items()}
         if ctx.option("input_range"):
             for c in layers:

@@ -157,14 +157,13 @@ def statistics(folder: Path, model: Model, images: list[np.ndarray], threads: in
 CENTER_GAIN = 0.9  # an input is centered only where that shrinks its threshold to under 90% of its largest magnitude
 
 
-def centers(folder: Path, model: Model, images: list[np.ndarray], threads: int, layers: list[Layer],
-            cache: Path | None = None) -> dict[str, tuple[float, float]]:
-    """Each convolution's centered input (``centered_inputs``): the midpoint of its calibrated range, which the
-    written model subtracts before ncnn quantizes it, and its scale, 127 / half the range (no clipping). A
+def centers(st: Stats, model: Model, layers: list[Layer]) -> dict[str, tuple[float, float]]:
+    """Each convolution's centered input (``centered_inputs``), from the calibration's :func:`statistics`: the
+    midpoint of its calibrated range, which the written model subtracts before ncnn quantizes it, and its scale, 127
+    / half the range (no clipping). A
     convolution whose input is already about symmetric (or whose padding ncnn computes itself) gets ``(0, 127 /
     largest magnitude)``: nothing to gain from the extra layers. So does one reading the image: ncnn would shift the
     caller's input buffer in place (seen to crash it)."""
-    st = statistics(folder, model, images, threads, cache)
     out = {}
     for c in layers:
         blob = c.bottoms[0]
@@ -180,11 +179,15 @@ def centers(folder: Path, model: Model, images: list[np.ndarray], threads: int, 
 def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str, threads: int,
               layers: list[Layer] | None = None, cache: Path | None = None) -> dict[str, float]:
     """Each convolution's input scale (127 / threshold) by ``method`` over ``images``, as ncnn2table computes it."""
+    return scales(statistics(folder, model, images, threads, cache), model, method, layers)
+
+
+def scales(st: Stats, model: Model, method: str, layers: list[Layer] | None = None) -> dict[str, float]:
+    """Each convolution's input scale (127 / threshold) by ``method`` from the calibration's :func:`statistics`."""
     if method not in METHODS:
         raise ExportError(f"ncnn activation method {method!r}: yoloq computes {', '.join(METHODS)}")
-    st = statistics(folder, model, images, threads, cache)
     thresholds: dict[str, float] = {}
-    scales = {}
+    out = {}
     for c in (layers if layers is not None else model.convs):
         blob = c.bottoms[0]
         if blob not in thresholds:
@@ -196,5 +199,5 @@ def calibrate(folder: Path, model: Model, images: list[np.ndarray], method: str,
             else:
                 thresholds[blob] = (kl_threshold(st.hist[blob]) + 0.5) * top / BINS if blob in st.hist else top
         thr = thresholds[blob]
-        scales[c.name] = 127.0 / thr if thr > 0 else 1.0
-    return scales
+        out[c.name] = 127.0 / thr if thr > 0 else 1.0
+    return out
