@@ -1,5 +1,6 @@
 """The exact rewrites (yoloq.rewrite): every YOLO family's raw output unchanged within float32's own rounding on a real
-image, each rewrite counted where the family has its pattern, module names kept for scopes set by name."""
+image, each rewrite counted where the family has its pattern, module names kept for scopes set by name; SiLU as
+``x * sigmoid(x)`` (INT8 programs only) the same, replaced where used and never in the module Ultralytics shares."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_rewrites_keep_every_familys_fp32_output(tmp_path, family):
     from yoloq.data import load_split
     from yoloq.paths import shared_root
     from yoloq.preprocess import prepare, read_image
-    from yoloq.rewrite import REWRITES, apply
+    from yoloq.rewrite import INT8_REWRITES, REWRITES, apply
 
     model_dir = shared_root() / "models"
     pt = model_dir / "yolo11n.pt" if family == "yolo11n" else build(family, tmp_path, YOLO(
@@ -58,6 +59,14 @@ def test_rewrites_keep_every_familys_fp32_output(tmp_path, family):
     # boxes in input pixels, over every anchor; class scores as they are: the rounding of one float32 kernel
     np.testing.assert_allclose(b[:, :4], a[:, :4], rtol=1e-5, atol=rounding_tolerance(a[:, :4], exact[:, :4], 1e-3))
     np.testing.assert_allclose(b[:, 4:], a[:, 4:], rtol=0, atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 1e-5))
+    silu = copy.deepcopy(after)
+    uses = sum(type(c) is torch.nn.SiLU for m in silu.modules() for c in m.children())
+    assert apply(silu, INT8_REWRITES) == {"silu_as_product": uses} and uses > 0
+    assert not any(type(m) is torch.nn.SiLU for m in silu.modules())
+    c = _raw(silu, x)
+    np.testing.assert_allclose(c[:, :4], a[:, :4], rtol=1e-5, atol=rounding_tolerance(a[:, :4], exact[:, :4], 1e-3))
+    np.testing.assert_allclose(c[:, 4:], a[:, 4:], rtol=0, atol=rounding_tolerance(a[:, 4:], exact[:, 4:], 1e-5))
+    assert type(export_module(source, 320, False, 300, "executorch").model[0].act) is torch.nn.SiLU  # not shared
     names_after = {n for n, _ in after.named_modules()}
     gone = {n.rsplit(".", 1)[0] for n in names_before - names_after if n.endswith(".cv1")}
     assert all(f"{m}.cv1a" in names_after and f"{m}.cv1b" in names_after for m in gone)

@@ -4,7 +4,8 @@ images), both run by ExecuTorch's Python runtime.
 
 The INT8 scope works on module names of the Ultralytics model (``model.<i>`` at the top level), as PT2E's quantizer
 filters them: the head's decode (and by default its output convolutions) and the first ``keep_stem_float`` modules
-are left out of quantization and run in float on XNNPACK.
+are left out of quantization and run in float on XNNPACK. Inside the int8 region SiLU runs in int8 too
+(``int8_silu``, :mod:`yoloq.backends.executorch_quant`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from yoloq.backends.base import Artifact, Backend, ExportContext, LayerRun, OptionSpec, Style, TuneCandidate
+from yoloq.backends.executorch_quant import in_int8, partitioner, scoped
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
 from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
 from yoloq.backends.torch_scope import export_module, module_scope
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import Counted, step
+from yoloq.rewrite import INT8_REWRITES
 from yoloq.rewrite import apply as rewrite_model
 
 REWRITTEN = "rewritten1"  # the FP32 export's cache folder: a new version of the rewrites gets a new name
@@ -60,35 +63,6 @@ class _Turns:
             return self.runtime.predict(batch)
 
 
-def in_int8(floats: set[str], quantized: set[str]) -> Any:
-    """PT2E's node filter for a scope: a graph node is quantized unless a module it runs in is one of ``floats``,
-    except where one is one of ``quantized`` (the module paths in its ``nn_module_stack``)."""
-
-    def keep(node: Any) -> bool:
-        names = {v[0] for v in (node.meta.get("nn_module_stack") or {}).values()}
-        return bool(names & quantized) or not names & floats
-
-    return keep
-
-
-def scoped(quantizer: Any, keep: Any) -> Any:
-    """``quantizer`` annotating only the nodes ``keep`` accepts. Its filter function alone is not enough: the XNNPACK
-    quantizer annotates every ``cat`` whatever the filter, and a float head's decode concatenates boxes (0..imgsz
-    pixels) with scores (0..1), which one shared int8 scale destroys (scores off by 0.6 on the shared YOLO11n)."""
-    annotate = quantizer.annotate
-    quantizer.set_filter_function(keep)
-
-    def annotate_in_scope(model: Any) -> Any:
-        model = annotate(model)
-        for node in model.graph.nodes:
-            if not keep(node):
-                node.meta.pop("quantization_annotation", None)
-        return model
-
-    quantizer.annotate = annotate_in_scope
-    return quantizer
-
-
 @register
 class ExecuTorchBackend(Backend):
     """ExecuTorch (XNNPACK delegate) on the CPU."""
@@ -108,6 +82,9 @@ class ExecuTorchBackend(Backend):
                               "softmax on the last axis, the 2x nearest upsample as concatenations, a block's split "
                               "first convolution as two); false: the graph as Ultralytics exports it",
                               before=False),
+        "int8_silu": OptionSpec(bool, True, None, "SiLU in int8 inside the int8 region (its sigmoid at XNNPACK's "
+                                "fixed int8 output scale, then the product); false: in float between conversions",
+                                INT8, before=False),
     }
 
     def version(self) -> str:
@@ -122,12 +99,15 @@ class ExecuTorchBackend(Backend):
             return "unknown"
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """The head's scope, the stem in float, fewer calibration images."""
+        """The head's scope, the stem in float, fewer calibration images, SiLU in float."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "ExecuTorch's XNNPACK quantizer with yoloq's head scope"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
             ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
-            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's number needed?"))]
+            ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's number needed?"),
+            ("silu-float", {"int8_silu": False}, "SiLU in float between conversions: slower, is it more exact?"),
+            ("stem2-silu-float", {"keep_stem_float": 2, "int8_silu": False},
+             "the first two layers and SiLU in float (the settings chosen before SiLU ran in int8)"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -178,34 +158,36 @@ class ExecuTorchBackend(Backend):
 
         torch.set_num_threads(ctx.threads)
         model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "executorch")
+        silu = ctx.option("int8_silu")
         rewrites = rewrite_model(model) if ctx.option("rewrite") else {}
+        if silu:
+            rewrites |= rewrite_model(model, INT8_REWRITES)
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
         config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
         floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
-        quantizer = scoped(XNNPACKQuantizer().set_global(config), in_int8(set(floats), set(quantized)))
+        quantizer = scoped(XNNPACKQuantizer().set_global(config), in_int8(set(floats), set(quantized)), config, silu)
         graph = torch.export.export(model, example).module()
         prepared = prepare_pt2e(graph, quantizer)
         images = Counted(ctx.calibration_images().batches(ctx.imgsz, progress="  loading calibration"), "calibration")
         with torch.no_grad():
             for x in images:
                 prepared(torch.from_numpy(x))
-        self._lower(convert_pt2e(prepared), ctx.imgsz, out)
-        return {"quantizer": "PT2E XNNPACKQuantizer, symmetric int8 (per-channel weights)"
+        self._lower(convert_pt2e(prepared), ctx.imgsz, out, silu)
+        return {"int8_silu": silu, "quantizer": "PT2E XNNPACKQuantizer, symmetric int8 (per-channel weights)"
                              if ctx.option("per_channel") else "PT2E XNNPACKQuantizer, symmetric int8 (per-tensor)",
                 "rewrites": rewrites, "calibration_used": len(images), "settings": dict(ctx.variant.options),
                 "kept_float": sorted(floats), "quantized_inside_float": sorted(quantized)}
 
     @staticmethod
-    def _lower(model: Any, imgsz: int, out: Path) -> None:
+    def _lower(model: Any, imgsz: int, out: Path, int8_silu: bool = False) -> None:
         """``model`` exported, lowered to the XNNPACK delegate and written as an ExecuTorch program (as Ultralytics'
-        exporter does)."""
+        exporter does); ``int8_silu``: the delegate takes int8 sigmoids too."""
         import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
         example = (torch.zeros(1, 3, imgsz, imgsz),)
         program = to_edge_transform_and_lower(torch.export.export(model, example),
-                                              partitioner=[XnnpackPartitioner()]).to_executorch()
+                                              partitioner=[partitioner(int8_silu)]).to_executorch()
         out.write_bytes(program.buffer)
 
     def explain(self, artifact: Artifact, batch: np.ndarray, threads: int, runs: int = 5) -> list[LayerRun]:

@@ -4,7 +4,8 @@ delegate call and the portable kernels between the calls, each with its time and
 XNNPACK names an operator with its data type (``Convolution (NHWC, QC8) IGEMM``: int8; ``Fully Connected (NC, F32)
 GEMM``: fp32; ``Transpose (ND, X8)``: moves int8 data). Elementwise operators carry no type (``Sigmoid (NC)``,
 ``Multiply (ND)``); they compute in the type of what flows into them, which changes at each ``Convert (NC)`` (a
-quantize or a dequantize): the type is followed along the delegate's operator order.
+quantize or a dequantize): the type is followed along the delegate's operator order. XNNPACK's int8 table operator
+(an int8 sigmoid) is named ``Invalid Unary Op`` by the XNNPACK ExecuTorch ships: it is shown as what it is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from yoloq.backends.base import LayerRun
 _INT8 = re.compile(r"\b(QC8|QS8|QU8|QD8|QP8|X8|QC8W|QC4W)\b")
 _FLOAT = re.compile(r"\b(F32|X32|F16|X16|BF16)\b")
 _SKIP = ("OPERATOR_CALL", "DELEGATE_CALL", "Method::execute")  # wrappers: their time is their contents'
+_TABLE = ("Invalid Unary Op", "Lookup Table (NC, X8)")  # XNNPACK's name for its int8 table op, and what it is
 
 
 def precisions(names: Iterable[str]) -> list[str]:
@@ -28,6 +30,7 @@ def precisions(names: Iterable[str]) -> list[str]:
     Convert, else the type flowing in (int8 after an int8 operator, flipped by each Convert)."""
     out, flowing = [], "fp32"
     for name in names:
+        name = name.replace(*_TABLE)
         types = name[name.find("(") + 1:name.find(")")] if "(" in name else ""
         if name.startswith("Convert"):
             out.append("convert")
@@ -65,12 +68,13 @@ def etdump_layers(path: Path, batch: np.ndarray, threads: int, runs: int) -> lis
     prec = dict(zip((id(e) for e in delegated), precisions(e.name for e in delegated)))
     out = []
     for e in events:
-        op = re.sub(r" #\d+$", "", e.name)
+        name = e.name.replace(*_TABLE)
+        op = re.sub(r" #\d+$", "", name)
         kind, _, rest = op.partition(" (")  # "Fully Connected (NC, F32) GEMM" -> "FullyConnected (NC, F32) GEMM"
         op = kind.replace(" ", "") + (f" ({rest}" if rest else "")
         raw = list(e.perf_data.raw)[1:] or list(e.perf_data.raw)  # the warm-up run left out
         if e.is_delegated_op:
-            out.append(LayerRun(e.name, f"{op} (XNNPACK)", prec[id(e)], float(np.median(raw))))
+            out.append(LayerRun(name, f"{op} (XNNPACK)", prec[id(e)], float(np.median(raw))))
         else:  # a portable kernel between delegate calls: ExecuTorch's float reference ops
             out.append(LayerRun(e.name, op.replace("native_call_", "") + " (portable)", "fp32",
                                 float(np.median(raw))))

@@ -9,6 +9,13 @@ convolution, which may round the last bit of a float differently; nothing else c
 - ``split_first_conv``: a block that splits its first convolution's output in halves (``C2f``/``C3k2``'s
   ``chunk``, ``C2PSA``'s ``split``) gets two convolutions, one per half, in place of the convolution and the split
   (XNNPACK takes no ``split``; each half's channels are computed by the same weights as before).
+
+One more, for INT8 programs only (:data:`INT8_REWRITES`):
+
+- ``silu_as_product``: each SiLU as ``x * sigmoid(x)``, the function itself (PyTorch's fused kernel may round its
+  last bit differently), so a quantizer can put the sigmoid and the product in int8 (XNNPACK has no SiLU op; it
+  runs one as these two). The module is replaced where it is used, never patched: Ultralytics shares one SiLU
+  instance among all the convolutions of every model in a process.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import types
 from typing import Any
 
 REWRITES = ("dfl_last_axis", "nearest_as_concat", "split_first_conv")
+INT8_REWRITES = ("silu_as_product",)
 
 
 def _dfl_forward(self: Any, x: Any) -> Any:
@@ -78,15 +86,32 @@ def _split_first_conv(m: Any, forward: Any) -> None:
     m.forward = types.MethodType(forward, m)
 
 
+def _silu_as_product(model: Any) -> int:
+    """Every SiLU child module replaced by its own ``x * sigmoid(x)`` module; how many uses were replaced."""
+    import torch
+
+    class SiLUProduct(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return x * torch.sigmoid(x)
+
+    uses = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+            if type(child) is torch.nn.SiLU]
+    for parent, name in uses:
+        setattr(parent, name, SiLUProduct())
+    return len(uses)
+
+
 def apply(model: Any, names: tuple[str, ...] = REWRITES) -> dict[str, int]:
     """Apply the rewrites ``names`` to ``model`` in place; how many modules each changed."""
     import torch
     from ultralytics.nn.modules.block import C2PSA, DFL, C2f
 
-    unknown = sorted(set(names) - set(REWRITES))
+    unknown = sorted(set(names) - set(REWRITES) - set(INT8_REWRITES))
     if unknown:
-        raise ValueError(f"unknown rewrite {unknown[0]!r}: one of {', '.join(REWRITES)}")
+        raise ValueError(f"unknown rewrite {unknown[0]!r}: one of {', '.join(REWRITES + INT8_REWRITES)}")
     done = dict.fromkeys(names, 0)
+    if "silu_as_product" in names:
+        done["silu_as_product"] = _silu_as_product(model)
     for m in list(model.modules()):
         kind = type(m)
         if "dfl_last_axis" in names and isinstance(m, DFL):
