@@ -158,7 +158,7 @@ def _config(tmp_path: Path, **changes) -> Path:
     cfg = yaml.safe_load(Path("configs/smoke.yaml").read_text())
     cfg["variants"] = [{"format": "torch", "precision": "fp32"}, {"format": "onnxruntime", "precision": "int8"}]
     cfg["tune"] = {"data": {"dataset": "coco1k", "split": "tune", "max_images": 12}, "first_images": 6,
-                   "bootstrap": 200, "sensitivity": [1], "sensitivity_images": 2}
+                   "bootstrap": 200, "sensitivity": [1], "sensitivity_layers": [1], "sensitivity_images": 2}
     cfg["output"] = str(tmp_path / "out")
     for k, v in changes.items():
         cfg[k] = v
@@ -205,17 +205,21 @@ def test_a_search_can_try_only_the_candidates_it_names(tmp_path):
 @pytest.mark.shared
 def test_tune_searches_and_writes_a_config_that_runs(tmp_path):
     """A real search (ONNX Runtime INT8 candidates, imgsz 320, 12 tuning images in two rounds): every candidate
-    kept with its figures and verdict, one chosen, a tuned.yaml that is a valid config carrying the choice."""
+    kept with its figures and verdict, one chosen, a tuned.yaml that is a valid config carrying the choice; the
+    sensitivity candidates keep the worst block (a pattern) and the worst single layer (its node) in float."""
     out = tmp_path / "search"
     proc = run_cli("tune", str(_config(tmp_path)), "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "tune.json").read_text())
     trials = data["trials"]
-    names = [c.name for c in get_backend("onnxruntime").tune_space(data["machine"])] + ["worst1"]
+    names = [c.name for c in get_backend("onnxruntime").tune_space(data["machine"])] + ["worst1", "worst1-layers"]
     assert [t["candidate"] for t in trials] == names
-    worst = trials[-1]  # the block the sensitivity ranking puts worst, outside the baseline's float scope, in float
-    assert worst["changed"] == 1 and "ranks worst in float (model." in worst["why"]
+    worst, layer = trials[-2:]  # the block / the layer the ranking puts worst, outside the baseline's scope, in float
+    assert worst["changed"] == 1 and "1 blocks yoloq sensitivity ranks worst in float (model." in worst["why"]
     assert len(worst["options"]["float_patterns"]) == 1
+    assert layer["changed"] == 1 and "1 layers yoloq sensitivity ranks worst in float (/model." in layer["why"]
+    assert list(layer["options"]) == ["float_nodes"] and len(layer["options"]["float_nodes"]) == 1
+    assert layer["options"]["float_nodes"][0] in layer["why"] and layer["options"]["float_nodes"][0].endswith("Conv")
     assert sum(t["chosen"] for t in trials) == 1
     assert {t["status"] for t in trials} <= {"ok", "pruned"}
     first = sorted(trials, key=lambda t: -t["rounds"][0]["agreement"])

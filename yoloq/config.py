@@ -220,7 +220,8 @@ class TuneConfig:
     backend's candidates (and any the first images cannot tell from the best) then on all of them (successive
     halving); ``minutes`` bounds the search.
     ``sensitivity``: for a backend that ranks its layers, one candidate per count N that keeps the N blocks
-    ranked worst (on ``sensitivity_images`` calibration images) in float; empty: none.
+    ranked worst (on ``sensitivity_images`` calibration images) in float; empty: none. ``sensitivity_layers``: the
+    same with single convolutions ranked alone (a smaller float scope, so a faster one; empty, the default: none).
     ``accuracy_control``: where no candidate keeps ``min_retention`` on all tuning images, rank the blocks again
     under the most accurate candidate's settings and keep the fewest of them in float that reach it (1, 2, 4 ...
     up to ``max_float_blocks``, then the count between found by bisection), as NNCF's accuracy control does.
@@ -234,6 +235,7 @@ class TuneConfig:
     seed: int = 0
     bootstrap: int = 1000
     sensitivity: tuple[int, ...] = (2, 4)
+    sensitivity_layers: tuple[int, ...] = ()
     sensitivity_images: int = 8
     accuracy_control: bool = True
     max_float_blocks: int = 16
@@ -243,6 +245,8 @@ class TuneConfig:
         _at_least(self, "tune", first_images=1, bootstrap=100, sensitivity_images=1, max_float_blocks=1)
         _check(all(n >= 1 for n in self.sensitivity), "tune.sensitivity", list(self.sensitivity),
                "counts of blocks >= 1, e.g. [2, 4], or [] for none")
+        _check(all(n >= 1 for n in self.sensitivity_layers), "tune.sensitivity_layers",
+               list(self.sensitivity_layers), "counts of layers >= 1, e.g. [2, 8], or [] for none")
         _check(0 < self.keep <= 1, "tune.keep", self.keep, "0 < keep <= 1")
         _check(self.minutes is None or self.minutes > 0, "tune.minutes", self.minutes, "> 0 or null")
 

@@ -118,10 +118,11 @@ class TuneSearch:
     def _add_sensitive(self, inputs: RunInputs) -> None:
         """For each target whose backend ranks its layers: one candidate per count N in ``tune.sensitivity`` that
         keeps in float the N blocks its ranking puts worst (measured on calibration images, the baseline's
-        ranges and scope; blocks its scope already keeps in float left out). Each block counts as one setting
-        changed, so a candidate that cannot be told from one with fewer blocks in float loses to it."""
-        if not self.tune.sensitivity:
-            return
+        ranges and scope; blocks its scope already keeps in float left out), and one per count in
+        ``tune.sensitivity_layers`` that keeps the N single layers ranked worst. Each block or layer counts as one
+        setting changed, so a candidate that cannot be told from one with fewer in float loses to it."""
+        levels = [(g, sorted(set(ns))) for g, ns in (("block", self.tune.sensitivity),
+                                                      ("layer", self.tune.sensitivity_layers)) if ns]
         for v in self.targets:
             backend = get_backend(v.format)
             base = next(t for t in self.trials if t.variant == v.label)
@@ -131,29 +132,32 @@ class TuneSearch:
             n_img = self.tune.sensitivity_images
             ctx = ExportContext(inputs.source, bv, self.cfg.imgsz, inputs.calibration,
                                 self.out_dir / "artifacts" / bv.label, threads=self.cfg.latency.threads)
-            try:
-                backend.check(bv, inputs.source)
-                with step(f"rank the blocks of {v.label} ({n_img} calibration images)"):
-                    ranked = [g for g in backend.in_int8(ctx, backend.sensitivity(ctx, "block", n_img))
-                              if math.isfinite(g.sqnr_db)]
-            except Exception as e:  # noqa: BLE001 - the other candidates still run
-                say(f"  {v.label}: no sensitivity candidates ({type(e).__name__}: {e})")
-                continue
-            for n in sorted(set(self.tune.sensitivity)):
-                if n > len(ranked):
+            for granularity, counts in levels:
+                try:
+                    backend.check(bv, inputs.source)
+                    with step(f"rank the {granularity}s of {v.label} ({n_img} calibration images)"):
+                        ranked = [g for g in backend.in_int8(ctx, backend.sensitivity(ctx, granularity, n_img))
+                                  if math.isfinite(g.sqnr_db)]
+                except Exception as e:  # noqa: BLE001 - the other candidates still run
+                    say(f"  {v.label}: no {granularity} sensitivity candidates ({type(e).__name__}: {e})")
                     continue
-                keep = backend.keep_float(ranked[:n])
-                if not keep:
-                    break
-                opts = dict(bv.options)
-                for k, extra in keep.items():
-                    opts[k] = [*(opts.get(k) or []), *extra]
-                label = f"{v.label}@worst{n}"
-                self.variants[label] = resolve_variant(dataclasses.replace(v, name=label, options=opts, target=None),
-                                                       f"tune candidate {label}")
-                blocks = ", ".join(f"{g.group} {g.sqnr_db:.1f} dB" for g in ranked[:n])
-                self.trials.append(Trial(label, v.label, v.format, f"worst{n}", {k: opts[k] for k in keep},
-                                         f"the {n} blocks yoloq sensitivity ranks worst in float ({blocks})", n))
+                for n in counts:
+                    if n > len(ranked):
+                        continue
+                    keep = backend.keep_float(ranked[:n])
+                    if not keep:
+                        break
+                    opts = dict(bv.options)
+                    for k, extra in keep.items():
+                        opts[k] = [*(opts.get(k) or []), *extra]
+                    short = f"worst{n}" + ("-layers" if granularity == "layer" else "")
+                    label = f"{v.label}@{short}"
+                    self.variants[label] = resolve_variant(
+                        dataclasses.replace(v, name=label, options=opts, target=None), f"tune candidate {label}")
+                    groups = ", ".join(f"{g.group} {g.sqnr_db:.1f} dB" for g in ranked[:n])
+                    self.trials.append(Trial(label, v.label, v.format, short, {k: opts[k] for k in keep},
+                                             f"the {n} {granularity}s yoloq sensitivity ranks worst in float "
+                                             f"({groups})", n))
         self.run_cfg = dataclasses.replace(self.run_cfg, variants=tuple(self.variants.values()))
 
     def _items(self, inputs: RunInputs) -> list[tuple[Any, ...]]:

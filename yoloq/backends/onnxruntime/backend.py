@@ -201,10 +201,14 @@ class OnnxRuntimeBackend(Backend):
         return [g for g in out if g.nodes]
 
     def keep_float(self, groups: list[GroupError]) -> dict[str, Any]:
-        """Each block as a node-name pattern (the scope's own nodes it also matches stay float either way)."""
+        """Each block as a node-name pattern (the scope's own nodes it also matches stay float either way), each
+        single layer (a group of its own node) by its node name."""
         from yoloq.backends.onnxruntime.sensitivity import block_pattern
 
-        return {"float_patterns": [block_pattern(g.group) for g in groups]}
+        layers = [g.group for g in groups if g.nodes == (g.group,)]
+        blocks = [block_pattern(g.group) for g in groups if g.nodes != (g.group,)]
+        out = {"float_patterns": blocks} if blocks or not layers else {}
+        return out | ({"float_nodes": layers} if layers else {})
 
     def explain(self, artifact: Artifact, batch: Any, threads: int, runs: int = 5) -> list[LayerRun]:
         """The optimized graph's nodes as a profiling run executes them (kernel op, output type, time, MACs)."""
