@@ -29,6 +29,7 @@ from yoloq.progress import Counted, step
 from yoloq.rewrite import INT8_REWRITES
 from yoloq.rewrite import apply as rewrite_model
 
+ATTENTION_TYPES = ("Attention", "AAttn")  # Ultralytics' attention modules (PSA / C2PSA, YOLO12's A2C2f)
 REWRITTEN = "rewritten1"  # the FP32 export's cache folder: a new version of the rewrites gets a new name
 
 
@@ -82,6 +83,8 @@ class ExecuTorchBackend(Backend):
                               "softmax on the last axis, the 2x nearest upsample as concatenations, a block's split "
                               "first convolution as two); false: the graph as Ultralytics exports it",
                               before=False),
+        "keep_attention_float": OptionSpec(bool, False, None, "attention modules (PSA's Attention, YOLO12's AAttn) "
+                                           "left in float", INT8),
         "int8_silu": OptionSpec(bool, True, None, "SiLU in int8 inside the int8 region (its sigmoid at XNNPACK's "
                                 "fixed int8 output scale, then the product); false: in float between conversions",
                                 INT8, before=False),
@@ -99,12 +102,13 @@ class ExecuTorchBackend(Backend):
             return "unknown"
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """The head's scope, the stem in float, fewer calibration images, SiLU in float."""
+        """The head's scope, the stem in float, fewer calibration images, attention or SiLU in float."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "ExecuTorch's XNNPACK quantizer with yoloq's head scope"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
             ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
             ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's number needed?"),
+            ("attention-float", {"keep_attention_float": True}, "the attention modules in float"),
             ("silu-float", {"int8_silu": False}, "SiLU in float between conversions: slower, is it more exact?"),
             ("stem2-silu-float", {"keep_stem_float": 2, "int8_silu": False},
              "the first two layers and SiLU in float (the settings chosen before SiLU ran in int8)"))]
@@ -165,6 +169,8 @@ class ExecuTorchBackend(Backend):
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
         config = get_symmetric_quantization_config(is_per_channel=ctx.option("per_channel"))
         floats, quantized = module_scope(model, ctx.option("keep_head_float"), ctx.option("keep_stem_float"))
+        if ctx.option("keep_attention_float"):
+            floats += [n for n, m in model.named_modules() if type(m).__name__ in ATTENTION_TYPES]
         quantizer = scoped(XNNPACKQuantizer().set_global(config), in_int8(set(floats), set(quantized)), config, silu)
         graph = torch.export.export(model, example).module()
         prepared = prepare_pt2e(graph, quantizer)
