@@ -114,8 +114,9 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: int = 1200) -> subproces
 
 @pytest.fixture(scope="session")
 def executorch_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """ExecuTorch FP32 and INT8 of YOLO11n on the smoke config's first 2 images, run once (each lowering takes ~1 min):
-    the contract tests read its exports, the bundle test bundles a copy of it."""
+    """ExecuTorch FP32 and INT8 of YOLO11n on the smoke config's first 2 images, run once (each lowering takes ~1 min),
+    and the fastest INT8 program (split convolutions, SiLU in int8): the contract tests read its exports, the bundle
+    test bundles a copy of it."""
     from yoloq.backends.registry import get_backend
     from yoloq.errors import BackendUnavailable
 
@@ -125,7 +126,9 @@ def executorch_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         unavailable("ExecuTorch (pip install -e .)", e)
     tmp = tmp_path_factory.mktemp("executorch")
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text())
-    cfg |= {"variants": [{"format": "executorch", "precision": p} for p in ("fp32", "int8")],
+    fast = {"format": "executorch", "precision": "int8", "name": "executorch-int8-fast",
+            "options": {"split_convs": True, "int8_silu": True}}  # the split convolutions as two and SiLU in int8
+    cfg |= {"variants": [*({"format": "executorch", "precision": p} for p in ("fp32", "int8")), fast],
             "data": cfg["data"] | {"max_images": 2}, "output": str(tmp / "run"),
             "latency": {"warmup": 1, "min_runs": 3, "min_seconds": 0, "threads": 2, "images": 1}}
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))

@@ -4,8 +4,9 @@ images), both run by ExecuTorch's Python runtime.
 
 The INT8 scope works on module names of the Ultralytics model (``model.<i>`` at the top level), as PT2E's quantizer
 filters them: the head's decode (and by default its output convolutions) and the first ``keep_stem_float`` modules
-are left out of quantization and run in float on XNNPACK. Inside the int8 region SiLU runs in int8 too
-(``int8_silu``, :mod:`yoloq.backends.executorch_quant`).
+are left out of quantization and run in float on XNNPACK. The INT8 program takes the exact rewrites but the split
+first convolutions (``split_convs``: each half's own int8 scale cost YOLO11n accuracy); with them, SiLU can run in
+int8 too (``int8_silu``, :mod:`yoloq.backends.executorch_quant`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep
 from yoloq.backends.torch_scope import export_module, module_scope
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import Counted, step
-from yoloq.rewrite import INT8_REWRITES
+from yoloq.rewrite import INT8_REWRITES, REWRITES
 from yoloq.rewrite import apply as rewrite_model
 
 ATTENTION_TYPES = ("Attention", "AAttn")  # Ultralytics' attention modules (PSA / C2PSA, YOLO12's A2C2f)
@@ -85,9 +86,13 @@ class ExecuTorchBackend(Backend):
                               before=False),
         "keep_attention_float": OptionSpec(bool, False, None, "attention modules (PSA's Attention, YOLO12's AAttn) "
                                            "left in float", INT8),
-        "int8_silu": OptionSpec(bool, True, None, "SiLU in int8 inside the int8 region (its sigmoid at XNNPACK's "
-                                "fixed int8 output scale, then the product); false: in float between conversions",
-                                INT8, before=False),
+        "split_convs": OptionSpec(bool, False, None, "with rewrite: the split first convolutions as two in the INT8 "
+                                  "program too (faster, but each half then gets its own int8 scale: it cost YOLO11n "
+                                  "0.5-1 mAP point); false: the split runs between delegate calls", INT8,
+                                  before=True),
+        "int8_silu": OptionSpec(bool, False, None, "SiLU in int8 inside the int8 region (its sigmoid at XNNPACK's "
+                                "fixed int8 output scale, then the product); on YOLO11n it kept accuracy only with "
+                                "split_convs; false: in float between conversions", INT8),
     }
 
     def version(self) -> str:
@@ -102,16 +107,17 @@ class ExecuTorchBackend(Backend):
             return "unknown"
 
     def tune_space(self, machine: Mapping[str, Any]) -> list[TuneCandidate]:
-        """The head's scope, the stem in float, fewer calibration images, attention or SiLU in float."""
+        """The head's scope, the stem in float, fewer calibration images, the attention in float, the split
+        convolutions as two and SiLU in int8."""
         return [TuneCandidate(n, o, w) for n, o, w in (
             ("default", {}, "ExecuTorch's XNNPACK quantizer with yoloq's head scope"),
             ("head-decode", {"keep_head_float": "decode"}, "the head's output convolutions in int8 too"),
             ("stem2", {"keep_stem_float": 2}, "the first two layers in float"),
             ("cal64", {"calibration_images": 64}, "64 calibration images: is the default's number needed?"),
             ("attention-float", {"keep_attention_float": True}, "the attention modules in float"),
-            ("silu-float", {"int8_silu": False}, "SiLU in float between conversions: slower, is it more exact?"),
-            ("stem2-silu-float", {"keep_stem_float": 2, "int8_silu": False},
-             "the first two layers and SiLU in float (the settings chosen before SiLU ran in int8)"))]
+            ("split-convs", {"split_convs": True}, "the split first convolutions as two in int8 too (faster)"),
+            ("split-silu-int8", {"split_convs": True, "int8_silu": True},
+             "the split convolutions as two and SiLU in int8: the fastest program"))]
 
     def export(self, ctx: ExportContext) -> Artifact:
         head = ctx.source.head
@@ -163,7 +169,8 @@ class ExecuTorchBackend(Backend):
         torch.set_num_threads(ctx.threads)
         model = export_module(ctx.source, ctx.imgsz, end2end, ctx.max_det, "executorch")
         silu = ctx.option("int8_silu")
-        rewrites = rewrite_model(model) if ctx.option("rewrite") else {}
+        names = tuple(r for r in REWRITES if r != "split_first_conv" or ctx.option("split_convs"))
+        rewrites = rewrite_model(model, names) if ctx.option("rewrite") else {}
         if silu:
             rewrites |= rewrite_model(model, INT8_REWRITES)
         example = (torch.zeros(1, 3, ctx.imgsz, ctx.imgsz),)
