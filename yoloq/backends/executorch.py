@@ -92,7 +92,7 @@ class ExecuTorchBackend(Backend):
                                   before=True),
         "int8_silu": OptionSpec(bool, False, None, "SiLU in int8 inside the int8 region (its sigmoid at XNNPACK's "
                                 "fixed int8 output scale, then the product); on YOLO11n it kept accuracy only with "
-                                "split_convs; false: in float between conversions", INT8),
+                                "split_convs; false: in float between conversions", INT8, before=False),
     }
 
     def version(self) -> str:
