@@ -217,7 +217,8 @@ class OnnxRuntimeBackend(Backend):
         return profile(Path(artifact.path), batch, threads, runs)
 
     def sensitivity(self, ctx: ExportContext, granularity: str, images: int) -> list[GroupError]:
-        """Rank groups by output SQNR when each alone is INT8 (ranges from the variant's calibration images)."""
+        """Rank groups by output SQNR when each alone is INT8 (ranges from the variant's calibration images, read
+        from the ranges its exports share where they are there: a block and a layer ranking calibrate once)."""
         from yoloq.backends.onnxruntime.quantize import calibrate
         from yoloq.backends.onnxruntime.sensitivity import rank_groups
 
@@ -225,6 +226,6 @@ class OnnxRuntimeBackend(Backend):
         with tempfile.TemporaryDirectory(prefix="yoloq-sens-") as tmp:
             t = Path(tmp)
             prep, cache, _ = calibrate(fp32, t, ctx.calibration_images(), ctx.imgsz, ctx.variant.options,
-                                       t / "full.onnx")
+                                       t / "full.onnx", share=ctx.workdir.parent / "_ranges")
             batches = list(ctx.calibration.batches(ctx.imgsz, images))
             return rank_groups(prep, ctx.variant.options, cache, batches, ctx.imgsz, ctx.threads, granularity)
