@@ -73,6 +73,39 @@ CONTROL_OPTIONS = {
 }
 
 
+
+def distill_options(arithmetic: str, new: bool) -> dict[str, OptionSpec]:
+    """The options of distillation from the FP32 model (:mod:`yoloq.recover.distill`) through a format's
+    ``arithmetic`` (its fake quantizers), shared by the backends that train their own file's weights with it.
+    ``new``: the backend had INT8 records before these options (each keeps its default out of variant keys)."""
+    from yoloq.recover.distill import AUGMENTS, LOSSES, SCHEDULES
+
+    def spec(kind: type, default: Any, choices: Any, text: str, **kw: Any) -> OptionSpec:
+        return OptionSpec(kind, default, choices, text, INT8, **kw, **({"before": default} if new else {}))
+
+    return {
+        "distill_minutes": spec(float, 5.0, None, "the CPU time distillation trains for (weight_rounding: distill)",
+                                minimum=0.1),
+        "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
+                                    "distill_minutes allow): the same model on any day (on one CPU)", INT8, minimum=0,
+                                    before=0),
+        "distill_augment": OptionSpec(str, "none", AUGMENTS, "distillation's training images as they are, mirrored "
+                                      "at random, or mirrored and zoomed (x0.7-1.3) at random: the teacher labels "
+                                      "what the student sees, so more distinct inputs from the same calibration "
+                                      "images", INT8, before="none"),
+        "distill_loss": OptionSpec(str, "mse", LOSSES, "what distillation lowers: the squared error of every raw "
+                                   "output, or a detector's distillation loss (the class scores' cross-entropy "
+                                   "against the teacher's, boxes weighted by the teacher's score)", INT8,
+                                   before="mse"),
+        "distill_lr": OptionSpec(float, 1e-5, None, "distillation's learning rate (Adam): how far each weight "
+                                 "moves a step", INT8, minimum=1e-8, maximum=1e-2, before=1e-5),
+        "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
+                                       "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
+    } | ({"weight_rounding": OptionSpec(str, "nearest", ("nearest", "distill"), "int8 weights rounded to nearest, "
+                                        f"or learned by distillation from the FP32 model through {arithmetic} (fake "
+                                        "quantizers) on calibration images", INT8, before="nearest")} if new else {})
+
+
 def head_float_nodes(onnx_path: Path, keep: str = "outputs", head: Head | None = None) -> list[str]:
     """Names of the detection head's nodes to leave in float in an ONNX graph.
 

@@ -1,7 +1,8 @@
 """Quantization-aware distillation: the FP32 model is the teacher, its raw head output on unlabelled calibration images
 the target; the student is the same model with the target format's arithmetic in fake quantizers (per-channel
-symmetric weights on the format's grid, a per-tensor symmetric int8 scale on each quantized convolution's input, both
-rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where
+symmetric weights on the format's grid, a per-tensor int8 scale on each quantized convolution's input, symmetric or
+with the format's zero point, and where the format requantizes them, the convolution's output and its SiLU's sigmoid
+and product; all rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where
 asked, each one's input scale); the weight scales stay the format's own, so what is learned drops into its file. No
 label is read and no evaluation image is seen.
 """
@@ -31,12 +32,20 @@ PAD = 114 / 255  # the letterbox's gray, where a zoomed-out image leaves the fra
 class Grid:
     """One convolution's format arithmetic: weight scales per output channel, the largest integer, input scale, and
     the center subtracted from the input before it is quantized (0: none; the border is padded before the shift, so
-    padding reads zero as the format's explicit padding does)."""
+    padding reads zero as the format's explicit padding does). ``input_bounds``: the integers the input may take
+    (an asymmetric uint8 input with zero point z: ``(-z, 255 - z)``); ``output_scale``: where the format also
+    quantizes the convolution's output (as ONNX Runtime's QLinearConv does), its scale (0: the output stays float),
+    within ``output_bounds``. ``silu``: where the format also quantizes the SiLU after the convolution (ONNX
+    Runtime: a QLinearSigmoid and a QLinearMul), the sigmoid's scale and bounds, then the product's."""
 
     weight_scales: np.ndarray
     qmax: int
     input_scale: float
     center: float = 0.0
+    input_bounds: tuple[int, int] = (-127, 127)
+    output_scale: float = 0.0
+    output_bounds: tuple[int, int] = (-127, 127)
+    silu: tuple[float, tuple[int, int], float, tuple[int, int]] | None = None
 
 
 def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
@@ -48,6 +57,7 @@ def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
 
     ws = torch.tensor(np.asarray(grid.weight_scales, np.float32)).view(-1, 1, 1, 1)
     a, c = float(grid.input_scale), float(grid.center)
+    (lo, hi), (olo, ohi), o = grid.input_bounds, grid.output_bounds, float(grid.output_scale)
     pad = (0, 0) if not c else tuple(module.padding)
     log_step = torch.nn.Parameter(torch.tensor(-math.log(a), dtype=torch.float32)) if learn_step else None
 
@@ -58,16 +68,60 @@ def _fake_quantize(module: Any, grid: Grid, learn_step: bool = False) -> Any:
         if c:
             x = F.pad(x, (pad[1], pad[1], pad[0], pad[0])) - c
         if log_step is None:
-            xq = torch.clamp(ste(x * a), -127, 127) / a
+            xq = torch.clamp(ste(x * a), lo, hi) / a
         else:
             d = torch.exp(log_step)
-            xq = ste(torch.clamp(x / d, -127, 127)) * d
+            xq = ste(torch.clamp(x / d, lo, hi)) * d
         wq = torch.clamp(ste(module.weight * ws), -grid.qmax, grid.qmax) / ws
-        return F.conv2d(xq + c, wq, module.bias, module.stride, (0, 0) if c else module.padding, module.dilation,
-                        module.groups)
+        y = F.conv2d(xq + c, wq, module.bias, module.stride, (0, 0) if c else module.padding, module.dilation,
+                     module.groups)
+        return torch.clamp(ste(y * o), olo, ohi) / o if o else y
 
     module.forward = forward
     return log_step
+
+
+def _fake_silu(parent: Any, grid: Grid) -> None:
+    """Put the format's SiLU (its sigmoid, then the product, each quantized) into ``parent``'s forward: an
+    Ultralytics ``Conv`` whose ``conv`` already computes the format's convolution. (Its ``act`` module is shared
+    by every model in the process, so the parent's forward is replaced, never the activation.)"""
+    import torch
+
+    sa, (slo, shi), pa, (plo, phi) = grid.silu
+
+    def ste(v: Any) -> Any:
+        return v + (torch.round(v) - v).detach()
+
+    def forward(x: Any) -> Any:
+        y = parent.conv(x)
+        sig = torch.clamp(ste(torch.sigmoid(y) * sa), slo, shi) / sa
+        return torch.clamp(ste(y * sig * pa), plo, phi) / pa
+
+    parent.forward = forward
+
+
+def make_student(model: Any, grids: dict[str, Grid], learn_steps: bool = False) -> tuple[Any, dict[str, Any]]:
+    """``model`` (changed in place; eval mode: batch norms are fused) computing each of ``grids``' convolutions (by
+    module name) in the format's arithmetic, every parameter frozen; with ``learn_steps``, the input steps that learn
+    (by module name)."""
+    import torch
+
+    student = model.eval()
+    named = dict(student.named_modules())
+    for p in student.parameters():
+        p.requires_grad_(False)
+    log_steps: dict[str, Any] = {}
+    for name, grid in grids.items():
+        m = named[name]
+        log_step = _fake_quantize(m, grid, learn_steps)
+        if log_step is not None:
+            log_steps[name] = log_step
+        parent = named.get(name.rpartition(".")[0])
+        if grid.silu is not None:
+            if not isinstance(getattr(parent, "act", None), torch.nn.SiLU) or getattr(parent, "conv", None) is not m:
+                raise ValueError(f"distill: {name} has a SiLU grid but its parent is not a Conv with a SiLU")
+            _fake_silu(parent, grid)
+    return student, log_steps
 
 
 def output_loss(y: Any, t: Any, imgsz: int, kind: str = "mse") -> Any:
@@ -129,7 +183,7 @@ def lr_factor(done: float, schedule: str) -> float:
 
 def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz: int, minutes: float,
             threads: int, log: Callable[[str], None] = lambda s: None, steps: int = 0, augment: str = "none",
-            loss: str = "mse", learn_steps: bool = False, schedule: str = "constant"
+            loss: str = "mse", learn_steps: bool = False, schedule: str = "constant", lr: float = LR
             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the quantized convolutions of ``model`` (a float torch detector whose output is the raw head output;
     ``grids`` by module name) to match its own FP32 output on ``images`` for ``minutes``, or for exactly ``steps``
@@ -140,7 +194,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     (:func:`output_loss`). ``learn_steps``: each quantized convolution's input scale learns too (LSQ: it may learn to
     clip), else it stays the format's calibrated one. ``schedule`` (one of :data:`SCHEDULES`): the learning rates
     held over the budget, or decayed to 0 along a half cosine (the last steps move the weights by far less than a
-    quantization step, so the rounding the run ends on is not one step's noise).
+    quantization step, so the rounding the run ends on is not one step's noise). ``lr``: Adam's learning rate of the
+    weights and biases (each moves by about that much a step).
 
     Returns:
         ``{module name: (weight, bias, input scale)}`` (weights and biases as numpy arrays; all three the
@@ -155,17 +210,11 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(0)
     teacher = copy.deepcopy(model).eval()
-    student = model.eval()  # eval mode: batch norms are fused, nothing else differs
+    student, log_steps = make_student(model, grids, learn_steps)
     named = dict(student.named_modules())
     params = []
-    for p in student.parameters():
-        p.requires_grad_(False)
-    log_steps: dict[str, Any] = {}
-    for name, grid in grids.items():
+    for name in grids:
         m = named[name]
-        log_step = _fake_quantize(m, grid, learn_steps)
-        if log_step is not None:
-            log_steps[name] = log_step
         for p in (m.weight, m.bias):
             if p is not None:
                 p.requires_grad_(True)
@@ -183,7 +232,7 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
     before = held_loss()
     start = {n: (named[n].weight.detach().clone(), None if named[n].bias is None else named[n].bias.detach().clone())
              for n in grids}
-    opt = torch.optim.Adam([{"params": params, "lr": LR}] +
+    opt = torch.optim.Adam([{"params": params, "lr": lr}] +
                            ([{"params": list(log_steps.values()), "lr": STEP_LR}] if log_steps else []))
     rng = np.random.default_rng(0)
     budget, t0, steps, seen = steps, time.perf_counter(), 0, 0
@@ -194,8 +243,8 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
             t = teacher(x)
         value = output_loss(student(x), t, imgsz, loss)
         done = steps / budget if budget else (time.perf_counter() - t0) / (60 * minutes)
-        for group, lr in zip(opt.param_groups, (LR, STEP_LR)):
-            group["lr"] = lr * lr_factor(done, schedule)
+        for group, rate in zip(opt.param_groups, (lr, STEP_LR)):
+            group["lr"] = rate * lr_factor(done, schedule)
         opt.zero_grad()
         value.backward()
         opt.step()
@@ -215,6 +264,6 @@ def distill(model: Any, grids: dict[str, Grid], images: list[np.ndarray], imgsz:
                  "kept": kept, "train_images": len(train), "held_out_images": len(held),
                  "minutes": None if budget else minutes, "step_budget": budget or None,
                  "seconds": round(time.perf_counter() - t0, 1),
-                 "lr": LR, "batch": BATCH, "augment": augment, "loss": loss, "schedule": schedule,
+                 "lr": lr, "batch": BATCH, "augment": augment, "loss": loss, "schedule": schedule,
                  **({"learned_steps": len(moved), "step_lr": STEP_LR,
                      "input_scale_ratio": [round(min(moved), 3), round(max(moved), 3)]} if moved else {})}

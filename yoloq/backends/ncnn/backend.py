@@ -27,12 +27,11 @@ from yoloq.backends.base import (Artifact, Backend, ExportContext, GroupError, L
 from yoloq.backends.ncnn import calibration, int8
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
-from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, keep_stem_float
+from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, distill_options, keep_stem_float
 from yoloq.backends.torch_scope import conv_order, export_module, in_float, module_scope, within
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
 from yoloq.recover.cost import measured
-from yoloq.recover.distill import AUGMENTS, LOSSES, SCHEDULES
 
 PARAM, BIN = int8.PARAM, int8.BIN
 CONVS = int8.CONVS
@@ -128,11 +127,6 @@ class NcnnBackend(Backend):
                                       "nearest (ncnn2int8), by GPTQ on ncnn's grid against the FP32 layer's inputs, "
                                       "or learned by distillation from the FP32 model through ncnn's arithmetic "
                                       "(fake quantizers) on calibration images", INT8),
-        "distill_minutes": OptionSpec(float, 5.0, None, "the CPU time distillation trains for "
-                                      "(weight_rounding: distill)", INT8, minimum=0.1),
-        "distill_steps": OptionSpec(int, 0, None, "train exactly this many steps instead (0: as many as "
-                                    "distill_minutes allow): the same model on any day (on one CPU)", INT8, minimum=0,
-                                    before=0),
         "distill_scales": OptionSpec(bool, False, None, "distillation learns each quantized convolution's int8 "
                                      "input scale too, as LSQ does (it may learn to clip), else keeps the "
                                      "calibrated one", INT8, before=False),
@@ -141,16 +135,7 @@ class NcnnBackend(Backend):
                                       "in the file (the same integers, exactly; faster than Winograd F(2,3) on a "
                                       "VNNI CPU), or its Winograd F(2,3), asked for beside the file", INT8,
                                       before="winograd"),
-        "distill_augment": OptionSpec(str, "none", AUGMENTS, "distillation's training "
-                                      "images as they are, mirrored at random, or mirrored and zoomed (x0.7-1.3) "
-                                      "at random: the teacher labels what the student sees, so more distinct "
-                                      "inputs from the same calibration images", INT8, before="none"),
-        "distill_loss": OptionSpec(str, "mse", LOSSES, "what distillation lowers: the squared error "
-                                   "of every raw output, or a detector's distillation loss (the class scores' "
-                                   "cross-entropy against the teacher's, boxes weighted by the teacher's score)",
-                                   INT8, before="mse"),
-        "distill_schedule": OptionSpec(str, "constant", SCHEDULES, "distillation's learning rate: held over the "
-                                       "budget, or decayed to 0 along a half cosine", INT8, before="constant"),
+        **distill_options("ncnn's arithmetic", new=False),
         "centered_inputs": OptionSpec(bool, False, None, "each quantized convolution's one-sided input (not "
                                       "the image) is shifted by its calibrated range's midpoint before ncnn "
                                       "quantizes it (an added scalar and explicit padding, undone in the bias: exact "
@@ -271,7 +256,7 @@ class NcnnBackend(Backend):
         learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
                                   steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
                                   loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"),
-                                  schedule=ctx.option("distill_schedule"))
+                                  schedule=ctx.option("distill_schedule"), lr=ctx.option("distill_lr"))
         scales = {c.name: learned[names[c.name]][2] for c in layers}
         return (*learned_integers(layers, learned, names, ws, bits), scales, result)
 
