@@ -38,9 +38,9 @@ from yoloq.progress import say, step
 
 
 # distillation on ONNX Runtime's grid: a step budget (the same file on any day on one CPU), augmented images, a rate
-# half NCNN's decayed along a cosine. Chosen on calibration images against ONNX Runtime's own output on 12 tuning
-# images (YOLO11n at 640, amd-epyc-2c-792874): SQNR against FP32 34.7 dB rounded to nearest; 36.1 dB so; 35.6 dB at
-# NCNN's rate held for 150 steps; 600 steps at NCNN's rate held made the held-out loss worse (none kept)
+# half NCNN's decayed along a cosine. Chosen by the SQNR against FP32 of ONNX Runtime's own output on 12 tuning images
+# (YOLO11n at 640, amd-epyc-2c-792874, ad hoc runs): 34.7 dB rounded to nearest, 36.1 dB with these settings, 35.6 dB
+# at NCNN's rate held for 150 steps; NCNN's 600 steps at its rate held made the held-out loss worse (nothing kept)
 DISTILL = {"weight_rounding": "distill", "distill_steps": 300, "distill_augment": "flip-scale", "distill_lr": 5e-6,
            "distill_schedule": "cosine"}
 
@@ -122,7 +122,11 @@ class OnnxRuntimeBackend(Backend):
             ("distill", DISTILL, "int8 weights learned from the FP32 model through ONNX Runtime's int8 arithmetic "
              "(300 steps on mirrored and zoomed calibration images)"),
             ("head-decode-distill", DISTILL | {"keep_head_float": "decode"}, "the head's output convolutions in "
-             "int8 too, all int8 weights learned from the FP32 model (300 steps)"))]
+             "int8 too, all int8 weights learned from the FP32 model (300 steps)"),
+            ("stem1-distill", DISTILL | {"keep_stem_float": 1}, "all but the first layer in int8 (faster), the "
+             "int8 weights learned from the FP32 model (300 steps)"),
+            ("stem0-distill", DISTILL | {"keep_stem_float": 0}, "the stem in int8 too (faster), the int8 weights "
+             "learned from the FP32 model (300 steps)"))]
         if safe:
             out.append(TuneCandidate("8bit-weights", {}, "8-bit weights although this CPU has no VNNI (the "
                                      "saturation-prone form, for evidence)"))
