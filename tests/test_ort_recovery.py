@@ -93,8 +93,8 @@ def test_the_student_computes_what_onnxruntime_computes(run):
 
 @pytest.mark.full
 def test_distillation_brings_onnxruntime_int8_closer_to_the_fp32_graph(run):
-    """60 steps on 20 calibration images (4 held out); judged on 6 val images: the raw output of ONNX Runtime's INT8 file is
-    closer to the FP32 graph's than with weights rounded to nearest. Only int8 weights and biases changed: the
+    """60 steps on 20 calibration images (4 held out); judged on 6 val images: the raw output of ONNX Runtime's INT8
+    file is closer to the FP32 graph's than with weights rounded to nearest. Only int8 weights and biases changed: the
     graph, its ranges and its float layers are the same; the record carries what distillation reached and cost."""
     import onnx
     from onnx import numpy_helper

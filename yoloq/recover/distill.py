@@ -2,9 +2,9 @@
 the target; the student is the same model with the target format's arithmetic in fake quantizers (per-channel
 symmetric weights on the format's grid, a per-tensor int8 scale on each quantized convolution's input, symmetric or
 with the format's zero point, and where the format requantizes them, the convolution's output and its SiLU's sigmoid
-and product; all rounded with a straight-through gradient). Only the quantized convolutions' weights and biases learn (and, where
-asked, each one's input scale); the weight scales stay the format's own, so what is learned drops into its file. No
-label is read and no evaluation image is seen.
+and product; all rounded with a straight-through gradient). Only the quantized convolutions' weights and biases
+learn (and, where asked, each one's input scale); the weight scales stay the format's own, so what is learned drops
+into its file. No label is read and no evaluation image is seen.
 """
 
 from __future__ import annotations
