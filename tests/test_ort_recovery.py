@@ -122,12 +122,10 @@ def test_distillation_brings_onnxruntime_int8_closer_to_the_fp32_graph(run):
 
 def test_distillation_refuses_what_it_cannot_train(tmp_path):
     """An ONNX source has no PyTorch model to train: one line naming the option and the fix, the variant failed."""
-    cfg = dict(CONFIG, model=str(Path("../shared/models/yolo11n.onnx")))
-    cfg["variants"] = [CONFIG["variants"][2]]
-    p = tmp_path / "cfg.yaml"
     from yoloq.paths import shared_root
 
-    cfg["model"] = str(shared_root() / "models" / "yolo11n.onnx")
+    cfg = dict(CONFIG, model=str(shared_root() / "models" / "yolo11n.onnx"), variants=[CONFIG["variants"][2]])
+    p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
     proc = run_cli("run", str(p), "--out", str(tmp_path / "out"))
     rec = json.loads((tmp_path / "out" / "records.jsonl").read_text().splitlines()[0])
