@@ -121,6 +121,8 @@ class OnnxRuntimeBackend(Backend):
             ("minmax", {"calibrate_method": "minmax"}, "full activation ranges: no clipping"),
             ("distill", DISTILL, "int8 weights learned from the FP32 model through ONNX Runtime's int8 arithmetic "
              "(300 steps on mirrored and zoomed calibration images)"),
+            ("distill-det", DISTILL | {"distill_loss": "detection"}, "the same, lowering a detector's loss (the class "
+             "scores' cross-entropy against the teacher's) instead of the squared error of every output"),
             ("head-decode-distill", DISTILL | {"keep_head_float": "decode"}, "the head's output convolutions in "
              "int8 too, all int8 weights learned from the FP32 model (300 steps)"),
             ("stem1-distill", DISTILL | {"keep_stem_float": 1}, "all but the first layer in int8 (faster), the "
