@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from yoloq.backends.base import OptionSpec
+from yoloq.backends.base import ExportContext, OptionSpec
 from yoloq.errors import ConfigError
 from yoloq.models import Head
 
@@ -104,6 +104,25 @@ def distill_options(arithmetic: str, new: bool) -> dict[str, OptionSpec]:
     } | ({"weight_rounding": OptionSpec(str, "nearest", ("nearest", "distill"), "int8 weights rounded to nearest, "
                                         f"or learned by distillation from the FP32 model through {arithmetic} (fake "
                                         "quantizers) on calibration images", INT8, before="nearest")} if new else {})
+
+
+def distill_budget(ctx: ExportContext) -> str:
+    """A variant's distillation budget in words: its step count, else its CPU minutes."""
+    steps = ctx.option("distill_steps")
+    return f"{steps} steps" if steps else f"{ctx.option('distill_minutes')} min"
+
+
+def distill_as_configured(ctx: ExportContext, model: Any, grids: dict[str, Any], images: list[Any], **extra: Any
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`yoloq.recover.distill.distill` of ``model`` through ``grids`` on ``images`` with the variant's
+    options from :func:`distill_options` (``extra``: a backend's own, e.g. ``learn_steps``)."""
+    from yoloq.progress import say
+    from yoloq.recover.distill import distill
+
+    return distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
+                   steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
+                   loss=ctx.option("distill_loss"), schedule=ctx.option("distill_schedule"),
+                   lr=ctx.option("distill_lr"), **extra)
 
 
 def head_float_nodes(onnx_path: Path, keep: str = "outputs", head: Head | None = None) -> list[str]:

@@ -27,7 +27,8 @@ from yoloq.backends.base import (Artifact, Backend, ExportContext, GroupError, L
 from yoloq.backends.ncnn import calibration, int8
 from yoloq.backends.onnx_base import base_path, head_args, ultralytics_export
 from yoloq.backends.registry import register
-from yoloq.backends.scope import CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, distill_options, keep_stem_float
+from yoloq.backends.scope import (CALIBRATION_IMAGES, INT8, KEEP_HEAD_FLOAT, distill_as_configured, distill_budget,
+                                  distill_options, keep_stem_float)
 from yoloq.backends.torch_scope import conv_order, export_module, in_float, module_scope, within
 from yoloq.errors import BackendUnavailable, ExportError
 from yoloq.progress import step
@@ -229,10 +230,8 @@ class NcnnBackend(Backend):
                 ints = gptq(fp32, model, layers, ws, bits, images[:GPTQ_IMAGES], ctx.threads)
         biases: dict[str, np.ndarray] = {}
         if ctx.option("weight_rounding") == "distill":
-            budget = (f"{ctx.option('distill_steps')} steps" if ctx.option("distill_steps")
-                      else f"{ctx.option('distill_minutes')} min")
             with measured(cost, "distill"), step(f"distillation from the FP32 model through ncnn's arithmetic "
-                                                    f"({budget}, {len(images)} "
+                                                    f"({distill_budget(ctx)}, {len(images)} "
                                                     f"calibration images)"):
                 ints, biases, learned, cost["distill_result"] = self._distill(ctx, fp32, layers, ws, acts, images,
                                                                               mids)
@@ -246,17 +245,13 @@ class NcnnBackend(Backend):
         """Weights, biases and input scales learned by :func:`yoloq.recover.distill.distill`, as ncnn's integers,
         float biases and input scales (by ncnn layer name)."""
         from yoloq.backends.ncnn.recovery import learned_integers
-        from yoloq.progress import say
-        from yoloq.recover.distill import Grid, distill
+        from yoloq.recover.distill import Grid
 
         model = export_module(ctx.source, ctx.imgsz, False, ctx.max_det, "ncnn")
         names = conv_names(model, fp32 / PARAM, ctx.imgsz)
         bits = ctx.option("weight_bits_3x3")
         grids = {names[c.name]: Grid(ws[c.name], int8.qmax(c, bits), acts[c.name], mids[c.name]) for c in layers}
-        learned, result = distill(model, grids, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
-                                  steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
-                                  loss=ctx.option("distill_loss"), learn_steps=ctx.option("distill_scales"),
-                                  schedule=ctx.option("distill_schedule"), lr=ctx.option("distill_lr"))
+        learned, result = distill_as_configured(ctx, model, grids, images, learn_steps=ctx.option("distill_scales"))
         scales = {c.name: learned[names[c.name]][2] for c in layers}
         return (*learned_integers(layers, learned, names, ws, bits), scales, result)
 

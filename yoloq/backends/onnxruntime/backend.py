@@ -28,6 +28,8 @@ from yoloq.backends.scope import (
     INT8,
     PREQUANTIZED,
     SCOPE_OPTIONS,
+    distill_as_configured,
+    distill_budget,
     distill_options,
     float_scope,
     keep_stem_float,
@@ -209,7 +211,6 @@ class OnnxRuntimeBackend(Backend):
         from yoloq.backends.onnxruntime.recovery import grids, write
         from yoloq.backends.torch_scope import export_module
         from yoloq.recover.cost import measured
-        from yoloq.recover.distill import distill
 
         if ctx.source.kind != "pt" or ctx.source.end2end:
             raise ExportError(f"onnxruntime weight_rounding: distill trains the PyTorch model's raw head output: it "
@@ -222,16 +223,10 @@ class OnnxRuntimeBackend(Backend):
         if unknown:
             raise ExportError(f"onnxruntime distillation: {unknown[0]!r} is not a module of {ctx.source.path.name}")
         images = list(ctx.calibration_images().batches(ctx.imgsz, progress="  reading calibration images"))
-        budget = f"{ctx.option('distill_steps')} steps" if ctx.option("distill_steps") else \
-            f"{ctx.option('distill_minutes')} min"
         cost: dict[str, Any] = {}
         with measured(cost, "distill"), step(f"distillation from the FP32 model through ONNX Runtime's int8 "
-                                             f"arithmetic ({budget}, {len(images)} calibration images)"):
-            learned, cost["distill_result"] = distill(
-                model, grid, images, ctx.imgsz, ctx.option("distill_minutes"), ctx.threads, say,
-                steps=ctx.option("distill_steps"), augment=ctx.option("distill_augment"),
-                loss=ctx.option("distill_loss"), schedule=ctx.option("distill_schedule"),
-                lr=ctx.option("distill_lr"))
+                                             f"arithmetic ({distill_budget(ctx)}, {len(images)} calibration images)"):
+            learned, cost["distill_result"] = distill_as_configured(ctx, model, grid, images)
             if cost["distill_result"]["kept"]:  # else the file keeps ONNX Runtime's own rounding
                 write(out, found, learned, qmax)
         return cost | {"distilled_layers": len(found)}

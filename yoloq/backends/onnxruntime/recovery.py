@@ -108,9 +108,10 @@ def grids(model: Any, qmax: int) -> tuple[list[QConv], dict[str, Grid]]:
     found = convs(model)
     out = {}
     for c in found:
-        zx = arr(c.x_zero) if c.x_zero else np.zeros(1, np.int8)
+        # an omitted zero point is ONNX's default: uint8 0
+        zx = arr(c.x_zero) if c.x_zero else np.zeros(1, np.uint8)
         ys = float(arr(c.y_scale)) if c.y_scale else 0.0
-        zy = arr(c.y_zero) if c.y_zero else np.zeros(1, np.int8)
+        zy = arr(c.y_zero) if c.y_zero else np.zeros(1, np.uint8)
         silu = None
         if c.silu is not None and c.module.endswith(".conv"):  # an Ultralytics Conv's convolution and its SiLU
             silu = (1.0 / float(arr(c.silu[0])), _bounds(arr(c.silu[1])), 1.0 / float(arr(c.silu[2])),
